@@ -1,0 +1,48 @@
+"""NATS connection helper with reconnects that never give up."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import nats
+from nats.aio.client import Client as NATS
+
+log = logging.getLogger("llmsched.bus")
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def nats_servers(url: str | None = None) -> list[str]:
+    """``NATS_URL`` may list several cluster servers, comma-separated."""
+    raw = url or os.environ.get("NATS_URL") or DEFAULT_NATS_URL
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+async def connect_nats(name: str, url: str | None = None) -> NATS:
+    """Connect, retrying for ever (a service waits for its bus rather than dying)."""
+
+    async def on_disconnect() -> None:
+        log.warning("NATS disconnected (%s)", name)
+
+    async def on_reconnect() -> None:
+        log.info("NATS reconnected (%s)", name)
+
+    async def on_error(err: Exception) -> None:
+        log.warning("NATS error (%s): %s", name, err)
+
+    return await nats.connect(
+        servers=nats_servers(url),
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        ping_interval=5,
+        max_outstanding_pings=2,
+        pending_size=8 * 1024 * 1024,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+        retry_on_failed_connect=True,
+    )

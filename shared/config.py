@@ -1,0 +1,303 @@
+"""The configuration file (SPEC §1.6): typed structs, loading and validation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from shared.engines import BUILTIN_ENGINES, EngineMetricsSpec
+from shared.members import MemberAddressError, parse_member_key
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """The file cannot be used; ``path`` names the offending key (``pools[0].engine_type``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"config error at {path or '<root>'}: {message}")
+        self.path = path
+        self.message = message
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class GlobalConfig(_Section):
+    interval: float = 60
+    """Hot-reload check interval, seconds."""
+    api_port: int = 8080
+    api_host: str = "0.0.0.0"
+    log_level: str | None = None
+    """DEBUG/INFO/WARNING/ERROR/CRITICAL; when absent, ``log_debug`` decides."""
+    log_debug: bool = False
+    """Legacy switch: DEBUG when true and ``log_level`` is absent."""
+    prefix: str = "llmsched"
+    """NATS subject and Redis key prefix; two deployments on one bus use different ones."""
+    select_timeout_ms: float = 500
+    """How long the API waits for a scheduler answer before replying 503."""
+
+    @property
+    def effective_log_level(self) -> str:
+        if self.log_level:
+            return self.log_level.upper()
+        return "DEBUG" if self.log_debug else "INFO"
+
+
+class F5Config(_Section):
+    host: str
+    port: int = 443
+    username: str = "admin"
+    password_env: str | None = None
+    """Name of the environment variable holding the password."""
+    scheme: Literal["https", "http"] = "https"
+    verify: bool | str = True
+    """TLS verification: true, false, or a path to a CA bundle."""
+    timeout: float = 10
+    """Seconds per iControl REST call."""
+    auth: Literal["token", "basic"] = "token"
+    """``token`` logs in for an X-F5-Auth-Token (falls back to basic auth when login fails)."""
+    login_provider: str = "tmos"
+
+    def password(self) -> str:
+        if not self.password_env:
+            return ""
+        return os.environ.get(self.password_env, "")
+
+
+class SchedulerConfig(_Section):
+    pool_fetch_interval: float = 10
+    """Seconds between F5 member fetches."""
+    metrics_fetch_interval: float = 1000
+    """MILLISECONDS between metric scrapes."""
+    stale_after_intervals: float = 3
+    """Metrics older than this many scrape intervals are stale and score 0."""
+    state_ttl: float = 3600
+    """Seconds Redis keeps the last snapshot and metrics of a pool."""
+
+
+class ModeConfig(_Section):
+    name: str = "s1"
+    w_a: float = 0.5
+    """Waiting-queue weight."""
+    w_b: float = 0.5
+    """KV-cache-usage weight."""
+    w_g: float = 0.0
+    """Reserved."""
+    type: str = "s1"
+    """Which scoring profile this mode uses (``s1``)."""
+
+
+class MetricsConfig(_Section):
+    schema: Literal["http", "https"] = "http"
+    port: int | None = None
+    """null = the member's own port."""
+    path: str = "/metrics"
+    timeout: float = 3
+    APIkey: str | None = None
+    """Sent as ``Authorization: Bearer``."""
+    apikey_env: str | None = None
+    """Environment variable holding the bearer token (preferred over ``APIkey``)."""
+    metric_user: str | None = None
+    metric_pwd_env: str | None = None
+    verify: bool | str = True
+
+    def bearer(self) -> str | None:
+        if self.apikey_env:
+            return os.environ.get(self.apikey_env) or None
+        return self.APIkey
+
+    def basic_password(self) -> str:
+        if not self.metric_pwd_env:
+            return ""
+        return os.environ.get(self.metric_pwd_env, "")
+
+
+class FallbackConfig(_Section):
+    pool_fallback: bool = False
+    member_running_req_threshold: float | None = None
+    member_waiting_queue_threshold: float | None = None
+
+
+class PoolConfig(_Section):
+    name: str
+    engine_type: str
+    partition: str = "Common"
+    metrics: MetricsConfig = MetricsConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    source: Literal["f5", "static"] | None = None
+    """f5 (default when an f5 section exists) or static."""
+    members: list[str] = []
+    """``source: static`` only."""
+    mode: str | None = None
+    """Which entry of ``modes`` scores this pool (default: the first)."""
+    engine_metrics: EngineMetricsSpec | None = None
+    """Override of the engine's metric names for this pool."""
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.name, self.partition)
+
+
+class Config(_Section):
+    global_: GlobalConfig = msgspec.field(default_factory=GlobalConfig, name="global")
+    f5: F5Config | None = None
+    scheduler: SchedulerConfig = SchedulerConfig()
+    modes: list[ModeConfig] = msgspec.field(default_factory=lambda: [ModeConfig()])
+    pools: list[PoolConfig] = []
+    engines: dict[str, EngineMetricsSpec] = {}
+    """Extra engine types (or overrides of ``vllm``/``sglang``) as metric-name mappings."""
+
+    def pool(self, name: str, partition: str) -> PoolConfig | None:
+        for pool in self.pools:
+            if pool.name == name and pool.partition == partition:
+                return pool
+        return None
+
+    def pool_source(self, pool: PoolConfig) -> str:
+        if pool.source:
+            return pool.source
+        return "f5" if self.f5 is not None else "static"
+
+    def engine_spec(self, pool: PoolConfig) -> EngineMetricsSpec:
+        if pool.engine_metrics is not None:
+            return pool.engine_metrics
+        spec = self.engines.get(pool.engine_type) or BUILTIN_ENGINES.get(pool.engine_type)
+        if spec is None:
+            raise ConfigError("", f"unknown engine_type {pool.engine_type!r}")
+        return spec
+
+    def mode_for(self, pool: PoolConfig) -> ModeConfig:
+        if pool.mode is None:
+            return self.modes[0] if self.modes else ModeConfig()
+        for mode in self.modes:
+            if mode.name == pool.mode:
+                return mode
+        raise ConfigError("", f"unknown mode {pool.mode!r}")
+
+
+class LoadedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated config plus the identity of the file text it came from."""
+
+    config: Config
+    version: str
+    """First 12 hex digits of the SHA-256 of the file text; equal across services."""
+    path: str
+
+
+def _msgspec_path(err: msgspec.ValidationError) -> tuple[str, str]:
+    text = str(err)
+    marker = " - at `$"
+    if marker in text:
+        message, _, rest = text.partition(marker)
+        path = rest.rstrip("`").lstrip(".")
+        return path, message
+    return "", text
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    """Decode and validate YAML text; raise ConfigError naming the key path."""
+    try:
+        config = msgspec.yaml.decode(text.encode() if text else b"{}", type=Config)
+    except msgspec.ValidationError as err:
+        path, message = _msgspec_path(err)
+        raise ConfigError(path, message) from None
+    except msgspec.DecodeError as err:
+        raise ConfigError("", f"{source} is not valid YAML: {err}") from None
+    validate(config)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read and validate a config file."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise ConfigError("", f"cannot read {file}: {err.strerror or err}") from None
+    text = raw.decode("utf-8", errors="replace")
+    config = parse_config(text, source=str(file))
+    return LoadedConfig(config=config, version=config_version(raw), path=str(file))
+
+
+def config_version(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _check_positive(path: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(path, f"must be > 0, got {value}")
+
+
+def validate(config: Config) -> None:
+    """Checks msgspec's types cannot express; the first problem found is raised."""
+    g = config.global_
+    _check_positive("global.interval", g.interval)
+    _check_positive("global.select_timeout_ms", g.select_timeout_ms)
+    if not 0 < g.api_port < 65536:
+        raise ConfigError("global.api_port", f"must be a TCP port 1..65535, got {g.api_port}")
+    if g.log_level is not None and g.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError("global.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if not g.prefix or any(ch in g.prefix for ch in " .*>:"):
+        raise ConfigError("global.prefix", "must be non-empty without spaces, '.', '*', '>', ':'")
+    s = config.scheduler
+    _check_positive("scheduler.pool_fetch_interval", s.pool_fetch_interval)
+    _check_positive("scheduler.metrics_fetch_interval", s.metrics_fetch_interval)
+    _check_positive("scheduler.stale_after_intervals", s.stale_after_intervals)
+    if config.f5 is not None and not 0 < config.f5.port < 65536:
+        raise ConfigError("f5.port", f"must be a TCP port 1..65535, got {config.f5.port}")
+    mode_names: set[str] = set()
+    for i, mode in enumerate(config.modes):
+        if mode.name in mode_names:
+            raise ConfigError(f"modes[{i}].name", f"duplicate mode {mode.name!r}")
+        mode_names.add(mode.name)
+        if mode.type != "s1":
+            raise ConfigError(f"modes[{i}].type", f"unknown scoring profile {mode.type!r}")
+        for field in ("w_a", "w_b", "w_g"):
+            if getattr(mode, field) < 0:
+                raise ConfigError(f"modes[{i}].{field}", "must be >= 0")
+    seen: set[tuple[str, str]] = set()
+    engines = set(BUILTIN_ENGINES) | set(config.engines)
+    for i, pool in enumerate(config.pools):
+        at = f"pools[{i}]"
+        if not pool.name:
+            raise ConfigError(f"{at}.name", "must not be empty")
+        if pool.ident in seen:
+            raise ConfigError(f"{at}.name", f"duplicate pool {pool.name}:{pool.partition}")
+        seen.add(pool.ident)
+        if pool.engine_metrics is None and pool.engine_type not in engines:
+            raise ConfigError(
+                f"{at}.engine_type",
+                f"unknown engine {pool.engine_type!r} (known: {', '.join(sorted(engines))};"
+                " add one under `engines:` or give the pool `engine_metrics:`)",
+            )
+        if pool.mode is not None and pool.mode not in mode_names:
+            raise ConfigError(f"{at}.mode", f"no mode named {pool.mode!r} in modes")
+        source = config.pool_source(pool)
+        if source == "f5" and config.f5 is None:
+            raise ConfigError(f"{at}.source", "source f5 needs an `f5:` section with a host")
+        if pool.source == "static" and not pool.members:
+            raise ConfigError(f"{at}.members", "a static pool needs at least one member")
+        if source == "f5" and pool.members:
+            raise ConfigError(f"{at}.members", "members are only allowed with source: static")
+        for j, member in enumerate(pool.members):
+            try:
+                parse_member_key(member)
+            except MemberAddressError as err:
+                raise ConfigError(f"{at}.members[{j}]", str(err)) from None
+        m = pool.metrics
+        _check_positive(f"{at}.metrics.timeout", m.timeout)
+        if m.port is not None and not 0 < m.port < 65536:
+            raise ConfigError(f"{at}.metrics.port", f"must be a TCP port 1..65535, got {m.port}")
+        if not m.path.startswith("/"):
+            raise ConfigError(f"{at}.metrics.path", "must start with '/'")
+        fb = pool.fallback
+        for field in ("member_running_req_threshold", "member_waiting_queue_threshold"):
+            value = getattr(fb, field)
+            if value is not None and value < 0:
+                raise ConfigError(f"{at}.fallback.{field}", "must be >= 0")

@@ -1,0 +1,58 @@
+"""Engine metric mappings: which Prometheus series mean waiting queue, running, KV usage."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class EngineMetricsSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Names of the series that carry an engine's load figures.
+
+    Each field lists candidate metric names in order of preference: the first name
+    present in a scrape is used (so old and new vLLM KV names both work).
+    """
+
+    waiting_queue: list[str]
+    """Gauges counting queued requests; several label series are summed."""
+    running_req: list[str]
+    """Gauges counting running requests; several label series are summed."""
+    cache_usage: list[str]
+    """Gauges with the KV-cache usage ratio (0..1)."""
+    cache_usage_aggregate: Literal["max", "mean"] = "max"
+    """How several KV-usage series (ranks, engines) combine: the fullest one by default."""
+    cache_usage_scale: float = 1.0
+    """Multiplier turning the raw value into a 0..1 ratio (0.01 for an engine reporting %)."""
+    extra: dict[str, str] = {}
+    """Other figures to keep, output name → metric name (sample names incl. _sum/_count)."""
+
+
+BUILTIN_ENGINES: dict[str, EngineMetricsSpec] = {
+    "vllm": EngineMetricsSpec(
+        waiting_queue=["vllm:num_requests_waiting"],
+        running_req=["vllm:num_requests_running"],
+        cache_usage=["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
+        extra={
+            "ttft_sum": "vllm:time_to_first_token_seconds_sum",
+            "ttft_count": "vllm:time_to_first_token_seconds_count",
+            "e2e_sum": "vllm:e2e_request_latency_seconds_sum",
+            "e2e_count": "vllm:e2e_request_latency_seconds_count",
+            "prefix_cache_queries": "vllm:prefix_cache_queries_total",
+            "prefix_cache_hits": "vllm:prefix_cache_hits_total",
+            "preemptions": "vllm:num_preemptions_total",
+        },
+    ),
+    "sglang": EngineMetricsSpec(
+        waiting_queue=["sglang:num_queue_reqs"],
+        running_req=["sglang:num_running_reqs"],
+        cache_usage=["sglang:token_usage"],
+        extra={
+            "ttft_sum": "sglang:time_to_first_token_seconds_sum",
+            "ttft_count": "sglang:time_to_first_token_seconds_count",
+            "e2e_sum": "sglang:e2e_request_latency_seconds_sum",
+            "e2e_count": "sglang:e2e_request_latency_seconds_count",
+            "cache_hit_rate": "sglang:cache_hit_rate",
+        },
+    ),
+}
