@@ -24,11 +24,7 @@ class ConfigError(Exception):
         self.message = message
 
 
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class GlobalConfig(_Section):
+class GlobalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     interval: float = 60
     """Hot-reload check interval, seconds."""
     api_port: int = 8080
@@ -49,7 +45,7 @@ class GlobalConfig(_Section):
         return "DEBUG" if self.log_debug else "INFO"
 
 
-class F5Config(_Section):
+class F5Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str
     port: int = 443
     username: str = "admin"
@@ -70,7 +66,7 @@ class F5Config(_Section):
         return os.environ.get(self.password_env, "")
 
 
-class SchedulerConfig(_Section):
+class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pool_fetch_interval: float = 10
     """Seconds between F5 member fetches."""
     metrics_fetch_interval: float = 1000
@@ -81,7 +77,7 @@ class SchedulerConfig(_Section):
     """Seconds Redis keeps the last snapshot and metrics of a pool."""
 
 
-class ModeConfig(_Section):
+class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str = "s1"
     w_a: float = 0.5
     """Waiting-queue weight."""
@@ -93,7 +89,7 @@ class ModeConfig(_Section):
     """Which scoring profile this mode uses (``s1``)."""
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     schema: Literal["http", "https"] = "http"
     port: int | None = None
     """null = the member's own port."""
@@ -118,13 +114,13 @@ class MetricsConfig(_Section):
         return os.environ.get(self.metric_pwd_env, "")
 
 
-class FallbackConfig(_Section):
+class FallbackConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pool_fallback: bool = False
     member_running_req_threshold: float | None = None
     member_waiting_queue_threshold: float | None = None
 
 
-class PoolConfig(_Section):
+class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     engine_type: str
     partition: str = "Common"
@@ -144,7 +140,7 @@ class PoolConfig(_Section):
         return (self.name, self.partition)
 
 
-class Config(_Section):
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     global_: GlobalConfig = msgspec.field(default_factory=GlobalConfig, name="global")
     f5: F5Config | None = None
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -243,8 +239,8 @@ def validate(config: Config) -> None:
         raise ConfigError("global.api_port", f"must be a TCP port 1..65535, got {g.api_port}")
     if g.log_level is not None and g.log_level.upper() not in LOG_LEVELS:
         raise ConfigError("global.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
-    if not g.prefix or any(ch in g.prefix for ch in " .*>:"):
-        raise ConfigError("global.prefix", "must be non-empty without spaces, '.', '*', '>', ':'")
+    if not g.prefix or not all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in g.prefix):
+        raise ConfigError("global.prefix", "must be letters, digits, '-' or '_' only")
     s = config.scheduler
     _check_positive("scheduler.pool_fetch_interval", s.pool_fetch_interval)
     _check_positive("scheduler.metrics_fetch_interval", s.metrics_fetch_interval)

@@ -61,7 +61,8 @@ class RedisStateStore:
         values = await self._redis.mget(keys)
         for key, value in zip(keys, values, strict=True):
             if value is not None:
-                out[key.decode() if isinstance(key, bytes) else str(key)] = value
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                out[name] = value if isinstance(value, bytes) else str(value).encode()
         return out
 
     async def ping(self) -> bool:

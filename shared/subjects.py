@@ -52,7 +52,7 @@ class Subjects:
     @property
     def scheduler_service(self) -> str:
         """The nats.micro service name (letters, digits, dashes and underscores only)."""
-        return "llmsched-scheduler"
+        return f"{self.prefix}-scheduler"
 
     @property
     def scheduler_group(self) -> str:

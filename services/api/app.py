@@ -1,0 +1,160 @@
+"""The HTTP front: the F5 select API, pool status, simulate/analyze and health."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.validation import BadRequest, check_iterations, decode_select
+from shared.config import Config
+from shared.messages import SimulateRequest
+from shared.state import StateStore
+
+log = logging.getLogger("llmsched.api")
+
+MAX_SIMULATE = 100_000
+MAX_ANALYZE = 100_000
+
+_SELECT_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": ["pool_name", "members"],
+            "properties": {
+                "pool_name": {"type": "string"},
+                "partition": {"type": "string", "default": "Common"},
+                "members": {"type": "array", "items": {"type": "string"},
+                            "example": ["10.10.10.10:8001", "10.10.10.10:8002"]},
+            },
+        }}},
+    },
+    "responses": {"200": {"description": "`ip:port`, `none` or `fallback`",
+                          "content": {"text/plain": {}}}},
+}
+
+
+@dataclass
+class ApiState:
+    """What the handlers need; built by the composition root and swapped on reload."""
+
+    scheduler: SchedulerClient
+    config: Config
+    config_version: str
+    store: StateStore | None = None
+    fallback_pools: set[tuple[str, str]] = field(default_factory=set)
+
+    def set_config(self, config: Config, version: str) -> None:
+        self.config = config
+        self.config_version = version
+        self.fallback_pools = {p.ident for p in config.pools if p.fallback.pool_fallback}
+
+
+def _text(answer: str, status: int = 200) -> Response:
+    return Response(content=answer, status_code=status, media_type="text/plain")
+
+
+def _error(status: int, message: str, field: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+def create_app(state: ApiState) -> FastAPI:
+    """The FastAPI app over ``state`` (no globals: everything hangs off this closure)."""
+    app = FastAPI(title="llmsched", version="0.1.0",
+                  description="Select API for F5/gateways, pool status and analysis.")
+    app.state.api = state
+    encode = msgspec.json.Encoder().encode
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_req: Request, exc: BadRequest) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.field)
+
+    @app.exception_handler(SchedulerUnavailable)
+    async def _unavailable(_req: Request, exc: SchedulerUnavailable) -> JSONResponse:
+        log.warning("Scheduler unavailable: %s", exc)
+        return _error(503, "scheduler unavailable; use the pool's own load balancing",
+                      headers={"Retry-After": "1"})
+
+    @app.post("/scheduler/select", response_class=Response, openapi_extra=_SELECT_SCHEMA,
+              summary="Pick the member for one request")
+    async def select(request: Request) -> Response:
+        body = decode_select(await request.body())
+        if (body.pool_name, body.partition) in state.fallback_pools:
+            return _text("fallback")
+        try:
+            answer = await state.scheduler.select(encode(body))
+        except SchedulerError as err:
+            raise BadRequest(None, err.message, 400 if err.code == 400 else 500) from None
+        return _text(answer)
+
+    @app.get("/pools/status", summary="Status of every pool")
+    async def pools_status() -> Response:
+        reply = await state.scheduler.status()
+        return Response(encode({"pools": reply.pools}), media_type="application/json")
+
+    @app.get("/pools/{pool_name}/{partition}/status", summary="Status of one pool")
+    async def pool_status(pool_name: str, partition: str) -> Response:
+        try:
+            reply = await state.scheduler.status(pool_name, partition)
+        except SchedulerError as err:
+            if err.code == 404:
+                return _error(404, f"pool {pool_name} in partition {partition} is unknown",
+                              "pool_name")
+            raise
+        return Response(encode(reply.pools[0]), media_type="application/json")
+
+    async def _sim_body(request: Request, pool_name: str, partition: str,
+                        iterations: int) -> bytes:
+        body = decode_select(await request.body())
+        if body.pool_name != pool_name:
+            raise BadRequest("pool_name", f"body pool_name {body.pool_name!r} differs from"
+                             f" the path's {pool_name!r}")
+        if body.partition != partition:
+            raise BadRequest("partition", f"body partition {body.partition!r} differs from"
+                             f" the path's {partition!r}")
+        return encode(SimulateRequest(pool_name=pool_name, partition=partition,
+                                      members=body.members, iterations=iterations))
+
+    @app.post("/pools/{pool_name}/{partition}/simulate", openapi_extra=_SELECT_SCHEMA,
+              summary="Run N selections against the current scores")
+    async def simulate(request: Request, pool_name: str, partition: str) -> Response:
+        n = check_iterations(request.query_params.get("iterations"), 100, MAX_SIMULATE)
+        reply = await state.scheduler.simulate(await _sim_body(request, pool_name, partition, n))
+        return Response(encode(reply), media_type="application/json")
+
+    @app.post("/pools/{pool_name}/{partition}/analyze", openapi_extra=_SELECT_SCHEMA,
+              summary="Theoretical vs observed selection probabilities")
+    async def analyze(request: Request, pool_name: str, partition: str) -> Response:
+        n = check_iterations(request.query_params.get("iterations"), 1000, MAX_ANALYZE)
+        reply = await state.scheduler.analyze(await _sim_body(request, pool_name, partition, n))
+        return Response(encode(reply), media_type="application/json")
+
+    @app.get("/health", summary="Truthful health: bus, scheduler replicas, state store")
+    async def health() -> JSONResponse:
+        nats_ok = state.scheduler.nc.is_connected
+        replicas = await state.scheduler.ping() if nats_ok else 0
+        store_ok = await state.store.ping() if state.store is not None else None
+        checks = {"nats": "ok" if nats_ok else "unreachable",
+                  "scheduler_replicas": replicas,
+                  "state_store": "n/a" if store_ok is None else ("ok" if store_ok else
+                                                                 "unreachable"),
+                  "config_version": state.config_version}
+        if not nats_ok:
+            return JSONResponse({"status": "unhealthy", "message": "NATS bus unreachable",
+                                 "checks": checks}, status_code=503)
+        if replicas == 0:
+            return JSONResponse({"status": "unhealthy", "message": "no scheduler replica"
+                                 " answered", "checks": checks}, status_code=503)
+        if store_ok is False:
+            return JSONResponse({"status": "degraded", "message": "state store unreachable;"
+                                 " selects continue from memory", "checks": checks})
+        return JSONResponse({"status": "healthy", "message": f"Scheduler is running normally"
+                             f" ({replicas} replica(s))", "checks": checks})
+
+    return app

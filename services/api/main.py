@@ -1,0 +1,72 @@
+"""Composition root of the API service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from services.api.app import ApiState, create_app
+from services.api.scheduler_client import SchedulerClient
+from shared.bus import connect_nats
+from shared.config import LoadedConfig
+from shared.config_watch import ConfigWatcher
+from shared.http_server import QuietServer, bind_socket
+from shared.logs import set_level
+from shared.runtime import run_service
+from shared.state import RedisStateStore
+from shared.subjects import RedisKeys, Subjects
+
+log = logging.getLogger("llmsched.api")
+
+
+def run(loaded: LoadedConfig) -> int:
+    """``llmsched api``."""
+    return run_service("api", loaded, serve)
+
+
+async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | None = None,
+                redis_url: str | None = None, port: int | None = None) -> None:
+    """Serve HTTP on ``global.api_host:global.api_port`` until ``stop`` is set."""
+    cfg = loaded.config
+    nc = await connect_nats("api", nats_url)
+    store = RedisStateStore(redis_url, keys=RedisKeys(cfg.global_.prefix))
+    client = SchedulerClient(nc, Subjects(cfg.global_.prefix),
+                             cfg.global_.select_timeout_ms / 1000.0)
+    state = ApiState(scheduler=client, config=cfg, config_version=loaded.version, store=store)
+    state.set_config(cfg, loaded.version)
+    watcher = ConfigWatcher(loaded)
+
+    def on_config(old: LoadedConfig, new: LoadedConfig) -> None:
+        state.set_config(new.config, new.version)
+        client.timeout_s = new.config.global_.select_timeout_ms / 1000.0
+        set_level(new.config.global_.effective_log_level)
+        g_old, g_new = old.config.global_, new.config.global_
+        if (g_old.api_host, g_old.api_port, g_old.prefix) != (g_new.api_host, g_new.api_port,
+                                                              g_new.prefix):
+            log.warning("api_host/api_port/prefix changes take effect after a restart")
+
+    watcher.subscribe(on_config)
+    app = create_app(state)
+    sock = bind_socket(cfg.global_.api_host, port if port is not None else cfg.global_.api_port)
+    server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
+                                        lifespan="off", timeout_keep_alive=30))
+    server_task = asyncio.create_task(server.serve(sockets=[sock]))
+    watch_task = asyncio.create_task(watcher.run(stop))
+    host, bound = sock.getsockname()[:2]
+    log.info("API listening on http://%s:%s", host, bound)
+    try:
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({server_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await server_task
+        watch_task.cancel()
+        await asyncio.gather(watch_task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await store.close()

@@ -1,0 +1,94 @@
+"""The API's client of the scheduler's NATS endpoints."""
+
+from __future__ import annotations
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from shared.messages import AnalyzeReply, SimulateReply, StatusReply
+from shared.subjects import Subjects
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+
+
+class SchedulerUnavailable(Exception):
+    """No scheduler answered in time (bus down, no replica, or overloaded)."""
+
+
+class SchedulerError(Exception):
+    """The scheduler rejected the request; ``code`` is an HTTP-like status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SchedulerClient:
+    """Request-reply calls to the scheduler queue group."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, timeout_s: float) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.timeout_s = timeout_s
+        self._select_subject = subjects.select
+        self._answer_dec = msgspec.json.Decoder(_Answer)
+        self._sim_dec = msgspec.json.Decoder(SimulateReply)
+        self._ana_dec = msgspec.json.Decoder(AnalyzeReply)
+        self._status_dec = msgspec.json.Decoder(StatusReply)
+
+    async def _call(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout_s or self.timeout_s)
+        except (NoRespondersError, NatsTimeout, TimeoutError) as err:
+            raise SchedulerUnavailable(type(err).__name__) from None
+        except Exception as err:  # connection closed / reconnecting
+            raise SchedulerUnavailable(str(err) or type(err).__name__) from None
+        headers = msg.headers
+        if headers and ERROR_CODE_HEADER in headers:
+            code = headers.get(ERROR_CODE_HEADER, "500")
+            raise SchedulerError(int(code) if code.isdigit() else 500,
+                                 headers.get(ERROR_HEADER, "scheduler error"))
+        return bytes(msg.data)
+
+    async def select(self, payload: bytes) -> str:
+        """The answer text for an already-validated select body."""
+        return self._answer_dec.decode(await self._call(self._select_subject, payload)).answer
+
+    async def simulate(self, payload: bytes) -> SimulateReply:
+        return self._sim_dec.decode(await self._call(self.subjects.simulate, payload, 30))
+
+    async def analyze(self, payload: bytes) -> AnalyzeReply:
+        return self._ana_dec.decode(await self._call(self.subjects.analyze, payload, 30))
+
+    async def status(self, pool: str = "", partition: str = "") -> StatusReply:
+        body = msgspec.json.encode({"pool_name": pool, "partition": partition})
+        return self._status_dec.decode(await self._call(self.subjects.status, body, 5))
+
+    async def ping(self, timeout_s: float = 1.0) -> int:
+        """How many scheduler replicas answered a micro PING within the timeout."""
+        if not self.nc.is_connected:
+            return 0
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            await self.nc.publish(f"$SRV.PING.{self.subjects.scheduler_service}", b"",
+                                  reply=inbox)
+            count = 0
+            try:
+                await sub.next_msg(timeout=timeout_s)
+                count += 1
+                while True:
+                    await sub.next_msg(timeout=0.05)
+                    count += 1
+            except (NatsTimeout, TimeoutError):
+                pass
+            return count
+        finally:
+            await sub.unsubscribe()
+
+
+class _Answer(msgspec.Struct):
+    answer: str

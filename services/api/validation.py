@@ -1,0 +1,84 @@
+"""Turn request bodies into typed requests, or a 400 that names the field."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from shared.messages import SelectRequest
+
+MAX_MEMBERS = 10_000
+MAX_BODY_BYTES = 1 << 20
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+class BadRequest(Exception):
+    """A client error: ``field`` names what is wrong (None for the body as a whole)."""
+
+    def __init__(self, field: str | None, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message, "field": self.field}
+
+
+class _StrictSelect(msgspec.Struct, frozen=True, kw_only=True):
+    pool_name: str
+    members: list[str]
+    partition: str = "Common"
+
+
+_select_decoder = msgspec.json.Decoder(_StrictSelect)
+
+
+def decode_select(raw: bytes) -> SelectRequest:
+    """Validate a select body (pool_name, partition, members)."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(None, f"body larger than {MAX_BODY_BYTES} bytes", 413)
+    if not raw.strip():
+        raise BadRequest(None, "body is empty; expected JSON {pool_name, partition, members}")
+    try:
+        body = _select_decoder.decode(raw)
+    except msgspec.ValidationError as err:
+        text = str(err)
+        missing = _MISSING.search(text)
+        if missing:
+            raise BadRequest(missing.group(1), f"missing required field `{missing.group(1)}`"
+                             ) from None
+        at = _AT.search(text)
+        field = at.group(1) if at else None
+        message = _AT.sub("", text)
+        if field:
+            message = f"{field}: {message}"
+        elif text.startswith("Expected `object`"):
+            message = "body must be a JSON object {pool_name, partition, members}"
+        raise BadRequest(field, message) from None
+    except msgspec.DecodeError as err:
+        raise BadRequest(None, f"body is not valid JSON: {err}") from None
+    if not body.pool_name:
+        raise BadRequest("pool_name", "pool_name must not be empty")
+    if not body.partition:
+        raise BadRequest("partition", "partition must not be empty")
+    if len(body.members) > MAX_MEMBERS:
+        raise BadRequest("members", f"at most {MAX_MEMBERS} members per request")
+    return SelectRequest(pool_name=body.pool_name, partition=body.partition,
+                         members=body.members)
+
+
+def check_iterations(value: str | None, default: int, maximum: int) -> int:
+    """Parse the ``iterations`` query parameter within 1..maximum."""
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadRequest("iterations", f"iterations must be an integer, got {value!r}") from None
+    if not 1 <= n <= maximum:
+        raise BadRequest("iterations", f"iterations must be between 1 and {maximum}, got {n}")
+    return n

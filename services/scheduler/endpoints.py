@@ -1,0 +1,108 @@
+"""The scheduler's nats.micro endpoints: select, simulate, analyze, status."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request, ServiceError
+from nats.micro.service import Service
+
+from services.scheduler.core import SchedulerCore
+from shared.messages import (
+    SelectReply,
+    SelectRequest,
+    SimulateRequest,
+    StatusReply,
+    StatusRequest,
+)
+from shared.subjects import Subjects
+
+log = logging.getLogger("llmsched.scheduler.endpoints")
+
+MAX_ITERATIONS = 100_000
+
+
+def _bad_request(err: msgspec.ValidationError | msgspec.DecodeError) -> ServiceError:
+    return ServiceError("400", str(err))
+
+
+class SchedulerEndpoints:
+    """Decodes requests, calls the core, encodes replies; errors become ServiceError."""
+
+    def __init__(self, core: SchedulerCore, *, replica: str, config_version: str,
+                 store_ok: dict[str, bool]) -> None:
+        self.core = core
+        self.replica = replica
+        self.config_version = config_version
+        self._store_ok = store_ok
+        self._select_dec = msgspec.json.Decoder(SelectRequest)
+        self._sim_dec = msgspec.json.Decoder(SimulateRequest)
+        self._status_dec = msgspec.json.Decoder(StatusRequest)
+        self._enc = msgspec.json.Encoder()
+
+    async def select(self, req: Request) -> None:
+        try:
+            body = self._select_dec.decode(req.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise _bad_request(err) from None
+        decision = self.core.select(body)
+        await req.respond(self._enc.encode(SelectReply(answer=decision.answer,
+                                                       reason=decision.reason)))
+
+    def _sim_body(self, req: Request) -> SimulateRequest:
+        try:
+            body = self._sim_dec.decode(req.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise _bad_request(err) from None
+        if not 1 <= body.iterations <= MAX_ITERATIONS:
+            raise ServiceError("400", f"iterations must be 1..{MAX_ITERATIONS}")
+        return body
+
+    async def simulate(self, req: Request) -> None:
+        body = self._sim_body(req)
+        sel = SelectRequest(pool_name=body.pool_name, partition=body.partition,
+                            members=body.members)
+        await req.respond(self._enc.encode(self.core.simulate(sel, body.iterations)))
+
+    async def analyze(self, req: Request) -> None:
+        body = self._sim_body(req)
+        sel = SelectRequest(pool_name=body.pool_name, partition=body.partition,
+                            members=body.members)
+        await req.respond(self._enc.encode(self.core.analyze(sel, body.iterations)))
+
+    async def status(self, req: Request) -> None:
+        try:
+            body = self._status_dec.decode(req.data or b"{}")
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise _bad_request(err) from None
+        if body.pool_name:
+            one = self.core.pool_status(body.pool_name, body.partition or "Common")
+            if one is None:
+                raise ServiceError("404", f"pool {body.pool_name}:{body.partition} is unknown")
+            pools = [one]
+        else:
+            pools = self.core.all_status()
+        reply = StatusReply(pools=pools, replica=self.replica,
+                            config_version=self.config_version,
+                            state_store="ok" if self._store_ok.get("ok", False) else "degraded")
+        await req.respond(self._enc.encode(reply))
+
+
+async def start_service(nc: NATS, subjects: Subjects, endpoints: SchedulerEndpoints,
+                        version: str = "0.1.0") -> Service:
+    """Register the micro service in the scheduler queue group."""
+    service = await add_service(
+        nc, name=subjects.scheduler_service, version=version,
+        description="llmsched scheduler: picks the member for each request",
+        queue_group=subjects.scheduler_queue,
+        metadata={"replica": endpoints.replica, "prefix": subjects.prefix},
+    )
+    group = service.add_group(name=subjects.scheduler_group, queue_group=subjects.scheduler_queue)
+    await group.add_endpoint(name="select", handler=endpoints.select)
+    await group.add_endpoint(name="simulate", handler=endpoints.simulate)
+    await group.add_endpoint(name="analyze", handler=endpoints.analyze)
+    await group.add_endpoint(name="status", handler=endpoints.status)
+    return service

@@ -1,0 +1,148 @@
+"""Composition root of the scheduler service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import msgspec
+from nats.aio.msg import Msg
+
+from services.scheduler.core import SchedulerCore
+from services.scheduler.endpoints import SchedulerEndpoints, start_service
+from services.scheduler.persist import StatePersister, warm_up
+from services.scheduler.plugins.registry import default_registry
+from shared.bus import connect_nats
+from shared.config import LoadedConfig
+from shared.config_watch import ConfigWatcher
+from shared.logs import set_level
+from shared.messages import LoadEvent, MetricsBatch, PoolSnapshot
+from shared.runtime import run_service, sleep_or_stop
+from shared.state import RedisStateStore
+from shared.subjects import RedisKeys, Subjects
+
+log = logging.getLogger("llmsched.scheduler")
+
+
+def run(loaded: LoadedConfig) -> int:
+    """``llmsched scheduler``."""
+    return run_service("scheduler", loaded, serve)
+
+
+async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | None = None,
+                redis_url: str | None = None) -> None:
+    """Run one scheduler replica until ``stop`` is set."""
+    cfg = loaded.config
+    replica = f"{socket.gethostname()}-{os.getpid()}"
+    subjects = Subjects(cfg.global_.prefix)
+    keys = RedisKeys(cfg.global_.prefix)
+    core = SchedulerCore(cfg, default_registry())
+    health: dict[str, bool] = {"ok": True}
+    store = RedisStateStore(redis_url, keys=keys)
+    persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health)
+    watcher = ConfigWatcher(loaded)
+    endpoints = SchedulerEndpoints(core, replica=replica, config_version=loaded.version,
+                                   store_ok=health)
+
+    def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
+        core.apply_config(new.config)
+        endpoints.config_version = new.version
+        set_level(new.config.global_.effective_log_level)
+
+    watcher.subscribe(on_config)
+    nc = await connect_nats(f"scheduler-{replica}", nats_url)
+    snap_dec = msgspec.json.Decoder(PoolSnapshot)
+    met_dec = msgspec.json.Decoder(MetricsBatch)
+
+    async def on_snapshot(msg: Msg) -> None:
+        try:
+            snap = snap_dec.decode(msg.data)
+        except msgspec.DecodeError as err:
+            log.warning("Dropping malformed pool snapshot on %s: %s", msg.subject, err)
+            return
+        if core.pool_config(snap.pool, snap.partition) is None:
+            return
+        before = core.view.get(snap.pool, snap.partition)
+        old_keys = set(before.members) if before else set()
+        state = core.view.apply_snapshot(snap)
+        if set(state.members) != old_keys:
+            log.info("Pool %s:%s membership: %d members (%d available)", snap.pool,
+                     snap.partition, len(state.members),
+                     sum(1 for m in state.members.values() if m.available))
+        persister.snapshot_changed((snap.pool, snap.partition), msg.data)
+
+    async def on_metrics(msg: Msg) -> None:
+        try:
+            batch = met_dec.decode(msg.data)
+        except msgspec.DecodeError as err:
+            log.warning("Dropping malformed metrics batch on %s: %s", msg.subject, err)
+            return
+        if core.view.apply_metrics(batch) is not None:
+            persister.metrics_changed((batch.pool, batch.partition))
+
+    subs = [
+        await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot),
+        await nc.subscribe(subjects.member_metrics_all, cb=on_metrics),
+    ]
+    try:
+        restored = await warm_up(store, keys, core.view)
+        log.info("Warmed up from the state store: %d pools", restored)
+    except Exception as err:
+        health["ok"] = False
+        log.warning("State store unreachable at start (%s); starting from live events only", err)
+    service = await start_service(nc, subjects, endpoints)
+    log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,
+             subjects.scheduler_group, subjects.scheduler_queue)
+    tasks = [
+        asyncio.create_task(watcher.run(stop)),
+        asyncio.create_task(persister.run(stop)),
+        asyncio.create_task(_publish_load(nc, subjects, core, stop)),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await service.stop()
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await persister.flush()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await store.close()
+
+
+async def _publish_load(nc: object, subjects: Subjects, core: SchedulerCore,
+                        stop: asyncio.Event) -> None:
+    """One load event per pool every evaluation tick (the metrics interval, at least 1 s)."""
+    enc = msgspec.json.Encoder()
+    publish = nc.publish  # type: ignore[attr-defined]
+    while True:
+        period = max(1.0, core.config.scheduler.metrics_fetch_interval / 1000.0)
+        if await sleep_or_stop(stop, period):
+            return
+        now = time.time()
+        for pool in list(core.view.pools.values()):
+            fresh = [m for m in pool.members.values()
+                     if m.available and m.fresh(now, core.stale_after_s)]
+            event = LoadEvent(
+                name=pool.name, partition=pool.partition, members=len(pool.members),
+                available=sum(1 for m in pool.members.values() if m.available),
+                waiting_queue=sum(m.waiting_queue or 0.0 for m in fresh),
+                running_req=sum(m.running_req or 0.0 for m in fresh),
+                cache_usage_avg=(sum(m.cache_usage or 0.0 for m in fresh) / len(fresh))
+                if fresh else 0.0,
+                at=now,
+            )
+            try:
+                await publish(subjects.load(pool.name), enc.encode(event))
+            except Exception as err:
+                log.debug("Load event not published: %s", err)

@@ -1,0 +1,93 @@
+"""Durable copy of the view in Redis: coalesced writes, retries, and warm-up on start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from services.scheduler.view import ClusterView
+from shared.messages import MetricsBatch, PoolSnapshot
+from shared.state import StateStore
+from shared.subjects import RedisKeys
+
+log = logging.getLogger("llmsched.scheduler.persist")
+
+
+class StatePersister:
+    """Writes the latest snapshot/metrics of changed pools; an outage only delays writes."""
+
+    def __init__(self, store: StateStore, keys: RedisKeys, view: ClusterView, ttl_s: float,
+                 health: dict[str, bool]) -> None:
+        self.store = store
+        self.keys = keys
+        self.view = view
+        self.ttl_s = ttl_s
+        self.health = health
+        self._snapshots: dict[tuple[str, str], bytes] = {}
+        self._dirty_metrics: set[tuple[str, str]] = set()
+        self._enc = msgspec.json.Encoder()
+
+    def snapshot_changed(self, ident: tuple[str, str], raw: bytes) -> None:
+        self._snapshots[ident] = raw
+
+    def metrics_changed(self, ident: tuple[str, str]) -> None:
+        self._dirty_metrics.add(ident)
+
+    async def flush(self) -> None:
+        """Write what changed since the last successful flush."""
+        items: dict[str, bytes] = {}
+        for (pool, partition), raw in self._snapshots.items():
+            items[self.keys.snapshot(partition, pool)] = raw
+        for ident in self._dirty_metrics:
+            state = self.view.pools.get(ident)
+            if state is None:
+                continue
+            batch = MetricsBatch(pool=ident[0], partition=ident[1], round_started_at=0.0,
+                                 members=[m.to_metrics() for m in state.members.values()])
+            items[self.keys.metrics(ident[1], ident[0])] = self._enc.encode(batch)
+        if not items:
+            return
+        await self.store.put_many(items, self.ttl_s)
+        self._snapshots.clear()
+        self._dirty_metrics.clear()
+
+    async def run(self, stop: asyncio.Event, period_s: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=period_s)
+            except TimeoutError:
+                pass
+            try:
+                await self.flush()
+                if not self.health.get("ok", False):
+                    log.info("State store reachable again; durable copy up to date")
+                self.health["ok"] = True
+            except Exception as err:
+                if self.health.get("ok", True):
+                    log.warning("State store write failed (%s); selects continue from memory,"
+                                " will retry", err)
+                self.health["ok"] = False
+
+
+async def warm_up(store: StateStore, keys: RedisKeys, view: ClusterView,
+                  timeout_s: float = 3.0) -> int:
+    """Load last snapshots and metrics from Redis; returns how many pools were restored."""
+    snap_dec = msgspec.json.Decoder(PoolSnapshot)
+    met_dec = msgspec.json.Decoder(MetricsBatch)
+    snaps = await asyncio.wait_for(store.get_pattern(keys.snapshot_pattern), timeout_s)
+    metrics = await asyncio.wait_for(store.get_pattern(keys.metrics_pattern), timeout_s)
+    restored = 0
+    for raw in snaps.values():
+        try:
+            view.apply_snapshot(snap_dec.decode(raw))
+            restored += 1
+        except msgspec.DecodeError as err:
+            log.warning("Ignoring unreadable snapshot in the state store: %s", err)
+    for raw in metrics.values():
+        try:
+            view.apply_metrics(met_dec.decode(raw))
+        except msgspec.DecodeError as err:
+            log.warning("Ignoring unreadable metrics in the state store: %s", err)
+    return restored

@@ -1,0 +1,1 @@
+"""Scheduling plugins: filters, scorers and pickers behind three small interfaces."""

@@ -1,0 +1,49 @@
+"""The three plugin interfaces and the context a decision runs in."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.scheduler.view import MemberState
+
+
+@dataclass(slots=True)
+class DecisionContext:
+    """Everything a plugin may look at besides the members."""
+
+    pool: str
+    partition: str
+    now: float
+    stale_after_s: float
+    rng: random.Random
+    debug: bool = False
+
+
+class Filter(Protocol):
+    """Drops members that must not take the request."""
+
+    @property
+    def name(self) -> str: ...
+
+    def filter(self, ctx: DecisionContext, members: list[MemberState]) -> list[MemberState]: ...
+
+
+class Scorer(Protocol):
+    """Rates each member in [0, 1] (higher is better); None for a member it cannot rate."""
+
+    @property
+    def name(self) -> str: ...
+
+    def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]: ...
+
+
+class Picker(Protocol):
+    """Chooses one member from scored ones, or None when no score is positive."""
+
+    @property
+    def name(self) -> str: ...
+
+    def pick(self, ctx: DecisionContext, members: list[MemberState],
+             scores: list[float]) -> MemberState | None: ...

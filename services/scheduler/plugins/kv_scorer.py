@@ -1,0 +1,25 @@
+"""KV-cache scorer: 1 − usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.scheduler.plugins.base import DecisionContext
+from services.scheduler.view import MemberState
+
+
+@dataclass(frozen=True, slots=True)
+class KVCacheScorer:
+    """Emptier KV cache scores higher."""
+
+    name: str = "kv_cache"
+
+    def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]:
+        now, window = ctx.now, ctx.stale_after_s
+        out: list[float | None] = []
+        for m in members:
+            if m.cache_usage is None or not m.fresh(now, window):
+                out.append(None)
+            else:
+                out.append(1.0 - min(max(m.cache_usage, 0.0), 1.0))
+        return out

@@ -1,0 +1,92 @@
+"""Plugin factories keyed by type name, and profiles assembled from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.scheduler.plugins.base import DecisionContext, Filter, Picker, Scorer
+from services.scheduler.plugins.kv_scorer import KVCacheScorer
+from services.scheduler.plugins.queue_scorer import QueueScorer
+from services.scheduler.plugins.threshold import ThresholdFilter
+from services.scheduler.plugins.weighted_random import WeightedRandomPicker
+from services.scheduler.view import MemberState
+from shared.config import FallbackConfig, ModeConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """filters → Σ weight·clamp(score) → picker; members without fresh metrics score 0."""
+
+    name: str
+    filters: tuple[Filter, ...]
+    scorers: tuple[tuple[float, Scorer], ...]
+    picker: Picker
+    require_fresh: bool = True
+
+    def filter(self, ctx: DecisionContext, members: list[MemberState]) -> list[MemberState]:
+        for f in self.filters:
+            members = f.filter(ctx, members)
+            if not members:
+                break
+        return members
+
+    def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float]:
+        totals = [0.0] * len(members)
+        for weight, scorer in self.scorers:
+            if weight == 0:
+                continue
+            for i, s in enumerate(scorer.score(ctx, members)):
+                if s is not None:
+                    totals[i] += weight * min(max(s, 0.0), 1.0)
+        if self.require_fresh:
+            now, window = ctx.now, ctx.stale_after_s
+            for i, m in enumerate(members):
+                if not m.fresh(now, window):
+                    totals[i] = 0.0
+        return totals
+
+
+@dataclass
+class PluginRegistry:
+    """Factories for filters, scorers and pickers; new types register here, not in callers."""
+
+    filters: dict[str, Callable[..., Filter]] = field(default_factory=dict)
+    scorers: dict[str, Callable[..., Scorer]] = field(default_factory=dict)
+    pickers: dict[str, Callable[..., Picker]] = field(default_factory=dict)
+
+    def filter(self, kind: str, **params: Any) -> Filter:
+        return self.filters[kind](**params)
+
+    def scorer(self, kind: str, **params: Any) -> Scorer:
+        return self.scorers[kind](**params)
+
+    def picker(self, kind: str, **params: Any) -> Picker:
+        return self.pickers[kind](**params)
+
+
+def default_registry() -> PluginRegistry:
+    """The built-in plugins."""
+    return PluginRegistry(
+        filters={"threshold": ThresholdFilter},
+        scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer},
+        pickers={"weighted_random": WeightedRandomPicker},
+    )
+
+
+def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: FallbackConfig) -> Profile:
+    """The pool's profile: the seed-000 threshold filter wraps the mode's scoring (S1)."""
+    threshold = registry.filter(
+        "threshold",
+        running_req_threshold=fallback.member_running_req_threshold,
+        waiting_queue_threshold=fallback.member_waiting_queue_threshold,
+    )
+    if mode.type != "s1":
+        raise ValueError(f"unknown scoring profile {mode.type!r}")
+    return Profile(
+        name=mode.name,
+        filters=(threshold,),
+        scorers=((mode.w_a, registry.scorer("queue")), (mode.w_b, registry.scorer("kv_cache"))),
+        picker=registry.picker("weighted_random"),
+    )

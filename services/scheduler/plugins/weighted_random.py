@@ -1,0 +1,26 @@
+"""Weighted random picker: P(member) = score / Σ scores."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from itertools import accumulate
+
+from services.scheduler.plugins.base import DecisionContext
+from services.scheduler.view import MemberState
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedRandomPicker:
+    """Roulette-wheel selection over positive scores; None when every score is 0."""
+
+    name: str = "weighted_random"
+
+    def pick(self, ctx: DecisionContext, members: list[MemberState],
+             scores: list[float]) -> MemberState | None:
+        cumulative = list(accumulate(s if s > 0 else 0.0 for s in scores))
+        total = cumulative[-1] if cumulative else 0.0
+        if total <= 0:
+            return None
+        index = bisect_right(cumulative, ctx.rng.random() * total)
+        return members[min(index, len(members) - 1)]

@@ -1,0 +1,129 @@
+"""The scheduler replica's in-memory view of pools, members and their latest metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
+
+
+@dataclass(slots=True)
+class MemberState:
+    """One member: membership facts plus the last good metrics and the last scrape result."""
+
+    key: str
+    host: str
+    port: int
+    available: bool
+    waiting_queue: float | None = None
+    running_req: float | None = None
+    cache_usage: float | None = None
+    metrics_at: float | None = None
+    """Scrape time of the values above (the last successful scrape)."""
+    last_scrape_at: float | None = None
+    last_error: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def fresh(self, now: float, stale_after_s: float) -> bool:
+        """True when the values are present and younger than the staleness window."""
+        return (
+            self.metrics_at is not None
+            and now - self.metrics_at <= stale_after_s
+            and self.waiting_queue is not None
+            and self.cache_usage is not None
+        )
+
+    def apply(self, m: MemberMetrics) -> None:
+        """Take a scrape result; a failure keeps the old values so they age into staleness."""
+        if self.last_scrape_at is not None and m.scraped_at < self.last_scrape_at:
+            return
+        self.last_scrape_at = m.scraped_at
+        if not m.ok:
+            self.last_error = m.error or "scrape failed"
+            return
+        self.last_error = None
+        self.waiting_queue = m.waiting_queue
+        self.running_req = m.running_req
+        self.cache_usage = m.cache_usage
+        self.metrics_at = m.scraped_at
+        self.extra = dict(m.extra)
+
+    def to_metrics(self) -> MemberMetrics:
+        """The last good values, for the durable copy."""
+        return MemberMetrics(
+            key=self.key, scraped_at=self.metrics_at or 0.0, ok=self.metrics_at is not None,
+            error=self.last_error, waiting_queue=self.waiting_queue,
+            running_req=self.running_req, cache_usage=self.cache_usage, extra=self.extra,
+        )
+
+
+@dataclass(slots=True)
+class PoolState:
+    """One pool as this replica knows it."""
+
+    name: str
+    partition: str
+    engine_type: str
+    source: str
+    members: dict[str, MemberState]
+    fetched_at: float
+    stale_since: float | None = None
+    source_error: str | None = None
+    selections: dict[str, int] = field(default_factory=dict)
+
+    def count(self, answer: str) -> None:
+        self.selections[answer] = self.selections.get(answer, 0) + 1
+
+
+class ClusterView:
+    """All pools; fed by snapshot and metrics events, read by every decision."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, str], PoolState] = {}
+
+    def get(self, name: str, partition: str) -> PoolState | None:
+        return self.pools.get((name, partition))
+
+    def apply_snapshot(self, snap: PoolSnapshot) -> PoolState:
+        """Replace membership, keeping metrics of members that stay."""
+        ident = (snap.pool, snap.partition)
+        old = self.pools.get(ident)
+        if old is not None and snap.fetched_at < old.fetched_at:
+            return old  # an older copy (e.g. the warm-up read) never overrides a newer one
+        members: dict[str, MemberState] = {}
+        for info in snap.members:
+            members[info.key] = self._member(info, old.members.get(info.key) if old else None)
+        pool = PoolState(
+            name=snap.pool, partition=snap.partition, engine_type=snap.engine_type,
+            source=snap.source, members=members, fetched_at=snap.fetched_at,
+            stale_since=snap.stale_since, source_error=snap.error,
+            selections=old.selections if old else {},
+        )
+        self.pools[ident] = pool
+        return pool
+
+    @staticmethod
+    def _member(info: MemberInfo, old: MemberState | None) -> MemberState:
+        if old is None:
+            return MemberState(key=info.key, host=info.host, port=info.port,
+                               available=info.available)
+        old.host, old.port, old.available = info.host, info.port, info.available
+        return old
+
+    def apply_metrics(self, batch: MetricsBatch) -> PoolState | None:
+        """Merge a scrape round; members unknown to the snapshot are ignored."""
+        pool = self.pools.get((batch.pool, batch.partition))
+        if pool is None:
+            return None
+        for m in batch.members:
+            member = pool.members.get(m.key)
+            if member is not None:
+                member.apply(m)
+        return pool
+
+    def retain(self, idents: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Drop pools no longer configured; returns the dropped ones."""
+        dropped = [ident for ident in self.pools if ident not in idents]
+        for ident in dropped:
+            del self.pools[ident]
+        return dropped

@@ -1,0 +1,50 @@
+"""Process plumbing shared by every service: logging, event loop, signals, stop event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from shared.config import LoadedConfig
+from shared.logs import setup_logging
+
+log = logging.getLogger("llmsched")
+
+Serve = Callable[[LoadedConfig, asyncio.Event], Awaitable[None]]
+
+
+def run_service(name: str, loaded: LoadedConfig, serve: Serve) -> int:
+    """Run ``serve`` until SIGINT/SIGTERM; returns the process exit code."""
+    setup_logging(name, loaded.config.global_.effective_log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("%s starting (config %s, version %s)", name, loaded.path, loaded.version)
+        await serve(loaded, stop)
+        log.info("%s stopped", name)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop``; True when stopping."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.0))
+    except TimeoutError:
+        return False
+    return True
