@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
 log = logging.getLogger("llmsched.bus")
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+Callback = Callable[[], Awaitable[None]]
+ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
 def nats_servers(url: str | None = None) -> list[str]:
@@ -31,6 +37,19 @@ async def connect_nats(name: str, url: str | None = None) -> NATS:
     async def on_error(err: Exception) -> None:
         log.warning("NATS error (%s): %s", name, err)
 
+    delay = 0.2
+    while True:
+        try:
+            return await _connect_once(name, url, on_disconnect, on_reconnect, on_error)
+        except (OSError, TimeoutError, nats.errors.NoServersError) as err:
+            log.warning("NATS not reachable at %s (%s); retrying in %.1fs",
+                        ",".join(nats_servers(url)), err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _connect_once(name: str, url: str | None, on_disconnect: Callback,
+                        on_reconnect: Callback, on_error: ErrorCallback) -> NATS:
     return await nats.connect(
         servers=nats_servers(url),
         name=name,
@@ -44,5 +63,4 @@ async def connect_nats(name: str, url: str | None = None) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
-        retry_on_failed_connect=True,
     )

@@ -54,8 +54,17 @@ class SchedulerClient:
         return bytes(msg.data)
 
     async def select(self, payload: bytes) -> str:
-        """The answer text for an already-validated select body."""
-        return self._answer_dec.decode(await self._call(self._select_subject, payload)).answer
+        """The answer for a validated select body; a lost request is retried once.
+
+        A replica that dies holding a request never answers it: the second attempt goes to
+        another replica of the queue group, within the same overall budget.
+        """
+        half = self.timeout_s / 2
+        try:
+            raw = await self._call(self._select_subject, payload, half)
+        except SchedulerUnavailable:
+            raw = await self._call(self._select_subject, payload, half)
+        return self._answer_dec.decode(raw).answer
 
     async def simulate(self, payload: bytes) -> SimulateReply:
         return self._sim_dec.decode(await self._call(self.subjects.simulate, payload, 30))
@@ -77,12 +86,13 @@ class SchedulerClient:
             await self.nc.publish(f"$SRV.PING.{self.subjects.scheduler_service}", b"",
                                   reply=inbox)
             count = 0
+            wait = timeout_s
             try:
-                await sub.next_msg(timeout=timeout_s)
-                count += 1
                 while True:
-                    await sub.next_msg(timeout=0.05)
-                    count += 1
+                    msg = await sub.next_msg(timeout=wait)
+                    if msg.data:  # an empty message is the server's "no responders" status
+                        count += 1
+                    wait = 0.05
             except (NatsTimeout, TimeoutError):
                 pass
             return count

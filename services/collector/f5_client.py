@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -183,7 +184,7 @@ class F5Client:
             f"{response.status_code} {self._error_text(response)}"
         )
 
-    def _raise_for(self, response: httpx.Response, what: str) -> Any:
+    def _raise_for(self, response: httpx.Response, what: str) -> NoReturn:
         status = response.status_code
         message = self._error_text(response)
         if status == 404:
@@ -201,9 +202,8 @@ class F5Client:
             token = await self._valid_token(stale_token)
             if token is not None:
                 return {"X-F5-Auth-Token": token}
-        basic = httpx.BasicAuth(self._config.username, self._config.password())
-        request = basic.sync_auth_flow(httpx.Request("GET", self.base_url))
-        return {"Authorization": next(request).headers["Authorization"]}
+        pair = f"{self._config.username}:{self._config.password()}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
 
     async def _valid_token(self, stale_token: str | None) -> str | None:
         async with self._login_lock:

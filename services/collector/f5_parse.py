@@ -56,7 +56,8 @@ def _items(payload: Any, what: str) -> list[Any]:
     if isinstance(payload, list):
         return payload
     if not isinstance(payload, dict):
-        raise F5PayloadError(f"{what}: expected a JSON object or list, got {type(payload).__name__}")
+        kind = type(payload).__name__
+        raise F5PayloadError(f"{what}: expected a JSON object or list, got {kind}")
     items = payload.get("items", [])  # F5 omits `items` for an empty collection
     if not isinstance(items, list):
         raise F5PayloadError(f"{what}: `items` is {type(items).__name__}, not a list")
@@ -83,15 +84,18 @@ def member_port(name: str, address: str) -> int:
     F5 writes ``10.0.0.1:8080`` and ``nodename:8080`` with a colon, but a configured IPv6
     member as ``2001:db8::1.8080`` (a dot, since colons belong to the address). FQDN
     ephemeral members (``_auto_2607.f8b0.400a.80a..200e:80`` in the v16 fixture) turn the
-    address's colons into dots and keep ``:port``. So: digits after the last colon, else, for
+    address's colons into dots and keep ``:port``. So: digits after the only colon, else, for
     IPv6, digits after the last dot. The host is never taken from the name.
     """
-    _, sep, tail = name.rpartition(":")
-    if not (sep and tail.isdigit()):
+    head, sep, tail = name.rpartition(":")
+    if not sep or ":" in head:
+        # No colon, or an IPv6 literal in the name: only `addr.port` is left.
         ipv6 = ":" in name or ":" in address
         _, sep, tail = name.rpartition(".")
-        if not (ipv6 and sep and tail.isdigit()):
-            raise F5PayloadError(f"member {name!r}: no port after ':' (or '.' for IPv6)")
+        if not ipv6:
+            sep = ""
+    if not (sep and tail.isdigit()):
+        raise F5PayloadError(f"member {name!r}: no port after ':' (or '.' for IPv6)")
     port = int(tail)
     if not 0 < port < 65536:
         raise F5PayloadError(f"member {name!r}: port {port} is not 1..65535")
@@ -102,7 +106,8 @@ def is_fqdn_placeholder(item: dict[str, Any]) -> bool:
     """True for an FQDN template member (``any6`` address / ``fqdn-*`` state)."""
     address = item.get("address")
     state = item.get("state")
-    return address in PLACEHOLDER_ADDRESSES or (isinstance(state, str) and state.startswith("fqdn-"))
+    fqdn_state = isinstance(state, str) and state.startswith("fqdn-")
+    return address in PLACEHOLDER_ADDRESSES or fqdn_state
 
 
 def is_available(state: str, session: str) -> bool:

@@ -1,0 +1,134 @@
+"""The collector's loops: pool membership per pool, and one scrape round per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from services.collector.membership import MembershipSource
+from services.collector.scraper import MetricsScraper
+from shared.config import Config, PoolConfig
+from shared.messages import PoolSnapshot
+from shared.subjects import Subjects
+
+log = logging.getLogger("llmsched.collector")
+
+
+class Collector:
+    """Keeps one membership task per configured pool and a fixed-rate scrape loop."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, scraper: MetricsScraper,
+                 sources: dict[str, MembershipSource], config: Config) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.scraper = scraper
+        self.sources = sources
+        self.config = config
+        self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
+        self._tasks: dict[tuple[str, str],
+                          tuple[PoolConfig, MembershipSource, asyncio.Task[None]]] = {}
+        self._enc = msgspec.json.Encoder()
+        self._wake = asyncio.Event()
+
+    def apply_config(self, config: Config, sources: dict[str, MembershipSource]) -> None:
+        """Start, restart or stop membership tasks for pools whose config changed."""
+        self.config = config
+        self.sources = sources
+        wanted = {p.ident: p for p in config.pools}
+        for ident, (old_cfg, old_source, task) in list(self._tasks.items()):
+            new_cfg = wanted.get(ident)
+            new_source = sources.get(config.pool_source(new_cfg)) if new_cfg else None
+            if new_cfg != old_cfg or new_source is not old_source:
+                task.cancel()
+                del self._tasks[ident]
+                if new_cfg is None:
+                    self.snapshots.pop(ident, None)
+        for ident, pool in wanted.items():
+            if ident not in self._tasks:
+                source = sources[config.pool_source(pool)]
+                task = asyncio.create_task(self._membership(pool, source),
+                                           name=f"members {ident}")
+                self._tasks[ident] = (pool, source, task)
+
+    async def _membership(self, pool: PoolConfig, source: MembershipSource) -> None:
+        subject = self.subjects.pool_snapshot(pool.partition, pool.name)
+        while True:
+            try:
+                snap = await source.snapshot(pool, pool.engine_type)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Pool %s:%s membership fetch failed", pool.name, pool.partition)
+                await asyncio.sleep(self.config.scheduler.pool_fetch_interval)
+                continue
+            first = (pool.name, pool.partition) not in self.snapshots
+            self.snapshots[pool.ident] = snap
+            try:
+                await self.nc.publish(subject, self._enc.encode(snap))
+            except Exception as err:
+                log.warning("Snapshot of %s:%s not published: %s", pool.name, pool.partition,
+                            err)
+            if first:
+                self._wake.set()  # scrape a new pool at once instead of waiting a tick
+            delay = source.next_delay(pool)
+            await asyncio.sleep(delay if delay is not None
+                                else self.config.scheduler.pool_fetch_interval)
+
+    async def scrape_round(self) -> int:
+        """Scrape every pool once and publish one batch per pool; returns members scraped."""
+        jobs = []
+        for pool in self.config.pools:
+            snap = self.snapshots.get(pool.ident)
+            if snap is None:
+                continue
+            jobs.append(self._scrape_pool(pool, snap))
+        counts = await asyncio.gather(*jobs)
+        return sum(counts)
+
+    async def _scrape_pool(self, pool: PoolConfig, snap: PoolSnapshot) -> int:
+        spec = self.config.engine_spec(pool)
+        batch = await self.scraper.scrape_pool(pool, spec, snap.members)
+        try:
+            await self.nc.publish(self.subjects.member_metrics(pool.partition, pool.name),
+                                  self._enc.encode(batch))
+        except Exception as err:
+            log.warning("Metrics of %s:%s not published: %s", pool.name, pool.partition, err)
+        return len(batch.members)
+
+    async def run_scrapes(self, stop: asyncio.Event) -> None:
+        """Fixed-rate rounds: a slow round delays the next one, never overlaps it."""
+        next_at = time.monotonic()
+        while not stop.is_set():
+            self._wake.clear()
+            started = time.monotonic()
+            try:
+                await self.scrape_round()
+            except Exception:
+                log.exception("Scrape round failed")
+            interval = self.config.scheduler.metrics_fetch_interval / 1000.0
+            elapsed = time.monotonic() - started
+            if elapsed > interval:
+                log.warning("Scrape round took %.2fs, longer than the %.2fs interval",
+                            elapsed, interval)
+            next_at = max(next_at + interval, time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_any(stop), next_at - time.monotonic())
+
+    async def _wait_any(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def close(self) -> None:
+        for _cfg, _src, task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*(t for _c, _s, t in self._tasks.values()), return_exceptions=True)
+        self._tasks.clear()

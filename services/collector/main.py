@@ -1,0 +1,92 @@
+"""Composition root of the collector service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from services.collector.f5_client import F5Client, http_client_for
+from services.collector.loops import Collector
+from services.collector.membership import F5Source, MembershipSource, StaticSource
+from services.collector.scraper import MetricsScraper
+from shared.bus import connect_nats
+from shared.config import Config, LoadedConfig
+from shared.config_watch import ConfigWatcher
+from shared.logs import set_level
+from shared.runtime import run_service
+from shared.subjects import Subjects
+
+log = logging.getLogger("llmsched.collector")
+
+
+def run(loaded: LoadedConfig) -> int:
+    """``llmsched collector``."""
+    return run_service("collector", loaded, serve)
+
+
+class _F5Stack:
+    """The F5 client and its HTTP client, rebuilt when the ``f5`` section changes."""
+
+    def __init__(self) -> None:
+        self.http: httpx.AsyncClient | None = None
+        self.client: F5Client | None = None
+        self.source: F5Source | None = None
+        self.section: object = None
+
+    async def sources(self, config: Config) -> dict[str, MembershipSource]:
+        out: dict[str, MembershipSource] = {"static": StaticSource()}
+        if config.f5 != self.section:
+            await self.close()
+            self.section = config.f5
+            if config.f5 is not None:
+                self.http = http_client_for(config.f5)
+                self.client = F5Client(config.f5, self.http)
+                self.source = F5Source(self.client)
+        if self.source is not None:
+            out["f5"] = self.source
+        return out
+
+    async def close(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+        if self.http is not None:
+            await self.http.aclose()
+        self.http = self.client = self.source = None
+
+
+async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | None = None,
+                redis_url: str | None = None) -> None:
+    """Fetch memberships and scrape metrics until ``stop`` is set."""
+    cfg = loaded.config
+    nc = await connect_nats("collector", nats_url)
+    f5 = _F5Stack()
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(limits=limits, timeout=10, verify=True) as scrape_http:
+        collector = Collector(nc, Subjects(cfg.global_.prefix), MetricsScraper(scrape_http),
+                              await f5.sources(cfg), cfg)
+        collector.apply_config(cfg, collector.sources)
+        watcher = ConfigWatcher(loaded)
+
+        async def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
+            set_level(new.config.global_.effective_log_level)
+            collector.apply_config(new.config, await f5.sources(new.config))
+
+        watcher.subscribe(on_config)
+        tasks = [asyncio.create_task(watcher.run(stop)),
+                 asyncio.create_task(collector.run_scrapes(stop))]
+        log.info("Collector running: %d pools, scrape every %d ms", len(cfg.pools),
+                 cfg.scheduler.metrics_fetch_interval)
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await collector.close()
+            await f5.close()
+            with contextlib.suppress(Exception):
+                await nc.drain()

@@ -1,0 +1,216 @@
+"""Scrape every available pool member's /metrics concurrently into one MetricsBatch."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from services.collector.extract import extract, wanted_names
+from shared.config import MetricsConfig, PoolConfig
+from shared.engines import EngineMetricsSpec
+from shared.members import url_host
+from shared.messages import MemberInfo, MemberMetrics, MetricsBatch
+from shared.promparse import PromParseError, SampleSelector
+
+log = logging.getLogger("llmsched.collector.scraper")
+
+DEFAULT_CONCURRENCY = 256
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""A real vLLM payload is ~50 kB; anything this big is not an engine's /metrics."""
+MAX_ERROR_CHARS = 200
+NO_ENGINE_METRICS = "no engine metrics found"
+
+
+def new_client(*, verify: bool | ssl.SSLContext = True, max_keepalive: int = 1024
+               ) -> httpx.AsyncClient:
+    """A client fit for scraping: no connection cap (the scraper bounds concurrency) and
+    enough keep-alive connections for every member to reuse its own between rounds."""
+    return httpx.AsyncClient(
+        verify=verify,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=max_keepalive,
+                            keepalive_expiry=30.0),
+        follow_redirects=False,
+        trust_env=False,  # members are reached directly, never through an HTTP(S)_PROXY
+    )
+
+
+class _ScrapeFailed(Exception):
+    """A member answered, but not with usable metrics; the message is the published error."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PoolPlan:
+    """What every member scrape of one pool round shares."""
+
+    client: httpx.AsyncClient
+    headers: dict[str, str]
+    timeout: float
+    selector: SampleSelector
+    spec: EngineMetricsSpec
+    secrets: tuple[str, ...]
+
+
+class MetricsScraper:
+    """Scrapes pools over an injected httpx client; one MemberMetrics per available member.
+
+    The injected client is used for ``http`` pools and ``https`` pools that verify with
+    the system CAs; pools with ``verify: false`` or a CA bundle path get a client of
+    their own, created on first use and closed by :meth:`aclose`.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, *, max_concurrency: int = DEFAULT_CONCURRENCY
+                 ) -> None:
+        self._client = client
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tls_clients: dict[bool | str, httpx.AsyncClient] = {}
+        self._failing: dict[tuple[str, str], int] = {}
+
+    async def __aenter__(self) -> MetricsScraper:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the clients this scraper created (never the injected one)."""
+        clients, self._tls_clients = list(self._tls_clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def scrape_pool(self, pool: PoolConfig, spec: EngineMetricsSpec,
+                          members: list[MemberInfo], *, now: Callable[[], float] = time.time
+                          ) -> MetricsBatch:
+        """Scrape the available members of ``pool``; failures are results, never dropped."""
+        started = now()
+        available = [member for member in members if member.available]
+        try:
+            plan = self._plan(pool.metrics, spec)
+        except (OSError, ssl.SSLError, ValueError) as err:
+            reason = f"TLS setup failed: {type(err).__name__}"
+            results = [MemberMetrics(key=m.key, scraped_at=now(), ok=False, error=reason)
+                       for m in available]
+        else:
+            results = list(await asyncio.gather(
+                *(self._scrape_member(plan, pool.metrics, member, now) for member in available)
+            ))
+        self._log_summary(pool, results)
+        return MetricsBatch(pool=pool.name, partition=pool.partition, members=results,
+                            round_started_at=started)
+
+    def _plan(self, metrics: MetricsConfig, spec: EngineMetricsSpec) -> _PoolPlan:
+        headers: dict[str, str] = {}
+        secrets: list[str] = []
+        if metrics.metric_user:
+            password = metrics.basic_password()
+            token = base64.b64encode(f"{metrics.metric_user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+            secrets += [password, token]
+        elif bearer := metrics.bearer():
+            headers["Authorization"] = f"Bearer {bearer}"
+            secrets.append(bearer)
+        return _PoolPlan(
+            client=self._client_for(metrics),
+            headers=headers,
+            timeout=metrics.timeout,
+            selector=SampleSelector(wanted_names(spec)),
+            spec=spec,
+            secrets=tuple(secret for secret in secrets if secret),
+        )
+
+    def _client_for(self, metrics: MetricsConfig) -> httpx.AsyncClient:
+        if metrics.schema == "http" or metrics.verify is True:
+            return self._client
+        client = self._tls_clients.get(metrics.verify)
+        if client is None:
+            verify: bool | ssl.SSLContext = (
+                False if metrics.verify is False
+                else ssl.create_default_context(cafile=metrics.verify)
+            )
+            client = self._tls_clients[metrics.verify] = new_client(verify=verify)
+        return client
+
+    async def _scrape_member(self, plan: _PoolPlan, metrics: MetricsConfig, member: MemberInfo,
+                             now: Callable[[], float]) -> MemberMetrics:
+        port = metrics.port or member.port
+        path = metrics.path if metrics.path.startswith("/") else "/" + metrics.path
+        url = f"{metrics.schema}://{url_host(member.host)}:{port}{path}"
+        async with self._slots:
+            try:
+                async with asyncio.timeout(plan.timeout):
+                    body = await self._fetch(plan, url)
+                scraped_at = now()
+                series = plan.selector.parse(body.decode("utf-8", errors="replace"))
+                figures = extract(series, plan.spec)
+                if not figures.found:
+                    raise _ScrapeFailed(NO_ENGINE_METRICS)
+            except Exception as err:  # every failure becomes a published ok=False result
+                error = _redact(_describe(err, plan.timeout), plan.secrets)
+                log.debug("scrape %s (%s) failed: %s", member.key, url, error)
+                return MemberMetrics(key=member.key, scraped_at=now(), ok=False, error=error)
+        return MemberMetrics(
+            key=member.key, scraped_at=scraped_at, ok=True,
+            waiting_queue=figures.waiting_queue, running_req=figures.running_req,
+            cache_usage=figures.cache_usage, extra=figures.extra,
+        )
+
+    async def _fetch(self, plan: _PoolPlan, url: str) -> bytes:
+        request = plan.client.build_request("GET", url, headers=plan.headers,
+                                            timeout=plan.timeout)
+        response = await plan.client.send(request, stream=True)
+        try:
+            if not response.is_success:
+                raise _ScrapeFailed(f"HTTP {response.status_code}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _ScrapeFailed(f"body larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            await response.aclose()
+
+    def _log_summary(self, pool: PoolConfig, results: list[MemberMetrics]) -> None:
+        failing = [result.error or "" for result in results if not result.ok]
+        previous = self._failing.get(pool.ident, 0)
+        self._failing[pool.ident] = len(failing)
+        if len(failing) == previous:
+            return
+        if failing:
+            kinds = collections.Counter(error.split(":", 1)[0] for error in failing)
+            detail = ", ".join(f"{kind}: {count}" for kind, count in kinds.most_common())
+            log.warning("pool %s/%s: %d of %d members failing metrics scrape (%s)",
+                        pool.partition, pool.name, len(failing), len(results), detail)
+        else:
+            log.info("pool %s/%s: all %d members scraped OK again",
+                     pool.partition, pool.name, len(results))
+
+
+def _describe(err: Exception, timeout: float) -> str:
+    """A short, operator-readable reason for a failed scrape."""
+    if isinstance(err, TimeoutError | httpx.TimeoutException):
+        return f"timeout after {timeout:g}s"
+    if isinstance(err, _ScrapeFailed):
+        return str(err)
+    if isinstance(err, PromParseError):
+        return f"parse error: {err}"[:MAX_ERROR_CHARS]
+    if isinstance(err, httpx.ConnectError):
+        return f"connect failed: {err or 'no detail'}"[:MAX_ERROR_CHARS]
+    if isinstance(err, httpx.HTTPError):
+        return f"{type(err).__name__}: {err or 'no detail'}"[:MAX_ERROR_CHARS]
+    return f"internal error: {type(err).__name__}"
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text

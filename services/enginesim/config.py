@@ -1,0 +1,143 @@
+"""Engine simulator configuration: engine limits, the step-time model and calibration presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EngineKind = Literal["vllm", "sglang"]
+Role = Literal["prefill", "decode", "both"]
+
+
+class SimConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """Cost of one engine step, in milliseconds at speed 1 (see docs/enginesim.md)."""
+
+    step_base_ms: float = 6.0
+    """Fixed cost of every forward step (one pass over the weights)."""
+    prefill_ms_per_token: float = 0.030
+    """Cost of each uncached prompt token computed in a step."""
+    decode_ms_per_seq: float = 0.030
+    """Extra cost of each decoding sequence in the batch."""
+    attn_ms_per_ctx_token: float = 0.00004
+    """Cost of reading one token of KV context (attention) in a step."""
+    kv_transfer_ms_per_token: float = 0.003
+    """Time to pull one prompt token's KV from a remote prefill instance."""
+    jitter: float = 0.02
+    """Relative standard deviation of step times (seeded)."""
+
+
+PRESETS: dict[str, Timing] = {
+    # Llama-3.1-8B-Instruct, BF16, one H100 SXM 80 GB (derivation in docs/enginesim.md).
+    "h100-llama3.1-8b": Timing(),
+    # The tiny random Llama served by vLLM 0.32.0 on the 2-core CPU (fixture timings_*.txt).
+    "cpu-tiny": Timing(step_base_ms=2.6, prefill_ms_per_token=0.15, decode_ms_per_seq=0.28,
+                       attn_ms_per_ctx_token=0.0005, kv_transfer_ms_per_token=0.01, jitter=0.05),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """One simulated engine; option names follow vLLM's."""
+
+    engine: EngineKind = "vllm"
+    """Which engine to look like from outside: metric names, error shapes, sleep API."""
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    """Model path/name (`root` in /v1/models)."""
+    served_model_name: tuple[str, ...] = ()
+    """Names accepted in requests; the first labels metrics. Empty: the model name."""
+    max_num_seqs: int = 256
+    """Most sequences in one batch (continuous batching)."""
+    max_model_len: int = 131072
+    """Longest prompt + output, in tokens."""
+    block_size: int = 16
+    """Tokens per KV-cache block."""
+    num_gpu_blocks: int = 27000
+    """KV-cache capacity in blocks (vLLM: --num-gpu-blocks-override)."""
+    max_num_batched_tokens: int = 8192
+    """Token budget of one step (chunked prefill)."""
+    enable_prefix_caching: bool = True
+    """Reuse cached full blocks of identical prompt prefixes."""
+    speed: float = 1.0
+    """Speed factor: every step takes step_time / speed."""
+    seed: int = 0
+    """Seed for jitter, generated text and ids."""
+    role: Role = "both"
+    """Disaggregated-serving role (kv_transfer_params handling)."""
+    timing: Timing = field(default_factory=Timing)
+    """Step-time model."""
+    default_output_tokens: int = 256
+    """Mean output length when a request sets no max_tokens (natural stop)."""
+    fake_response: str | None = None
+    """Fixed text to answer with instead of seeded filler."""
+    version: str = "0.32.0"
+    """Version reported by /version and system_fingerprint."""
+    gpu_memory_utilization: float = 0.9
+    """Reported in cache_config_info only."""
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Served names, defaulting to the model."""
+        return self.served_model_name or (self.model,)
+
+    def validate(self) -> EngineConfig:
+        """Fail fast, naming the offending key."""
+        positive = {
+            "max_num_seqs": self.max_num_seqs, "max_model_len": self.max_model_len,
+            "block_size": self.block_size, "num_gpu_blocks": self.num_gpu_blocks,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "default_output_tokens": self.default_output_tokens,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise SimConfigError(f"{key} must be > 0, got {value}")
+        if not self.speed > 0:
+            raise SimConfigError(f"speed must be > 0, got {self.speed}")
+        if self.engine not in ("vllm", "sglang"):
+            raise SimConfigError(f"engine must be vllm or sglang, got {self.engine!r}")
+        if self.role not in ("prefill", "decode", "both"):
+            raise SimConfigError(f"role must be prefill, decode or both, got {self.role!r}")
+        if self.num_gpu_blocks * self.block_size < self.max_model_len:
+            raise SimConfigError(
+                f"max_model_len ({self.max_model_len}) is larger than the KV cache "
+                f"(num_gpu_blocks {self.num_gpu_blocks} x block_size {self.block_size})")
+        for name, value in dataclasses.asdict(self.timing).items():
+            if value < 0:
+                raise SimConfigError(f"timing.{name} must be >= 0, got {value}")
+        return self
+
+
+def config_from_dict(data: dict[str, Any], base: EngineConfig | None = None) -> EngineConfig:
+    """Build a config from a JSON object (fleet files); unknown keys are errors."""
+    base = base or EngineConfig()
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    timing_keys = {f.name for f in dataclasses.fields(Timing)}
+    changes: dict[str, Any] = {}
+    timing_changes: dict[str, Any] = {}
+    timing = base.timing
+    for key, value in data.items():
+        norm = key.replace("-", "_")
+        if norm == "profile":
+            if value not in PRESETS:
+                raise SimConfigError(f"profile must be one of {sorted(PRESETS)}, got {value!r}")
+            timing = PRESETS[value]
+        elif norm == "num_gpu_blocks_override":
+            changes["num_gpu_blocks"] = int(value)
+        elif norm in timing_keys:
+            timing_changes[norm] = float(value)
+        elif norm == "served_model_name":
+            changes[norm] = (value,) if isinstance(value, str) else tuple(value)
+        elif norm in known and norm != "timing":
+            changes[norm] = value
+        elif norm not in ("port", "host"):
+            raise SimConfigError(f"unknown engine option {key!r}")
+    changes["timing"] = dataclasses.replace(timing, **timing_changes)
+    try:
+        return dataclasses.replace(base, **changes).validate()
+    except TypeError as err:
+        raise SimConfigError(str(err)) from None

@@ -1,0 +1,802 @@
+"""Keep deploy/docker-compose.yml and deploy/Dockerfile honest without a Docker engine.
+
+The compose file is parsed and every service's command, mount, port and env var is
+checked against the code (``services.cli``, ``shared.config``, ``pyproject.toml``).
+Each checker returns a list of problems; the real files must give none, and every
+checker is run once against a deliberately broken copy to prove it can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import shlex
+import sys
+import tomllib
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import pytest
+import yaml
+from setuptools import find_packages
+
+from services import cli
+from shared.config import ConfigError, LoadedConfig, load_config, parse_config
+from shared.members import parse_member_key
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+PYPROJECT = REPO / "pyproject.toml"
+
+ENGINE_SIM = "engine-sim"
+NATS_PORT = 4222
+REDIS_PORT = 6379
+NATS_IMAGES = ("nats",)
+REDIS_IMAGES = ("redis", "valkey/valkey", "bitnami/redis", "bitnami/valkey")
+
+# Which services read an env variable named by a ``*_env`` config key; a key not
+# listed here is required on every llmsched service until someone decides otherwise.
+ENV_KEY_READERS: dict[str, frozenset[str]] = {
+    "f5.password_env": frozenset({"collector"}),
+    "pools[].metrics.metric_pwd_env": frozenset({"collector"}),
+    "pools[].metrics.apikey_env": frozenset({"collector"}),
+}
+
+# The engine simulator's flags as the lead's contract states them; used only while
+# services.enginesim.cli has no build_parser() to check against.
+_CONTRACT_SIM = argparse.ArgumentParser(prog="llmsched engine-sim", exit_on_error=False)
+_CONTRACT_SIM.add_argument("--port", type=int, required=True)
+_CONTRACT_SIM.add_argument("--engine", choices=["vllm", "sglang"], required=True)
+_CONTRACT_SIM.add_argument("--model", required=True)
+_CONTRACT_SIM.add_argument("--speed", type=float, default=1.0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+def command_of(service: dict[str, Any]) -> list[str]:
+    raw = service.get("command", [])
+    return shlex.split(raw) if isinstance(raw, str) else [str(part) for part in raw]
+
+
+def built_image_names(compose: dict[str, Any], base: Path) -> set[str]:
+    """Image tags produced by a build of deploy/Dockerfile."""
+    names = set()
+    for svc in compose["services"].values():
+        if _builds_our_image(svc, base) and svc.get("image"):
+            names.add(str(svc["image"]))
+    return names
+
+
+def _builds_our_image(svc: dict[str, Any], base: Path) -> bool:
+    build = svc.get("build")
+    if build is None:
+        return False
+    if isinstance(build, str):
+        context, dockerfile = build, "Dockerfile"
+    else:
+        context, dockerfile = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+    return ((base / context) / dockerfile).resolve() == DOCKERFILE.resolve()
+
+
+def llmsched_services(compose: dict[str, Any], base: Path) -> dict[str, dict[str, Any]]:
+    """Services running our image (built here, or the tag such a build produces)."""
+    ours = built_image_names(compose, base)
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if _builds_our_image(svc, base) or str(svc.get("image", "")) in ours
+    }
+
+
+def role_of(svc: dict[str, Any]) -> str:
+    cmd = command_of(svc)
+    return cmd[0] if cmd else ""
+
+
+def environment_of(svc: dict[str, Any], base: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    env_files = svc.get("env_file", [])
+    for item in [env_files] if isinstance(env_files, str | dict) else env_files:
+        path = item["path"] if isinstance(item, dict) else item
+        file = base / path
+        if file.is_file():
+            for line in file.read_text().splitlines():
+                key, sep, value = line.strip().partition("=")
+                if sep and not key.startswith("#"):
+                    env[key.strip()] = value
+    raw = svc.get("environment", {})
+    if isinstance(raw, dict):
+        env.update({str(k): "" if v is None else str(v) for k, v in raw.items()})
+    else:
+        for item in raw:
+            key, _, value = str(item).partition("=")
+            env[key] = value
+    return env
+
+
+def depends_on_names(svc: dict[str, Any]) -> list[str]:
+    deps = svc.get("depends_on", [])
+    return list(deps) if isinstance(deps, dict | list) else []
+
+
+def option_value(cmd: list[str], flag: str) -> str | None:
+    for i, part in enumerate(cmd):
+        if part == flag and i + 1 < len(cmd):
+            return cmd[i + 1]
+        if part.startswith(flag + "="):
+            return part.split("=", 1)[1]
+    return None
+
+
+def container_ports(entries: list[Any]) -> list[int]:
+    """Container-side ports of a ``ports:``/``expose:`` list (short and long syntax)."""
+    ports = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            ports.append(int(str(entry["target"]).split("/")[0]))
+            continue
+        text = str(entry).split("/")[0]
+        container = text.rpartition(":")[2]
+        if "-" in container:
+            low, high = (int(p) for p in container.split("-"))
+            ports.extend(range(low, high + 1))
+        else:
+            ports.append(int(container))
+    return ports
+
+
+def published_ports(entries: list[Any]) -> list[tuple[int | None, int]]:
+    """(host, container) pairs of a ``ports:`` list; host None when not published."""
+    pairs: list[tuple[int | None, int]] = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            published = entry.get("published")
+            pairs.append((int(published) if published else None, int(entry["target"])))
+            continue
+        parts = str(entry).split("/")[0].rsplit(":", 2)
+        if len(parts) == 1:
+            pairs.append((None, int(parts[0])))
+        else:
+            pairs.append((int(parts[-2]) if parts[-2] else None, int(parts[-1])))
+    return pairs
+
+
+def mounts_of(svc: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(source, target) of every volume of a service."""
+    for vol in svc.get("volumes", []):
+        if isinstance(vol, dict):
+            yield str(vol.get("source", "")), str(vol["target"])
+        else:
+            parts = str(vol).split(":")
+            if len(parts) >= 2:
+                yield parts[0], parts[1]
+
+
+def host_path_for(svc: dict[str, Any], container_path: str, base: Path) -> Path | None:
+    """The repository file that appears at ``container_path`` through a bind mount."""
+    want = PurePosixPath(container_path)
+    for source, target in mounts_of(svc):
+        if not source.startswith((".", "/")):
+            continue  # a named volume: nothing from the repository
+        tgt = PurePosixPath(target)
+        if want == tgt:
+            return (base / source).resolve()
+        if tgt in want.parents:
+            return (base / source / want.relative_to(tgt)).resolve()
+    return None
+
+
+def config_env_refs(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(normalised key path, env variable name) for every ``*_env`` key set in a config."""
+    if isinstance(value, msgspec.Struct):
+        for field in msgspec.structs.fields(value):
+            sub = getattr(value, field.name)
+            key = f"{path}.{field.encode_name}" if path else field.encode_name
+            if field.name.endswith("_env") and isinstance(sub, str) and sub:
+                yield key, sub
+            else:
+                yield from config_env_refs(sub, key)
+    elif isinstance(value, list):
+        for item in value:
+            yield from config_env_refs(item, f"{path}[]")
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            yield from config_env_refs(item, f"{path}.{k}")
+
+
+# --------------------------------------------------------------------------- checkers
+# Each takes the parsed compose dict (and what else it needs) and returns problems.
+
+
+def check_commands(compose: dict[str, Any], base: Path) -> list[str]:
+    problems = []
+    ours = llmsched_services(compose, base)
+    if not ours:
+        return ["no service builds deploy/Dockerfile"]
+    for name, svc in ours.items():
+        entrypoint = svc.get("entrypoint")
+        if entrypoint is not None and command_of({"command": entrypoint}) != ["llmsched"]:
+            problems.append(f"{name}: entrypoint overridden to {entrypoint!r}")
+        cmd = command_of(svc)
+        if not cmd:
+            problems.append(f"{name}: no command")
+            continue
+        if cmd[0] == ENGINE_SIM:
+            continue  # checked by check_engine_dispatch: main() hands it to the simulator
+        try:
+            args = cli.build_parser().parse_args(cmd)
+        except SystemExit:
+            problems.append(f"{name}: command {cmd} does not parse with services.cli")
+            continue
+        if args.command not in cli.SERVICES:
+            problems.append(f"{name}: {args.command!r} is not a service subcommand")
+    roles = {role_of(svc) for svc in ours.values()}
+    for role in (*cli.SERVICES, ENGINE_SIM):
+        if role not in roles:
+            problems.append(f"no service runs `llmsched {role}`")
+    return problems
+
+
+def check_engine_dispatch(compose: dict[str, Any], base: Path) -> list[str]:
+    """Run services.cli.main on each engine command with the simulator replaced."""
+    problems = []
+    for name, svc in llmsched_services(compose, base).items():
+        cmd = command_of(svc)
+        if not cmd or cmd[0] != ENGINE_SIM:
+            continue
+        seen: list[list[str]] = []
+
+        def fake_main(argv: list[str], _seen: list[list[str]] = seen) -> int:
+            _seen.append(list(argv))
+            return 0
+
+        fake = types.ModuleType("services.enginesim.cli")
+        fake.main = fake_main  # type: ignore[attr-defined]
+        saved = {key: sys.modules.get(key) for key in ("services.enginesim.cli",)}
+        sys.modules["services.enginesim.cli"] = fake
+        try:
+            try:
+                rc = cli.main(cmd)
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else 2
+            except Exception as exc:  # main() fell through to the service path
+                problems.append(f"{name}: services.cli.main({cmd}) raised {exc!r}")
+                continue
+        finally:
+            for key, module in saved.items():
+                if module is None:
+                    sys.modules.pop(key, None)
+                else:
+                    sys.modules[key] = module
+        if seen != [cmd[1:]] or rc != 0:
+            problems.append(f"{name}: services.cli.main does not hand {cmd} to the simulator")
+            continue
+        problems.extend(f"{name}: {p}" for p in _check_sim_args(cmd[1:]))
+    return problems
+
+
+def _check_sim_args(argv: list[str]) -> list[str]:
+    real = _real_sim_parser()
+    parser = real or _CONTRACT_SIM
+    try:
+        parser.parse_args(argv)
+    except (SystemExit, argparse.ArgumentError) as exc:
+        return [f"engine-sim arguments {argv} rejected: {exc}"]
+    return []
+
+
+def _real_sim_parser() -> argparse.ArgumentParser | None:
+    try:
+        from services.enginesim import cli as sim_cli  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    build = getattr(sim_cli, "build_parser", None)
+    return build() if callable(build) else None
+
+
+def check_config_mounts(
+    compose: dict[str, Any], base: Path
+) -> tuple[list[str], dict[str, LoadedConfig]]:
+    problems: list[str] = []
+    loaded: dict[str, LoadedConfig] = {}
+    for name, svc in llmsched_services(compose, base).items():
+        cmd = command_of(svc)
+        if not cmd or cmd[0] not in cli.SERVICES:
+            continue
+        target = option_value(cmd, "--config")
+        if target is None:
+            problems.append(f"{name}: no --config")
+            continue
+        host = host_path_for(svc, target, base)
+        if host is None:
+            problems.append(f"{name}: --config {target} is not inside a bind mount")
+            continue
+        if not host.is_file():
+            problems.append(f"{name}: --config {target} maps to {host}, which does not exist")
+            continue
+        if REPO.resolve() not in host.parents:
+            problems.append(f"{name}: --config {target} maps outside the repository ({host})")
+            continue
+        try:
+            loaded[name] = load_config(host)
+        except ConfigError as err:
+            problems.append(f"{name}: {host} does not load: {err}")
+    return problems, loaded
+
+
+def check_api_port(
+    compose: dict[str, Any], base: Path, configs: dict[str, LoadedConfig]
+) -> list[str]:
+    problems = []
+    apis = [n for n, s in llmsched_services(compose, base).items() if role_of(s) == "api"]
+    for name in apis:
+        svc = compose["services"][name]
+        if name not in configs:
+            problems.append(f"{name}: no loadable config, cannot check its port")
+            continue
+        glob = configs[name].config.global_
+        port = glob.api_port
+        if glob.api_host not in ("0.0.0.0", "::", ""):
+            problems.append(f"{name}: global.api_host {glob.api_host} is unreachable from outside")
+        pairs = published_ports(svc.get("ports", []))
+        if not any(host is not None and cont == port for host, cont in pairs):
+            problems.append(f"{name}: global.api_port {port} is not published (ports: {pairs})")
+        for _host, cont in pairs:
+            if cont != port:
+                problems.append(f"{name}: publishes container port {cont}, API listens on {port}")
+        for cont in container_ports(svc.get("expose", [])):
+            if cont != port:
+                problems.append(f"{name}: exposes {cont}, API listens on {port}")
+        test = " ".join(str(t) for t in (svc.get("healthcheck") or {}).get("test", []))
+        for url_port in _loopback_ports(test):
+            if url_port != port:
+                problems.append(f"{name}: healthcheck probes port {url_port}, API is on {port}")
+    return problems
+
+
+def _loopback_ports(text: str) -> list[int]:
+    ports = []
+    for host in ("127.0.0.1:", "localhost:"):
+        start = 0
+        while (i := text.find(host, start)) >= 0:
+            digits = ""
+            for ch in text[i + len(host):]:
+                if not ch.isdigit():
+                    break
+                digits += ch
+            if digits:
+                ports.append(int(digits))
+            start = i + 1
+    return ports
+
+
+def _image_repo(image: str) -> str:
+    name = image.split("@")[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":")[0]
+    return name.removeprefix("docker.io/").removeprefix("library/")
+
+
+def check_bus_urls(compose: dict[str, Any], base: Path) -> list[str]:
+    problems = []
+    services = compose["services"]
+    wanted = (
+        ("NATS_URL", ("nats",), NATS_PORT, NATS_IMAGES),
+        ("REDIS_URL", ("redis", "rediss"), REDIS_PORT, REDIS_IMAGES),
+    )
+    for name, svc in llmsched_services(compose, base).items():
+        if role_of(svc) not in cli.SERVICES:
+            continue
+        env = environment_of(svc, base)
+        deps = depends_on_names(svc)
+        for var, schemes, port, images in wanted:
+            if var not in env:
+                problems.append(f"{name}: {var} is not set")
+                continue
+            for url in env[var].split(","):
+                parts = urlsplit(url.strip())
+                if parts.scheme not in schemes:
+                    problems.append(f"{name}: {var}={url} has scheme {parts.scheme!r}")
+                    continue
+                host, url_port = parts.hostname or "", parts.port or port
+                if host not in services:
+                    problems.append(f"{name}: {var}={url} names no compose service {host!r}")
+                    continue
+                if url_port != port:
+                    problems.append(f"{name}: {var}={url} uses port {url_port}, want {port}")
+                if _image_repo(str(services[host].get("image", ""))) not in images:
+                    problems.append(f"{name}: {var} points at {host}, not a {images[0]} image")
+                if host not in deps:
+                    problems.append(f"{name}: does not depend_on {host}")
+    return problems
+
+
+def check_env_vars(
+    compose: dict[str, Any], base: Path, configs: dict[str, LoadedConfig]
+) -> list[str]:
+    problems = []
+    ours = llmsched_services(compose, base)
+    for name, loaded in configs.items():
+        role = role_of(ours[name])
+        env = environment_of(ours[name], base)
+        for key, var in config_env_refs(loaded.config):
+            readers = ENV_KEY_READERS.get(key, frozenset(cli.SERVICES))
+            if role in readers and var not in env:
+                problems.append(f"{name}: config {key} names {var}, which is not set")
+    return problems
+
+
+def check_scheduler_replicas(compose: dict[str, Any], base: Path) -> list[str]:
+    total = 0
+    for svc in llmsched_services(compose, base).values():
+        if role_of(svc) == "scheduler":
+            replicas = (svc.get("deploy") or {}).get("replicas", svc.get("scale", 1))
+            total += int(replicas)
+    return [] if total >= 2 else [f"scheduler runs {total} replica(s), want >= 2"]
+
+
+def check_depends_on(compose: dict[str, Any], base: Path) -> list[str]:
+    services = compose["services"]
+    return [
+        f"{name}: depends_on {dep!r}, which is no service"
+        for name, svc in services.items()
+        for dep in depends_on_names(svc)
+        if dep not in services
+    ]
+
+
+def check_pool_engines(
+    compose: dict[str, Any], base: Path, configs: dict[str, LoadedConfig]
+) -> list[str]:
+    problems = []
+    services = compose["services"]
+    members: set[tuple[str, int]] = set()
+    for loaded in configs.values():
+        for pool in loaded.config.pools:
+            if loaded.config.pool_source(pool) == "static":
+                members.update(parse_member_key(m) for m in pool.members)
+    if not members:
+        problems.append("the config has no static pool members to run")
+    for host, port in sorted(members):
+        svc = services.get(host)
+        if svc is None:
+            problems.append(f"pool member {host}:{port}: no compose service {host!r}")
+            continue
+        cmd = command_of(svc)
+        if role_of(svc) != ENGINE_SIM:
+            problems.append(f"pool member {host}:{port}: service {host} is not an engine-sim")
+            continue
+        listen = option_value(cmd, "--port")
+        if listen is None or not listen.isdigit() or int(listen) != port:
+            problems.append(f"pool member {host}:{port}: {host} listens on --port {listen}")
+        exposed = container_ports(svc.get("expose", [])) + [
+            c for _, c in published_ports(svc.get("ports", []))
+        ]
+        if exposed and port not in exposed:
+            problems.append(f"pool member {host}:{port}: {host} exposes {exposed}")
+    return problems
+
+
+def compose_problems(compose: dict[str, Any], base: Path = DEPLOY) -> list[str]:
+    problems = []
+    problems += check_commands(compose, base)
+    problems += check_engine_dispatch(compose, base)
+    mount_problems, configs = check_config_mounts(compose, base)
+    problems += mount_problems
+    problems += check_api_port(compose, base, configs)
+    problems += check_bus_urls(compose, base)
+    problems += check_env_vars(compose, base, configs)
+    problems += check_scheduler_replicas(compose, base)
+    problems += check_depends_on(compose, base)
+    problems += check_pool_engines(compose, base, configs)
+    return problems
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        if full:
+            instr, _, args = full.partition(" ")
+            out.append((instr.upper(), args.strip()))
+    return out
+
+
+def _exec_form(args: str) -> list[str]:
+    if args.startswith("["):
+        value = json.loads(args)
+        return [str(v) for v in value]
+    return shlex.split(args)
+
+
+def _copy_sources(args: str) -> list[str]:
+    parts = _exec_form(args)
+    parts = [p for p in parts if not p.startswith("--")]
+    return parts[:-1]
+
+
+def check_dockerfile(text: str, pyproject: dict[str, Any], repo: Path = REPO) -> list[str]:
+    problems = []
+    instrs = dockerfile_instructions(text)
+    froms = [i for i, (ins, _) in enumerate(instrs) if ins == "FROM"]
+    if not froms:
+        return ["Dockerfile has no FROM"]
+    for i in froms:
+        image = instrs[i][1].split()[0]
+        if not image.startswith("python:3.11-slim"):
+            problems.append(f"FROM {image}: want python:3.11-slim")
+    final = instrs[froms[-1]:]
+
+    scripts = pyproject.get("project", {}).get("scripts", {})
+    if "llmsched" not in scripts:
+        problems.append("pyproject.toml declares no `llmsched` console script")
+    entry = [_exec_form(a) for ins, a in final if ins == "ENTRYPOINT"]
+    if not entry or entry[-1] != ["llmsched"]:
+        problems.append(f"final ENTRYPOINT is {entry[-1] if entry else None}, want ['llmsched']")
+
+    users = [a for ins, a in final if ins == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append("the final stage runs as root (no non-root USER)")
+
+    installs = [a for ins, a in instrs if ins == "RUN" and "pip install" in a]
+    if not any(_installs_project(a) for a in installs):
+        problems.append("no RUN pip install of the project (`.`)")
+    for cmd in installs:
+        if any(extra in cmd for extra in ("[test]", "[dev]", "[embedded]", "-e ")):
+            problems.append(f"image installs dev/test extras or editable: {cmd}")
+
+    copied: list[str] = []
+    for ins, args in instrs:
+        if ins in ("COPY", "ADD") and "--from" not in args:
+            sources = _copy_sources(args)
+            matched = [s for s in sources if _glob_repo(repo, s)]
+            if not matched:
+                problems.append(f"{ins} {args}: no source exists in the repository")
+            for s in sources:
+                if not any(ch in s for ch in "*?[") and not (repo / s).exists():
+                    problems.append(f"{ins} {args}: {s} does not exist in the repository")
+            copied.extend(str(p.relative_to(repo)) for s in sources for p in _glob_repo(repo, s))
+    if "pyproject.toml" not in copied and "." not in copied:
+        problems.append("pyproject.toml is not copied into the image")
+    find = pyproject.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {})
+    packages = find_packages(str(repo), include=find.get("include", ["*"]))
+    for top in sorted({p.split(".")[0] for p in packages}):
+        if top not in copied and "." not in copied:
+            problems.append(f"package {top!r} is not copied into the image")
+    return problems
+
+
+def _installs_project(run: str) -> bool:
+    for segment in run.replace("&&", ";").split(";"):
+        words = shlex.split(segment)
+        if "pip" in " ".join(words) and "install" in words:
+            targets = words[words.index("install") + 1:]
+            if any(t == "." or t.startswith(".[") or t == "./" for t in targets):
+                return True
+    return False
+
+
+def _glob_repo(repo: Path, pattern: str) -> list[Path]:
+    if pattern == ".":
+        return [repo]
+    if any(ch in pattern for ch in "*?["):
+        return [p for p in repo.iterdir() if fnmatch.fnmatch(p.name, pattern)]
+    return [repo / pattern] if (repo / pattern).exists() else []
+
+
+def check_compose_build(compose: dict[str, Any], base: Path) -> list[str]:
+    ours = llmsched_services(compose, base)
+    problems = []
+    for name, svc in ours.items():
+        if "build" in svc:
+            build = svc["build"]
+            context = build if isinstance(build, str) else build.get("context", ".")
+            if (base / context).resolve() != REPO.resolve():
+                problems.append(f"{name}: build context {context} is not the repository root")
+    return problems
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads(PYPROJECT.read_text())
+
+
+def test_compose_file_is_consistent_with_the_code(compose: dict[str, Any]) -> None:
+    assert compose_problems(compose) == []
+
+
+def test_compose_build_uses_repository_root(compose: dict[str, Any]) -> None:
+    assert check_compose_build(compose, DEPLOY) == []
+
+
+def test_every_service_role_and_three_engines_present(compose: dict[str, Any]) -> None:
+    roles = [role_of(s) for s in llmsched_services(compose, DEPLOY).values()]
+    assert set(cli.SERVICES) <= set(roles)
+    engines = [s for s in compose["services"].values() if role_of(s) == ENGINE_SIM]
+    assert len(engines) == 3
+    speeds = {option_value(command_of(s), "--speed") for s in engines}
+    assert len(speeds) == 3, f"engines should run at different speeds, got {speeds}"
+
+
+def test_infrastructure_services_have_healthchecks(compose: dict[str, Any]) -> None:
+    for name in ("nats", "redis"):
+        assert compose["services"][name].get("healthcheck", {}).get("test"), name
+
+
+def test_dockerfile_installs_project_with_console_script(pyproject: dict[str, Any]) -> None:
+    assert check_dockerfile(DOCKERFILE.read_text(), pyproject) == []
+
+
+def test_config_env_refs_finds_every_env_key() -> None:
+    config = parse_config(_CONFIG_WITH_SECRETS)
+    assert sorted(config_env_refs(config)) == [
+        ("f5.password_env", "F5_PASSWORD"),
+        ("pools[].metrics.metric_pwd_env", "METRICS_PASSWORD"),
+    ]
+
+
+_CONFIG_WITH_SECRETS = """
+f5: {host: 192.0.2.1, password_env: F5_PASSWORD}
+pools:
+  - name: p
+    source: f5
+    engine_type: vllm
+    metrics: {metric_user: u, metric_pwd_env: METRICS_PASSWORD}
+"""
+
+
+def test_env_var_check_requires_secret_on_collector_only(compose: dict[str, Any]) -> None:
+    loaded = LoadedConfig(config=parse_config(_CONFIG_WITH_SECRETS), version="x", path="x")
+    ours = llmsched_services(compose, DEPLOY)
+    configs = {n: loaded for n, s in ours.items() if role_of(s) in cli.SERVICES}
+    problems = check_env_vars(compose, DEPLOY, configs)
+    # The collector has F5_PASSWORD but not METRICS_PASSWORD; nobody else reads them.
+    assert problems == ["collector: config pools[].metrics.metric_pwd_env names "
+                        "METRICS_PASSWORD, which is not set"]
+    broken = copy.deepcopy(compose)
+    del broken["services"]["collector"]["environment"]["F5_PASSWORD"]
+    problems = check_env_vars(broken, DEPLOY, configs)
+    assert any("F5_PASSWORD" in p for p in problems)
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _svc(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda c: c["services"][name]
+
+
+def _set(name: str, key: str, value: Any) -> Mutation:
+    return lambda c: _svc(name)(c).__setitem__(key, value)
+
+
+def _env(name: str, key: str, value: str | None) -> Mutation:
+    def mutate(c: dict[str, Any]) -> None:
+        env = _svc(name)(c)["environment"]
+        if value is None:
+            env.pop(key)
+        else:
+            env[key] = value
+
+    return mutate
+
+
+BROKEN: list[tuple[str, Mutation, str]] = [
+    ("unknown subcommand", _set("autoscaler", "command", ["autoscale", "--config", "x"]),
+     "does not parse"),
+    ("missing --config", _set("scheduler", "command", ["scheduler"]), "does not parse"),
+    ("role missing", lambda c: c["services"].pop("autoscaler"), "llmsched autoscaler"),
+    ("entrypoint override", _set("api", "entrypoint", ["python"]), "entrypoint"),
+    ("engine-sim typo", _set("engine-2", "command", ["engine_sim", "--port", "8002"]),
+     "does not parse"),
+    ("engine-sim bad flag", _set("engine-1", "command",
+                                 ["engine-sim", "--port", "x", "--engine", "vllm",
+                                  "--model", "m"]), "engine-sim arguments"),
+    ("config not mounted", _set("collector", "volumes", []), "not inside a bind mount"),
+    ("config path wrong", _set("api", "command",
+                               ["api", "--config", "/etc/llmsched/other.yaml"]),
+     "does not exist"),
+    ("config mount from wrong dir", _set("scheduler", "volumes", ["./f5:/etc/llmsched:ro"]),
+     "does not exist"),
+    ("api port mismatch", _set("api", "ports", ["8080:9090"]), "not published"),
+    ("api port unpublished", _set("api", "ports", []), "not published"),
+    ("nats url host", _env("scheduler", "NATS_URL", "nats://natz:4222"), "no compose service"),
+    ("nats url port", _env("api", "NATS_URL", "nats://nats:4223"), "port 4223"),
+    ("redis url port", _env("collector", "REDIS_URL", "redis://redis:6380/0"), "port 6380"),
+    ("redis url at nats", _env("autoscaler", "REDIS_URL", "redis://nats:6379/0"),
+     "not a redis image"),
+    ("redis url unset", _env("api", "REDIS_URL", None), "REDIS_URL is not set"),
+    ("one scheduler", lambda c: c["services"]["scheduler"].pop("deploy"), "replica"),
+    ("depends_on ghost", lambda c: c["services"]["api"]["depends_on"].__setitem__(
+        "ghost", {"condition": "service_started"}), "ghost"),
+    ("engine missing", lambda c: c["services"].pop("engine-3"), "no compose service"),
+    ("engine port", _set("engine-2", "command",
+                         ["engine-sim", "--port", "9002", "--engine", "vllm", "--model", "m"]),
+     "listens on --port 9002"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"),
+                         [(m, e) for _, m, e in BROKEN], ids=[n for n, _, _ in BROKEN])
+def test_compose_checker_catches(compose: dict[str, Any], mutate: Mutation,
+                                 expected: str) -> None:
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    problems = compose_problems(broken)
+    assert any(expected in p for p in problems), problems
+
+
+def test_build_checker_catches_wrong_context(compose: dict[str, Any]) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["api"]["build"] = {"context": ".", "dockerfile": "../deploy/Dockerfile"}
+    assert any("build context" in p for p in check_compose_build(broken, DEPLOY))
+
+
+DOCKER_BREAKS: list[tuple[str, Callable[[str], str], str]] = [
+    ("entrypoint", lambda t: t.replace('ENTRYPOINT ["llmsched"]', 'ENTRYPOINT ["python"]'),
+     "ENTRYPOINT"),
+    ("no install", lambda t: t.replace("pip install .", "pip install llmsched"),
+     "pip install of the project"),
+    ("root", lambda t: t.replace("USER 10001:10001", "USER root"), "root"),
+    ("test extras", lambda t: t.replace("pip install .", "pip install .[test]"), "extras"),
+    ("missing package", lambda t: t.replace("COPY services ./services\n", ""), "'services'"),
+    ("missing source", lambda t: t.replace("COPY shared ./shared", "COPY sharedx ./shared"),
+     "sharedx"),
+    ("base image", lambda t: t.replace("FROM python:3.11-slim AS build",
+                                       "FROM python:3.12 AS build"), "python:3.12"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in DOCKER_BREAKS],
+                         ids=[n for n, _, _ in DOCKER_BREAKS])
+def test_dockerfile_checker_catches(pyproject: dict[str, Any], mutate: Callable[[str], str],
+                                    expected: str) -> None:
+    text = DOCKERFILE.read_text()
+    broken = mutate(text)
+    assert broken != text, "the mutation no longer applies to deploy/Dockerfile"
+    problems = check_dockerfile(broken, pyproject)
+    assert any(expected in p for p in problems), problems
+
+
+def test_dockerfile_checker_needs_console_script(pyproject: dict[str, Any]) -> None:
+    broken = copy.deepcopy(pyproject)
+    broken["project"]["scripts"] = {"llmsched-api": "services.cli:main"}
+    assert any("console script" in p for p in check_dockerfile(DOCKERFILE.read_text(), broken))
