@@ -73,6 +73,7 @@ class ConfigWatcher:
         self.current = loaded
         self._listeners: list[Listener] = []
         self._path = Path(loaded.path)
+        self._rejected = ""
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -86,11 +87,12 @@ class ConfigWatcher:
                       self._path, err.strerror or err, self.current.version)
             return False
         version = config_version(raw)
-        if version == self.current.version:
+        if version in (self.current.version, self._rejected):
             return False
         try:
             config = parse_config(raw.decode("utf-8", errors="replace"), source=str(self._path))
         except ConfigError as err:
+            self._rejected = version  # log a bad file once, not at every poll
             log.error("Config reload rejected (%s); keeping version %s",
                       err, self.current.version)
             return False

@@ -279,9 +279,11 @@ async def test_hot_reload_rejects_a_broken_file(make_stack: StackFactory) -> Non
     stack.config_path.write_text(good.replace("engine_type: vllm", "engine_type: nosuch")
                                  .replace("pool_fallback: false", "pool_fallback: true"))
     await asyncio.sleep(0.8)
+    await stack.bus.metrics("p1", {B: (0, 1, 0.1), A: (0, 12, 0.1)})
     assert await stack.select("p1", [A, B]) == B  # old config (threshold, no fallback) stays
     stack.config_path.write_text("global: [unclosed")
     await asyncio.sleep(0.6)
+    await stack.bus.metrics("p1", {B: (0, 1, 0.1), A: (0, 12, 0.1)})
     assert set(await counts(stack, "p1", [A, B], 20)) == {B}
     stack.config_path.write_text(good.replace("pool_fallback: false", "pool_fallback: true"))
     await stack.wait_select("p1", [A, B], "fallback", timeout_s=3)

@@ -1,0 +1,453 @@
+"""The F5 iRule (deploy/f5/llmsched_select.tcl), run by tclsh through deploy/f5/harness.tcl.
+
+The harness stubs the BIG-IP commands and does the sideband calls with real sockets,
+so every test here has the iRule really talk HTTP over loopback to a select API.
+
+That API is ``SelectApiStandIn`` below: a real HTTP server that validates the
+request the way ``POST /scheduler/select`` does, records what it got, and answers
+whatever a scenario needs (a member, ``none``, ``fallback``, 500, a hang, odd
+framings). Scenarios that only need *an* answer the real API can give (a member,
+``none``) can move to the real system once a ``llmsched_system`` fixture exists:
+swap the ``select_api`` fixture for one that points at it and picks the pool and
+members from its config. Failure modes (500, hang, closed port, framings) stay on
+the stand-in; the real API does not produce them on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from shared.members import MemberAddressError, parse_member_key
+from shared.messages import SelectRequest
+
+REPO = Path(__file__).resolve().parents[2]
+IRULE = REPO / "deploy" / "f5" / "llmsched_select.tcl"
+HARNESS = REPO / "deploy" / "f5" / "harness.tcl"
+POOL = "/Common/demo-pool"
+RUN_TIMEOUT = 15.0
+"""Hard bound on one harness run, seconds."""
+
+THREE = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
+KEYS = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+
+
+# --------------------------------------------------------------------------- stand-in
+
+
+@dataclass
+class Received:
+    """One request the stand-in got."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class SelectApiStandIn:
+    """A loopback HTTP server answering ``POST /scheduler/select`` like the llmsched API.
+
+    Bad bodies get 400 (as the API does); otherwise ``status`` with ``answer`` (a
+    string, or a function of the decoded request) as text/plain. ``delay`` waits
+    before answering, ``hang`` never answers, ``framing`` is ``length``
+    (Content-Length, what uvicorn sends), ``chunked`` or ``close`` (read to EOF),
+    ``split`` sends the head and the body in two writes ``split`` seconds apart.
+    """
+
+    answer: str | Callable[[SelectRequest], str] = "none"
+    status: int = 200
+    delay: float = 0.0
+    hang: bool = False
+    framing: str = "length"
+    split: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    _release: threading.Event = field(default_factory=threading.Event)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> SelectApiStandIn:
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                stand_in.received.append(Received(
+                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                stand_in.respond(self, body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def respond(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        status, text = self._decide(handler, body)
+        if self.hang:
+            self._release.wait(RUN_TIMEOUT)
+            return
+        if self.delay:
+            time.sleep(self.delay)
+        payload = text.encode()
+        head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
+                "content-type: text/plain; charset=utf-8", "server: stand-in"]
+        if self.framing == "chunked":
+            head.append("transfer-encoding: chunked")
+            half = len(payload) // 2
+            payload = b"".join(
+                f"{len(part):x}\r\n".encode() + part + b"\r\n"
+                for part in (payload[:half], payload[half:]) if part
+            ) + b"0\r\n\r\n"
+        elif self.framing == "close":
+            head.append("connection: close")
+        else:
+            head.append(f"content-length: {len(payload)}")
+        out = handler.wfile
+        out.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        out.flush()
+        if self.split:
+            time.sleep(self.split)
+        out.write(payload)
+        out.flush()
+        handler.close_connection = True
+
+    def _decide(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str]:
+        if handler.path != "/scheduler/select":
+            return 404, "not found"
+        if not handler.headers.get("Content-Type", "").startswith("application/json"):
+            return 400, '{"detail": "content-type"}'
+        try:
+            request = msgspec.json.decode(body, type=SelectRequest)
+            for member in request.members:
+                parse_member_key(member)
+        except (msgspec.ValidationError, msgspec.DecodeError, MemberAddressError) as err:
+            return 400, json.dumps({"detail": str(err)})
+        answer = self.answer(request) if callable(self.answer) else self.answer
+        return self.status, answer
+
+
+@pytest.fixture
+def select_api() -> Iterator[SelectApiStandIn]:
+    api = SelectApiStandIn().start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+# --------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Decision:
+    line: str
+    """First stdout line: ``pool P member A N`` or ``pool P``."""
+    reselect: str | None
+    stderr: str
+    elapsed: float
+    returncode: int
+
+    @property
+    def open_sideband(self) -> int:
+        match = re.search(r"sideband_open=(\d+)", self.stderr)
+        assert match, self.stderr
+        return int(match.group(1))
+
+
+def tclsh() -> str:
+    path = shutil.which("tclsh")
+    assert path, "tclsh is needed to run the iRule (apt-get install tcl)"
+    return path
+
+
+def run_irule(
+    api: str,
+    members: list[tuple[str, int] | tuple[str, int, str] | tuple[str, int, str, int]],
+    *,
+    pool: str = POOL,
+    connect_timeout: int = 300,
+    timeout: int = 500,
+    lb_failed: bool = False,
+    irule: Path = IRULE,
+    extra: tuple[str, ...] = (),
+) -> Decision:
+    argv = [tclsh(), str(HARNESS), "-api", api, "-pool", pool,
+            "-connect-timeout", str(connect_timeout), "-timeout", str(timeout), "-debug", "1"]
+    for member in members:
+        argv += ["-member", " ".join(str(part) for part in member)]
+    if lb_failed:
+        argv += ["-lb-failed", "1"]
+    argv += [*extra, str(irule)]
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    elapsed = time.monotonic() - start
+    lines = proc.stdout.splitlines()
+    return Decision(
+        line=lines[0] if lines else "",
+        reselect=lines[1] if len(lines) > 1 else None,
+        stderr=proc.stderr,
+        elapsed=elapsed,
+        returncode=proc.returncode,
+    )
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def assert_pool_lb(decision: Decision) -> None:
+    assert decision.returncode == 0, decision.stderr
+    assert decision.line == f"pool {POOL}", decision.stderr
+    assert decision.open_sideband == 0
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def test_answered_member_that_is_up_gets_the_request(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9002"
+    decision = run_irule(select_api.address, THREE)
+    assert decision.returncode == 0, decision.stderr
+    assert decision.line == f"pool {POOL} member 127.0.0.1 9002"
+    assert decision.open_sideband == 0
+    [request] = select_api.received
+    assert request.json() == {"pool_name": "demo-pool", "partition": "Common", "members": KEYS}
+    assert request.path == "/scheduler/select"
+    assert request.headers["content-type"] == "application/json"
+    assert int(request.headers["content-length"]) == len(request.body)
+
+
+def test_each_answer_is_followed(select_api: SelectApiStandIn) -> None:
+    # The decision follows the answer, not a position in the list.
+    for key, (host, port) in zip(KEYS, THREE, strict=True):
+        select_api.answer = key
+        assert run_irule(select_api.address, THREE).line == f"pool {POOL} member {host} {port}"
+
+
+@pytest.mark.parametrize("status", ["down", "session_disabled", "session_enabled"])
+def test_answered_member_not_up_leaves_pool_lb(select_api: SelectApiStandIn,
+                                               status: str) -> None:
+    select_api.answer = "127.0.0.1:9002"
+    members = [("127.0.0.1", 9001, "up"), ("127.0.0.1", 9002, status), ("127.0.0.1", 9003, "up")]
+    decision = run_irule(select_api.address, members)
+    assert_pool_lb(decision)
+    assert len(select_api.received) == 1
+
+
+@pytest.mark.parametrize("answer", ["none", "fallback", "none\n", "10.9.9.9:9002",
+                                    "127.0.0.1:9004", "<html>oops</html>", ""])
+def test_non_member_answers_leave_pool_lb(select_api: SelectApiStandIn, answer: str) -> None:
+    select_api.answer = answer
+    decision = run_irule(select_api.address, THREE)
+    assert_pool_lb(decision)
+    assert len(select_api.received) == 1
+
+
+@pytest.mark.parametrize("status", [500, 503, 400, 404])
+def test_error_status_leaves_pool_lb(select_api: SelectApiStandIn, status: int) -> None:
+    select_api.status = status
+    select_api.answer = "127.0.0.1:9001"  # even a member in the body must not be used
+    decision = run_irule(select_api.address, THREE)
+    assert_pool_lb(decision)
+    assert f"HTTP {status}" in decision.stderr
+
+
+def test_hanging_api_leaves_pool_lb_within_the_timeout(select_api: SelectApiStandIn) -> None:
+    select_api.hang = True
+    timeout_ms = 400
+    decision = run_irule(select_api.address, THREE, timeout=timeout_ms)
+    assert_pool_lb(decision)
+    assert len(select_api.received) == 1
+    assert decision.elapsed >= timeout_ms / 1000 * 0.9
+    assert decision.elapsed < timeout_ms / 1000 + 2.0, decision.elapsed
+    assert "no answer within" in decision.stderr
+
+
+def test_slow_answer_within_the_timeout_is_used(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9003"
+    select_api.delay = 0.15
+    assert run_irule(select_api.address, THREE, timeout=2000).line.endswith("member 127.0.0.1 9003")
+
+
+def test_closed_api_port_leaves_pool_lb() -> None:
+    decision = run_irule(f"127.0.0.1:{closed_port()}", THREE, connect_timeout=300)
+    assert_pool_lb(decision)
+    assert "connect to" in decision.stderr
+    assert decision.elapsed < 5.0
+
+
+def test_route_domain_and_ipv6_members_are_sent_as_keys(select_api: SelectApiStandIn) -> None:
+    members = [("10.1.1.5%2", 8001), ("fd00::7", 8002), ("fd00::8%3", 8003),
+               ("2001:db8::1", 8004)]
+    select_api.answer = "[fd00::8]:8003"
+    decision = run_irule(select_api.address, members)
+    [request] = select_api.received
+    assert request.json()["members"] == [
+        "10.1.1.5:8001", "[fd00::7]:8002", "[fd00::8]:8003", "[2001:db8::1]:8004"]
+    # The pool command gets the F5 address back, route domain included.
+    assert decision.line == f"pool {POOL} member fd00::8%3 8003"
+
+
+def test_route_domain_answer_maps_back_to_the_f5_address(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "10.1.1.5:8001"
+    members = [("10.1.1.5%2", 8001), ("10.1.1.6%2", 8001)]
+    assert run_irule(select_api.address, members).line == f"pool {POOL} member 10.1.1.5%2 8001"
+
+
+@pytest.mark.parametrize(("pool", "name", "partition"), [
+    ("/Common/demo-pool", "demo-pool", "Common"),
+    ("/Tenant_A/llm-pool-1", "llm-pool-1", "Tenant_A"),
+    ("/Tenant_A/app1/llm-pool-1", "llm-pool-1", "Tenant_A"),
+    ("llm-pool-1", "llm-pool-1", "Common"),
+])
+def test_pool_name_and_partition(select_api: SelectApiStandIn, pool: str, name: str,
+                                 partition: str) -> None:
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, THREE, pool=pool)
+    assert decision.line == f"pool {pool} member 127.0.0.1 9001"
+    body = select_api.received[0].json()
+    assert (body["pool_name"], body["partition"]) == (name, partition)
+
+
+def test_inactive_members_are_not_offered(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9003"
+    members = [("127.0.0.1", 9001, "up", 1), ("127.0.0.1", 9002, "down", 0),
+               ("127.0.0.1", 9003, "up", 1)]
+    decision = run_irule(select_api.address, members)
+    assert select_api.received[0].json()["members"] == ["127.0.0.1:9001", "127.0.0.1:9003"]
+    assert decision.line == f"pool {POOL} member 127.0.0.1 9003"
+
+
+def test_single_active_member_skips_the_api(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, [("127.0.0.1", 9001, "up", 1),
+                                              ("127.0.0.1", 9002, "down", 0)])
+    assert_pool_lb(decision)
+    assert select_api.received == []
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_other_response_framings_are_parsed(select_api: SelectApiStandIn, framing: str) -> None:
+    select_api.answer = "127.0.0.1:9002"
+    select_api.framing = framing
+    assert run_irule(select_api.address, THREE).line == f"pool {POOL} member 127.0.0.1 9002"
+
+
+def test_answer_arriving_in_two_reads_is_assembled(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9003"
+    select_api.split = 0.1
+    decision = run_irule(select_api.address, THREE, timeout=2000)
+    assert decision.line == f"pool {POOL} member 127.0.0.1 9003", decision.stderr
+
+
+def test_lb_failed_after_a_pick_reselects_in_the_pool(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, THREE, lb_failed=True)
+    assert decision.line == f"pool {POOL} member 127.0.0.1 9001"
+    assert decision.reselect == f"LB::reselect pool {POOL}"
+
+
+def test_lb_failed_after_pool_lb_does_not_reselect(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "none"
+    decision = run_irule(select_api.address, THREE, lb_failed=True)
+    assert decision.line == f"pool {POOL}"
+    assert decision.reselect == "no reselect"
+
+
+def test_unscheduled_path_skips_the_api(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9001"
+    extra = ("-set", "llmsched_uri_glob", "/v1/*", "-path", "/health")
+    assert_pool_lb(run_irule(select_api.address, THREE, extra=extra))
+    assert select_api.received == []
+    extra = ("-set", "llmsched_uri_glob", "/v1/*", "-path", "/v1/completions")
+    assert run_irule(select_api.address, THREE, extra=extra).line.endswith("9001")
+
+
+# --------------------------------------------------------------------------- the rule itself
+
+
+def test_harness_reports_a_tcl_error_in_the_rule(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.tcl"
+    broken.write_text("when HTTP_REQUEST {\n    no_such_command\n}\n")
+    decision = run_irule(f"127.0.0.1:{closed_port()}", THREE, irule=broken)
+    assert decision.returncode == 1
+    assert decision.line.startswith("error: HTTP_REQUEST")
+
+
+def test_rule_init_defaults_are_sane() -> None:
+    text = IRULE.read_text()
+    statics = dict(re.findall(r"set static::(\w+) +(\S+)", text))
+    assert {"llmsched_api", "llmsched_connect_timeout_ms", "llmsched_timeout_ms",
+            "llmsched_partition", "llmsched_debug"} <= set(statics)
+    assert statics["llmsched_debug"] == "0"
+    assert 0 < int(statics["llmsched_connect_timeout_ms"]) <= 1000
+    assert 0 < int(statics["llmsched_timeout_ms"]) <= 1000
+    assert statics["llmsched_partition"] == '"Common"'
+
+
+# Commands and syntax newer than Tcl 8.4, or disabled inside iRules.
+_NOT_IN_IRULES = [
+    (r"\{\*\}", "{*} expansion (Tcl 8.5)"),
+    (r"\b(dict|lassign|lmap|apply|lrepeat|lreverse|coroutine|yield|tailcall|throw)\b",
+     "Tcl 8.5+ command"),
+    (r"\btry\s*\{", "try (Tcl 8.6)"),
+    (r"\bchan\s", "chan (Tcl 8.5)"),
+    (r"\bstring\s+(cat|reverse|is\s+entier)\b", "Tcl 8.5+ string subcommand"),
+    (r"\blsearch\b[^\]\n]*-(nocase|index|subindices|bisect)", "Tcl 8.5+ lsearch option"),
+    (r"\*\*", "** operator (Tcl 8.5)"),
+    (r"[{(\s](in|ni)\s+\$", "in/ni operator (Tcl 8.5)"),
+    (r"\b(vwait|update|socket|exec|open|source|after|file)\s", "disabled in iRules"),
+]
+
+
+def test_rule_uses_only_tcl_84_irule_syntax() -> None:
+    code = "\n".join(line for line in IRULE.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    for pattern, why in _NOT_IN_IRULES:
+        match = re.search(pattern, code)
+        assert match is None, f"{why}: {match.group(0)!r}" if match else ""
+    events = re.findall(r"^when\s+(\w+)", code, flags=re.M)
+    assert events == ["RULE_INIT", "CLIENT_ACCEPTED", "HTTP_REQUEST", "LB_FAILED"]
+
+
+def test_lint_catches_newer_tcl() -> None:
+    newer = ["foreach {a b} $x break; lassign $x a b", "if {$a in $list} {}",
+             "set d [dict create]", "eval {*}$cmd", "after 10"]
+    for snippet in newer:
+        assert any(re.search(p, snippet) for p, _ in _NOT_IN_IRULES), snippet
