@@ -110,7 +110,7 @@ class SampleSelector:
 
 
 def _alternation(names: frozenset[str]) -> str:
-    """A regex alternation of ``names`` factored by common prefix (faster to try than a flat one)."""
+    """A regex alternation of ``names`` factored by common prefix (faster than a flat one)."""
     trie: dict[str, Any] = {}
     for name in names:
         node = trie
@@ -149,10 +149,10 @@ def _parse_sample(line: str) -> Sample:
     simple = _SIMPLE_LINE.fullmatch(line)
     if simple is not None:
         name, label_text, value_text = simple.groups()
-        labels = dict(_SIMPLE_PAIR.findall(label_text)) if label_text else {}
+        pairs = dict(_SIMPLE_PAIR.findall(label_text)) if label_text else {}
         # a value holds no quote, so '="' occurs once per pair: fewer keys means a duplicate
-        if not label_text or len(labels) == label_text.count('="'):
-            return Sample(name, labels, _parse_value(value_text))
+        if not label_text or len(pairs) == label_text.count('="'):
+            return Sample(name, pairs, _parse_value(value_text))
     match = _NAME.match(line)
     if match is None:
         raise _LineError("expected a metric name")

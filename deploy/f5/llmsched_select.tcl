@@ -118,8 +118,9 @@ when HTTP_REQUEST {
 
         set llmsched_t0 [clock clicks -milliseconds]
         set llmsched_conn ""
+        set llmsched_cstatus ""
         if { [catch {connect -timeout $static::llmsched_connect_timeout_ms -idle $static::llmsched_idle_s -status llmsched_cstatus $static::llmsched_api} llmsched_conn] || $llmsched_conn eq "" } {
-            set llmsched_reason "connect to $static::llmsched_api failed: $llmsched_conn"
+            set llmsched_reason "no connection to $static::llmsched_api ($llmsched_cstatus$llmsched_conn)"
             set llmsched_failed 1
             set llmsched_conn ""
             break
@@ -196,12 +197,12 @@ when HTTP_REQUEST {
             set llmsched_failed 1
             break
         }
-        set llmsched_body [string range $llmsched_resp [expr {$llmsched_hend + 4}] end]
+        set llmsched_text [string range $llmsched_resp [expr {$llmsched_hend + 4}] end]
         if { $llmsched_clen >= 0 } {
-            set llmsched_body [string range $llmsched_body 0 [expr {$llmsched_clen - 1}]]
+            set llmsched_text [string range $llmsched_text 0 [expr {$llmsched_clen - 1}]]
         } elseif { [regexp {\ntransfer-encoding:[^\n]*chunked} $llmsched_head] } {
-            set llmsched_raw $llmsched_body
-            set llmsched_body ""
+            set llmsched_raw $llmsched_text
+            set llmsched_text ""
             while { 1 } {
                 set llmsched_eol [string first "\r\n" $llmsched_raw]
                 if { $llmsched_eol < 0 } {
@@ -210,11 +211,11 @@ when HTTP_REQUEST {
                 if { [scan [string range $llmsched_raw 0 [expr {$llmsched_eol - 1}]] %x llmsched_size] != 1 || $llmsched_size <= 0 } {
                     break
                 }
-                append llmsched_body [string range $llmsched_raw [expr {$llmsched_eol + 2}] [expr {$llmsched_eol + 1 + $llmsched_size}]]
+                append llmsched_text [string range $llmsched_raw [expr {$llmsched_eol + 2}] [expr {$llmsched_eol + 1 + $llmsched_size}]]
                 set llmsched_raw [string range $llmsched_raw [expr {$llmsched_eol + 4 + $llmsched_size}] end]
             }
         }
-        set llmsched_answer [string trim $llmsched_body]
+        set llmsched_answer [string trim $llmsched_text]
 
         # The answer must be one of the members we sent, and up right now.
         set llmsched_idx [lsearch -exact $llmsched_keys $llmsched_answer]
@@ -222,7 +223,7 @@ when HTTP_REQUEST {
             if { $llmsched_answer eq "none" || $llmsched_answer eq "fallback" } {
                 set llmsched_reason "API answered $llmsched_answer"
             } else {
-                set llmsched_reason "API answered an unknown member '$llmsched_answer'"
+                set llmsched_reason "API answered an unknown member '[string range $llmsched_answer 0 63]'"
                 set llmsched_failed 1
             }
             break

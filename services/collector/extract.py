@@ -81,5 +81,8 @@ def _collapse_replicas(series: list[tuple[Mapping[str, str], float]]) -> list[fl
 
 
 def _usage_ratio(values: list[float], spec: EngineMetricsSpec) -> float:
-    combined = max(values) if spec.cache_usage_aggregate == "max" else math.fsum(values) / len(values)
+    if spec.cache_usage_aggregate == "max":
+        combined = max(values)
+    else:
+        combined = math.fsum(values) / len(values)
     return min(1.0, max(0.0, combined * spec.cache_usage_scale))

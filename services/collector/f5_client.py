@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -61,7 +63,11 @@ def tilde_path(partition: str, name: str) -> str:
 
 def http_client_for(config: F5Config) -> httpx.AsyncClient:
     """An httpx client with the F5 section's TLS and timeout settings (caller closes it)."""
-    return httpx.AsyncClient(verify=config.verify, timeout=config.timeout)
+    verify: bool | ssl.SSLContext = config.verify if isinstance(config.verify, bool) else (
+        ssl.create_default_context(capath=config.verify) if os.path.isdir(config.verify)
+        else ssl.create_default_context(cafile=config.verify)
+    )
+    return httpx.AsyncClient(verify=verify, timeout=config.timeout)
 
 
 class F5Client:
@@ -120,7 +126,7 @@ class F5Client:
                 headers={"X-F5-Auth-Token": token},
                 timeout=self._config.timeout,
             )
-        except httpx.HTTPError as err:
+        except (httpx.HTTPError, RuntimeError) as err:  # RuntimeError: http already closed
             log.debug("token logout failed: %s", type(err).__name__)
 
     # -- requests ---------------------------------------------------------------------------

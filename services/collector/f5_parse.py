@@ -79,14 +79,13 @@ def strip_route_domain(address: str) -> str:
 
 
 def member_port(name: str, address: str) -> int:
-    """The port at the end of an F5 member name.
-
-    F5 writes ``10.0.0.1:8080`` and ``nodename:8080`` with a colon, but a configured IPv6
-    member as ``2001:db8::1.8080`` (a dot, since colons belong to the address). FQDN
-    ephemeral members (``_auto_2607.f8b0.400a.80a..200e:80`` in the v16 fixture) turn the
-    address's colons into dots and keep ``:port``. So: digits after the only colon, else, for
-    IPv6, digits after the last dot. The host is never taken from the name.
-    """
+    """The port at the end of an F5 member name."""
+    # F5 writes `10.0.0.1:8080` and `nodename:8080` with a colon, but a configured IPv6
+    # member as `2001:db8::1.8080` (a dot, since colons belong to the address). FQDN
+    # ephemeral members (`_auto_2607.f8b0.400a.80a..200e:80` in the v16.0.0 fixture of
+    # F5Networks/f5-ansible-bigip) turn the address's colons into dots and keep `:port`.
+    # So: digits after the only colon, else, for IPv6, digits after the last dot. The
+    # mangled `_auto_` name is why the host always comes from `address`, never the name.
     head, sep, tail = name.rpartition(":")
     if not sep or ":" in head:
         # No colon, or an IPv6 literal in the name: only `addr.port` is left.
@@ -141,12 +140,11 @@ def parse_member(item: Any) -> MemberInfo:
 
 
 def parse_members(payload: Any) -> list[MemberInfo]:
-    """A members collection (or a bare list of member items) → the real endpoints.
-
-    FQDN template members are dropped: they carry no address (``any6``), BIG-IP never sends
-    traffic to them, and their resolved addresses appear as separate ``_auto_`` ephemeral
-    members, which are kept. A template would only add a key no gateway ever sends.
-    """
+    """A members collection (or a bare list of member items) → the real endpoints."""
+    # FQDN template members are dropped rather than returned unavailable: they carry no
+    # address (`any6`), BIG-IP never sends them traffic, and their resolved addresses appear
+    # as separate `_auto_` ephemeral members (kept). A template would only add a key that no
+    # gateway ever sends and a host the scraper cannot reach.
     members: list[MemberInfo] = []
     for item in _items(payload, "members collection"):
         if isinstance(item, dict) and is_fqdn_placeholder(item):

@@ -48,7 +48,7 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     running: Annotated[float, msgspec.Meta(ge=0)] | None = None
     """Running requests (split over the series)."""
     kv_usage: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    """KV usage ratio of the fullest series; series i reports kv_usage×(N−i)/N."""
+    """KV usage ratio of the fullest series; series i reports kv_usage*(N-i)/N."""
     kv_name: KvName | None = None
     """vLLM only: ``new`` kv_cache_usage_perc, ``old`` gpu_cache_usage_perc, or ``both``."""
     series: Annotated[int, msgspec.Meta(ge=1, le=MAX_SERIES)] | None = None
@@ -531,10 +531,14 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-async def start_double(double: MetricsDouble, host: str = "127.0.0.1", port: int = 0
-                       ) -> RunningServer:
-    """Serve ``double`` on a real socket in this loop (port 0: a free one)."""
-    return await start_app(double, host, port, timeout_graceful_shutdown=1)
+async def start_double(double: MetricsDouble, host: str = "127.0.0.1", port: int = 0,
+                       **uvicorn_options: Any) -> RunningServer:
+    """Serve ``double`` on a real socket in this loop (port 0: a free one).
+
+    ``uvicorn_options`` go to uvicorn.Config, e.g. ``ssl_certfile``/``ssl_keyfile`` for https.
+    """
+    uvicorn_options.setdefault("timeout_graceful_shutdown", 1)
+    return await start_app(double, host, port, **uvicorn_options)
 
 
 @contextlib.asynccontextmanager
@@ -563,7 +567,7 @@ def _ports(text: str) -> list[int]:
     try:
         ports = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"ports must be comma-separated numbers: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"ports must be numbers: {text!r}") from None
     if not ports or any(not 0 <= port < 65536 for port in ports):
         raise argparse.ArgumentTypeError(f"ports must be 0..65535 (0 = any free): {text!r}")
     return ports

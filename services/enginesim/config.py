@@ -79,6 +79,10 @@ class EngineConfig:
     """Version reported by /version and system_fingerprint."""
     gpu_memory_utilization: float = 0.9
     """Reported in cache_config_info only."""
+    sleep_ms: float = 0.0
+    """How long /sleep (or SGLang's release) takes before answering."""
+    wake_ms: float = 0.0
+    """How long /wake_up (or SGLang's resume) takes before answering."""
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -96,6 +100,8 @@ class EngineConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise SimConfigError(f"{key} must be > 0, got {value}")
+        if self.sleep_ms < 0 or self.wake_ms < 0:
+            raise SimConfigError("sleep_ms and wake_ms must be >= 0")
         if not self.speed > 0:
             raise SimConfigError(f"speed must be > 0, got {self.speed}")
         if self.engine not in ("vllm", "sglang"):

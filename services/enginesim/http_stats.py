@@ -1,4 +1,4 @@
-"""Per-handler HTTP request statistics, as vLLM's instrumentator exposes them, and an ASGI middleware."""
+"""Per-handler HTTP statistics as vLLM's instrumentator exposes them, and their middleware."""
 
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ class HttpStats:
         out.counter("http_requests", _HELP_REQUESTS, (
             ({"handler": h, "method": m, "status": s}, c, cr)
             for (h, m, s), (c, cr) in self.requests.items()))
-        for name, help_text, table in (("http_request_size_bytes", _HELP_REQ_SIZE, self.request_size),
-                                       ("http_response_size_bytes", _HELP_RESP_SIZE,
-                                        self.response_size)):
+        sized = (("http_request_size_bytes", _HELP_REQ_SIZE, self.request_size),
+                 ("http_response_size_bytes", _HELP_RESP_SIZE, self.response_size))
+        for name, help_text, table in sized:
             out.summary(name, help_text, (({"handler": h}, s.count, s.total, s.created)
                                           for h, s in table.items()))
         out.histogram("http_request_duration_highr_seconds", _HELP_HIGHR,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 
 class BlockPool:
-    """A fixed number of KV blocks; freed blocks that hold a hashed prefix stay reusable until evicted."""
+    """Fixed KV blocks; freed blocks holding a hashed prefix stay reusable until evicted."""
 
     def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
         self.num_blocks = num_blocks

@@ -25,7 +25,8 @@ _HELP_CACHED_BY_SOURCE = (
     "(offloaded to DRAM), disk, p2p (transferred from another vLLM instance) or "
     "external_unspecified. Counted at admission; sums to vllm:prefix_cache_hits + "
     "vllm:external_prefix_cache_hits.")
-_EXT = "External prefix cache {} from KV connector cross-instance cache sharing, in terms of number of {} tokens."
+_EXT = ("External prefix cache {} from KV connector cross-instance cache sharing, in terms of "
+        "number of {} tokens.")
 
 
 @dataclass
@@ -66,8 +67,8 @@ def _histograms(stats: EngineStats) -> list[tuple[str, str, Histogram]]:
          stats.queue),
         ("vllm:request_inference_time_seconds",
          "Histogram of time spent in RUNNING phase for request.", stats.inference),
-        ("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
-         stats.prefill),
+        ("vllm:request_prefill_time_seconds",
+         "Histogram of time spent in PREFILL phase for request.", stats.prefill),
         ("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
          stats.decode),
         ("vllm:request_num_preemptions",
@@ -136,16 +137,17 @@ def render_vllm(model: EngineModel, http: HttpStats | None, sleep_ops: SleepOps,
         ({**base, "sleep_state": "discard_all"}, float(level == 2))])
     out.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
               [(base, model.kv_usage)])
-    counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
-            stats.prefix_queries)
+    counter("vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.", stats.prefix_queries)
     counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
             stats.prefix_hits)
     counter("vllm:external_prefix_cache_queries", _EXT.format("queries", "queried"),
             stats.external_queries)
     counter("vllm:external_prefix_cache_hits", _EXT.format("hits", "cached"), stats.external_hits)
-    counter("vllm:mm_cache_queries", "Multi-modal cache queries, in terms of number of queried items.",
-            0.0)
-    counter("vllm:mm_cache_hits", "Multi-modal cache hits, in terms of number of cached items.", 0.0)
+    counter("vllm:mm_cache_queries",
+            "Multi-modal cache queries, in terms of number of queried items.", 0.0)
+    counter("vllm:mm_cache_hits",
+            "Multi-modal cache hits, in terms of number of cached items.", 0.0)
     counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
             stats.preemptions)
     counter("vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens)
@@ -162,7 +164,8 @@ def render_vllm(model: EngineModel, http: HttpStats | None, sleep_ops: SleepOps,
     counter("vllm:generation_tokens", "Number of generation tokens processed.",
             stats.generation_tokens)
     out.counter("vllm:request_success", "Count of successfully processed requests.",
-                [({**base, "finished_reason": r}, stats.finished[r], created) for r in FINISH_REASONS])
+                [({**base, "finished_reason": r}, stats.finished[r], created)
+                 for r in FINISH_REASONS])
     out.counter("vllm:admission_rejections",
                 "Number of admission attempts rejected by a queue limit, by reason.",
                 [({"model_name": name, "reason": r}, 0.0, created)
@@ -177,6 +180,7 @@ def render_vllm(model: EngineModel, http: HttpStats | None, sleep_ops: SleepOps,
         out.histogram("vllm:sleep_mode_operation_duration_seconds",
                       "Duration of one sleep-mode operation.",
                       [({"operation": op}, h, c) for op, (h, c) in sleep_ops.durations.items()])
-        out.gauge("vllm:sleep_mode_operations_in_flight", "Sleep-mode operations currently awaited.",
+        out.gauge("vllm:sleep_mode_operations_in_flight",
+                  "Sleep-mode operations currently awaited.",
                   [({"operation": op}, float(n)) for op, n in sleep_ops.in_flight.items()])
     return out.text()

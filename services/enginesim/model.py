@@ -14,7 +14,7 @@ from typing import Any
 
 from services.enginesim.config import EngineConfig
 from services.enginesim.kvcache import BlockPool
-from services.enginesim.stats import EngineStats, vllm_buckets
+from services.enginesim.stats import EngineStats, sglang_buckets, vllm_buckets
 
 
 class SimRequest:
@@ -67,7 +67,8 @@ class EngineModel:
     def __init__(self, config: EngineConfig, stats: EngineStats | None = None) -> None:
         self.config = config.validate()
         self.pool = BlockPool(config.num_gpu_blocks, config.enable_prefix_caching)
-        self.stats = stats or EngineStats(vllm_buckets(config.max_model_len))
+        buckets = sglang_buckets if config.engine == "sglang" else vllm_buckets
+        self.stats = stats or EngineStats(buckets(config.max_model_len))
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.deferred: list[SimRequest] = []
@@ -187,28 +188,33 @@ class EngineModel:
         decodes = 0
         ctx = 0
         i = 0
-        while i < len(running) and budget > 0:
+        n_running = len(running)
+        while i < n_running and budget > 0:
             req = running[i]
-            n = req.total_tokens - req.num_computed
+            computed = req.num_computed
+            n = req.prompt_len + req.num_output - computed
             if n > budget:
                 n = budget
-            need = (req.num_computed + n + bs - 1) // bs - len(req.blocks)
-            if need > 0:
+            end = computed + n
+            blocks = req.blocks
+            if end > len(blocks) * bs:
+                need = (end + bs - 1) // bs - len(blocks)
                 while need > pool.num_free and running[-1] is not req:
                     self._preempt(running.pop())
                     preempted = True
+                n_running = len(running)
                 if need > pool.num_free:
                     self._preempt(running.pop())
                     preempted = True
                     break
-                req.blocks.extend(pool.allocate(need))
+                blocks.extend(pool.allocate(need))
             scheduled.append((req, n))
             budget -= n
             if n == 1 and req.num_output:
                 decodes += 1
             else:
                 prefill_tokens += n
-            ctx += req.num_computed + n
+            ctx += end
             i += 1
         if not preempted:
             waiting = self.waiting
@@ -253,7 +259,7 @@ class EngineModel:
 
     def _first_admission(self, req: SimRequest, now: float, hit_tokens: int) -> None:
         stats = self.stats
-        req.first_scheduled = now
+        req.first_scheduled = max(now, req.arrival)
         req.cached_tokens = hit_tokens
         if req.external_tokens:
             stats.external_queries += req.prompt_len
@@ -288,31 +294,37 @@ class EngineModel:
         pool = self.pool
         bs = self.config.block_size
         any_finished = False
+        itl: dict[float, int] = {}
         for req, n in self._scheduled:
             if req.finish_reason is not None:
                 continue
-            req.num_computed += n
-            full = min(req.num_computed, req.prompt_len) // bs
-            if full > req.num_registered:
-                hashes = req.hashes
-                for idx in range(req.num_registered, min(full, len(hashes))):
-                    pool.register(req.blocks[idx], hashes[idx])
-                req.num_registered = full
-            if req.num_computed < req.total_tokens:
+            computed = req.num_computed + n
+            req.num_computed = computed
+            if req.num_registered < req.prompt_len // bs:
+                full = min(computed, req.prompt_len) // bs
+                if full > req.num_registered:
+                    hashes = req.hashes
+                    for idx in range(req.num_registered, min(full, len(hashes))):
+                        pool.register(req.blocks[idx], hashes[idx])
+                    req.num_registered = full
+            if computed < req.prompt_len + req.num_output:
                 continue
             req.num_output += 1
-            stats.generation_tokens += 1
             if req.first_token is None:
                 self._on_first_token(req, now)
             else:
-                stats.itl.observe(now - req.last_token)
+                gap = now - req.last_token
+                itl[gap] = itl.get(gap, 0) + 1
             req.last_token = now
             out.append(req)
             if req.num_output >= req.target:
                 any_finished = True
                 if req.remote_decode:
                     req.transfer_blocks = req.blocks[:req.prompt_len // bs]
-                self._finish(req, req.stop_reason, now, in_running=True)
+                self._finish(req, req.stop_reason, now)
+        stats.generation_tokens += len(out)
+        for gap, count in itl.items():
+            stats.itl.observe(gap, count)
         self._scheduled = []
         if any_finished:
             self.running = [r for r in self.running if r.finish_reason is None]
@@ -329,7 +341,7 @@ class EngineModel:
         stats.prefill_computed.observe(float(req.prompt_len - req.cached_tokens))
         stats.prefill.observe(now - (req.first_scheduled or now))
 
-    def _finish(self, req: SimRequest, reason: str, now: float, in_running: bool = False) -> None:
+    def _finish(self, req: SimRequest, reason: str, now: float) -> None:
         stats = self.stats
         req.finish_reason = reason
         req.finished_at = now

@@ -22,7 +22,8 @@ def _proc_stat() -> tuple[float, float, float, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     page = resource.getpagesize()
     utime, stime, start = float(fields[11]), float(fields[12]), float(fields[19])
-    return float(fields[20]), float(fields[21]) * page, (utime + stime) / ticks, btime + start / ticks
+    cpu = (utime + stime) / ticks
+    return float(fields[20]), float(fields[21]) * page, cpu, btime + start / ticks
 
 
 def _open_fds() -> float:
@@ -38,9 +39,11 @@ def render_process(out: Exposition) -> None:
     gens = [{"generation": str(i)} for i in range(len(stats))]
     out.counter_plain("python_gc_objects_collected_total", "Objects collected during gc",
                       [(g, float(s["collected"])) for g, s in zip(gens, stats, strict=True)])
-    out.counter_plain("python_gc_objects_uncollectable_total", "Uncollectable objects found during GC",
+    out.counter_plain("python_gc_objects_uncollectable_total",
+                      "Uncollectable objects found during GC",
                       [(g, float(s["uncollectable"])) for g, s in zip(gens, stats, strict=True)])
-    out.counter_plain("python_gc_collections_total", "Number of times this generation was collected",
+    out.counter_plain("python_gc_collections_total",
+                      "Number of times this generation was collected",
                       [(g, float(s["collections"])) for g, s in zip(gens, stats, strict=True)])
     major, minor, patch = platform.python_version_tuple()
     out.gauge("python_info", "Python platform information", [(
@@ -52,7 +55,7 @@ def render_process(out: Exposition) -> None:
     out.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", [({}, rss)])
     out.gauge("process_start_time_seconds",
               "Start time of the process since unix epoch in seconds.", [({}, start)])
-    out.counter_plain("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
-                      [({}, cpu)])
+    out.counter_plain("process_cpu_seconds_total",
+                      "Total user and system CPU time spent in seconds.", [({}, cpu)])
     out.gauge("process_open_fds", "Number of open file descriptors.", [({}, _open_fds())])
     out.gauge("process_max_fds", "Maximum number of open file descriptors.", [({}, float(soft))])

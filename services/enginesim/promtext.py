@@ -63,7 +63,7 @@ class Exposition:
 
     def counter(self, name: str, help_text: str,
                 samples: Iterable[tuple[Labels, float, float]]) -> None:
-        """A counter family ``name_total`` (+ ``name_created``); samples are (labels, value, created)."""
+        """A counter family ``name_total`` (+ ``_created``); samples: (labels, value, created)."""
         rows = list(samples)
         self._header(f"{name}_total", help_text, "counter")
         self._lines.extend(f"{name}_total{fmt_labels(lb)} {fmt_value(v)}" for lb, v, _ in rows)

@@ -8,7 +8,6 @@ checker is run once against a deliberately broken copy to prove it can fail.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import fnmatch
 import json
@@ -27,6 +26,8 @@ import yaml
 from setuptools import find_packages
 
 from services import cli
+from services.enginesim import cli as sim_cli
+from services.enginesim.config import SimConfigError
 from shared.config import ConfigError, LoadedConfig, load_config, parse_config
 from shared.members import parse_member_key
 
@@ -50,13 +51,8 @@ ENV_KEY_READERS: dict[str, frozenset[str]] = {
     "pools[].metrics.apikey_env": frozenset({"collector"}),
 }
 
-# The engine simulator's flags as the lead's contract states them; used only while
-# services.enginesim.cli has no build_parser() to check against.
-_CONTRACT_SIM = argparse.ArgumentParser(prog="llmsched engine-sim", exit_on_error=False)
-_CONTRACT_SIM.add_argument("--port", type=int, required=True)
-_CONTRACT_SIM.add_argument("--engine", choices=["vllm", "sglang"], required=True)
-_CONTRACT_SIM.add_argument("--model", required=True)
-_CONTRACT_SIM.add_argument("--speed", type=float, default=1.0)
+LISTEN_ALL = ("0.0.0.0", "::")
+"""Addresses a containerised server must bind so other containers can reach it."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -291,22 +287,26 @@ def check_engine_dispatch(compose: dict[str, Any], base: Path) -> list[str]:
 
 
 def _check_sim_args(argv: list[str]) -> list[str]:
-    real = _real_sim_parser()
-    parser = real or _CONTRACT_SIM
+    """Parse and plan the simulator's arguments with its own CLI (no sockets opened)."""
     try:
-        parser.parse_args(argv)
-    except (SystemExit, argparse.ArgumentError) as exc:
+        args = sim_cli.build_parser().parse_args(argv)
+        plan = sim_cli.plan_fleet(args)
+    except (SystemExit, SimConfigError) as exc:
         return [f"engine-sim arguments {argv} rejected: {exc}"]
-    return []
+    problems = []
+    if args.host not in LISTEN_ALL:
+        problems.append(f"engine-sim binds {args.host}: unreachable from other containers")
+    if not plan:
+        problems.append(f"engine-sim arguments {argv} start no engine")
+    return problems
 
 
-def _real_sim_parser() -> argparse.ArgumentParser | None:
+def sim_ports(cmd: list[str]) -> list[int]:
+    """The ports an engine-sim command listens on."""
     try:
-        from services.enginesim import cli as sim_cli  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    build = getattr(sim_cli, "build_parser", None)
-    return build() if callable(build) else None
+        return [port for _, port in sim_cli.plan_fleet(sim_cli.build_parser().parse_args(cmd[1:]))]
+    except (SystemExit, SimConfigError):
+        return []
 
 
 def check_config_mounts(
@@ -482,9 +482,9 @@ def check_pool_engines(
         if role_of(svc) != ENGINE_SIM:
             problems.append(f"pool member {host}:{port}: service {host} is not an engine-sim")
             continue
-        listen = option_value(cmd, "--port")
-        if listen is None or not listen.isdigit() or int(listen) != port:
-            problems.append(f"pool member {host}:{port}: {host} listens on --port {listen}")
+        listen = sim_ports(cmd)
+        if port not in listen:
+            problems.append(f"pool member {host}:{port}: {host} listens on {listen}")
         exposed = container_ports(svc.get("expose", [])) + [
             c for _, c in published_ports(svc.get("ports", []))
         ]
@@ -750,7 +750,10 @@ BROKEN: list[tuple[str, Mutation, str]] = [
     ("engine missing", lambda c: c["services"].pop("engine-3"), "no compose service"),
     ("engine port", _set("engine-2", "command",
                          ["engine-sim", "--port", "9002", "--engine", "vllm", "--model", "m"]),
-     "listens on --port 9002"),
+     "listens on [9002]"),
+    ("engine on loopback", _set("engine-3", "command",
+                                ["engine-sim", "--port", "8003", "--engine", "vllm"]),
+     "unreachable from other containers"),
 ]
 
 

@@ -3,18 +3,18 @@
 The harness stubs the BIG-IP commands and does the sideband calls with real sockets,
 so every test here has the iRule really talk HTTP over loopback to a select API.
 
-That API is ``SelectApiStandIn`` below: a real HTTP server that validates the
+Most scenarios use ``SelectApiStandIn`` below: a real HTTP server that validates the
 request the way ``POST /scheduler/select`` does, records what it got, and answers
 whatever a scenario needs (a member, ``none``, ``fallback``, 500, a hang, odd
-framings). Scenarios that only need *an* answer the real API can give (a member,
-``none``) can move to the real system once a ``llmsched_system`` fixture exists:
-swap the ``select_api`` fixture for one that points at it and picks the pool and
-members from its config. Failure modes (500, hang, closed port, framings) stay on
-the stand-in; the real API does not produce them on demand.
+framings) -- failure modes the real API does not produce on demand. The last section
+runs the same iRule against the real API and scheduler (the ``make_stack`` fixture:
+real NATS/Redis) for the answers that need real decisions: a member pick, IPv6 and
+route-domain keys, ``fallback`` and ``none``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -33,6 +33,7 @@ import pytest
 
 from shared.members import MemberAddressError, parse_member_key
 from shared.messages import SelectRequest
+from tests.integration.conftest import Stack, StackFactory
 
 REPO = Path(__file__).resolve().parents[2]
 IRULE = REPO / "deploy" / "f5" / "llmsched_select.tcl"
@@ -106,7 +107,8 @@ class SelectApiStandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -194,7 +196,7 @@ def tclsh() -> str:
     return path
 
 
-def run_irule(
+def harness_argv(
     api: str,
     members: list[tuple[str, int] | tuple[str, int, str] | tuple[str, int, str, int]],
     *,
@@ -204,25 +206,49 @@ def run_irule(
     lb_failed: bool = False,
     irule: Path = IRULE,
     extra: tuple[str, ...] = (),
-) -> Decision:
+) -> list[str]:
     argv = [tclsh(), str(HARNESS), "-api", api, "-pool", pool,
             "-connect-timeout", str(connect_timeout), "-timeout", str(timeout), "-debug", "1"]
     for member in members:
         argv += ["-member", " ".join(str(part) for part in member)]
     if lb_failed:
         argv += ["-lb-failed", "1"]
-    argv += [*extra, str(irule)]
-    start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
-    elapsed = time.monotonic() - start
-    lines = proc.stdout.splitlines()
+    return [*argv, *extra, str(irule)]
+
+
+def _decision(stdout: str, stderr: str, elapsed: float, returncode: int) -> Decision:
+    lines = stdout.splitlines()
     return Decision(
         line=lines[0] if lines else "",
         reselect=lines[1] if len(lines) > 1 else None,
-        stderr=proc.stderr,
+        stderr=stderr,
         elapsed=elapsed,
-        returncode=proc.returncode,
+        returncode=returncode,
     )
+
+
+def run_irule(api: str, members: list[Any], **kwargs: Any) -> Decision:
+    """Run the harness to completion (the API must not live in this thread's event loop)."""
+    argv = harness_argv(api, members, **kwargs)
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    return _decision(proc.stdout, proc.stderr, time.monotonic() - start, proc.returncode)
+
+
+async def run_irule_async(api: str, members: list[Any], **kwargs: Any) -> Decision:
+    """The same, without blocking the event loop the in-process API runs in."""
+    argv = harness_argv(api, members, **kwargs)
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return _decision(out.decode(), err.decode(), time.monotonic() - start, proc.returncode)
 
 
 def closed_port() -> int:
@@ -308,7 +334,7 @@ def test_slow_answer_within_the_timeout_is_used(select_api: SelectApiStandIn) ->
 def test_closed_api_port_leaves_pool_lb() -> None:
     decision = run_irule(f"127.0.0.1:{closed_port()}", THREE, connect_timeout=300)
     assert_pool_lb(decision)
-    assert "connect to" in decision.stderr
+    assert "no connection to" in decision.stderr
     assert decision.elapsed < 5.0
 
 
@@ -399,6 +425,14 @@ def test_unscheduled_path_skips_the_api(select_api: SelectApiStandIn) -> None:
     assert run_irule(select_api.address, THREE, extra=extra).line.endswith("9001")
 
 
+def test_virtual_without_pool_is_left_alone(select_api: SelectApiStandIn) -> None:
+    decision = run_irule(select_api.address, THREE, pool="")
+    assert decision.returncode == 0, decision.stderr
+    assert decision.line == "none"
+    assert "no pool" in decision.stderr
+    assert select_api.received == []
+
+
 # --------------------------------------------------------------------------- the rule itself
 
 
@@ -431,7 +465,7 @@ _NOT_IN_IRULES = [
     (r"\bstring\s+(cat|reverse|is\s+entier)\b", "Tcl 8.5+ string subcommand"),
     (r"\blsearch\b[^\]\n]*-(nocase|index|subindices|bisect)", "Tcl 8.5+ lsearch option"),
     (r"\*\*", "** operator (Tcl 8.5)"),
-    (r"[{(\s](in|ni)\s+\$", "in/ni operator (Tcl 8.5)"),
+    (r"\b(if|while|expr)\s*\{[^{}]*\s(in|ni)\s", "in/ni operator (Tcl 8.5)"),
     (r"\b(vwait|update|socket|exec|open|source|after|file)\s", "disabled in iRules"),
 ]
 
@@ -451,3 +485,62 @@ def test_lint_catches_newer_tcl() -> None:
              "set d [dict create]", "eval {*}$cmd", "after 10"]
     for snippet in newer:
         assert any(re.search(p, snippet) for p, _ in _NOT_IN_IRULES), snippet
+
+
+# --------------------------------------------------------------------------- real system
+# The same iRule against the real API and scheduler (in-process, real NATS/Redis), to
+# prove the two agree on the wire: the keys the iRule sends, the answers it parses.
+
+R1, R2 = "127.0.0.1:9101", "127.0.0.1:9102"
+R_V6, R_RD = "[fd00::7]:8000", "10.1.1.5:8001"
+LOSER = (10.0, 1.0, 1.0)
+"""(waiting, running, kv) that scores 0 under S1: the longest queue and a full KV cache."""
+
+
+def _real_pool(members: list[str], **fallback: object) -> dict[str, object]:
+    return {"name": "p1", "partition": "Common", "engine_type": "vllm", "source": "static",
+            "members": members, "fallback": dict(fallback)}
+
+
+def _api(stack: Stack) -> str:
+    return stack.api_url.removeprefix("http://")
+
+
+@pytest.mark.integration
+async def test_real_api_pick_is_followed(make_stack: StackFactory) -> None:
+    stack = await make_stack([_real_pool([R1, R2])], metrics_ms=5000)
+    await stack.bus.snapshot("p1", [R1, R2])
+    await stack.bus.metrics("p1", {R1: LOSER, R2: (0, 1, 0.1)})
+    await stack.wait_select("p1", [R1, R2], R2)
+    decision = await run_irule_async(_api(stack), [("127.0.0.1", 9101), ("127.0.0.1", 9102)],
+                                     pool="/Common/p1")
+    assert decision.line == "pool /Common/p1 member 127.0.0.1 9102", decision.stderr
+    assert decision.open_sideband == 0
+
+
+@pytest.mark.integration
+async def test_real_api_ipv6_and_route_domain_keys(make_stack: StackFactory) -> None:
+    stack = await make_stack([_real_pool([R_V6, R_RD])], metrics_ms=5000)
+    await stack.bus.snapshot("p1", [R_V6, R_RD])
+    await stack.bus.metrics("p1", {R_V6: (0, 0, 0.2), R_RD: LOSER})
+    await stack.wait_select("p1", [R_V6, R_RD], R_V6)
+    members = [("fd00::7%2", 8000), ("10.1.1.5%2", 8001)]
+    decision = await run_irule_async(_api(stack), members, pool="/Common/p1")
+    assert decision.line == "pool /Common/p1 member fd00::7%2 8000", decision.stderr
+
+    await stack.bus.metrics("p1", {R_V6: LOSER, R_RD: (0, 0, 0.2)})
+    await stack.wait_select("p1", [R_V6, R_RD], R_RD)
+    decision = await run_irule_async(_api(stack), members, pool="/Common/p1")
+    assert decision.line == "pool /Common/p1 member 10.1.1.5%2 8001", decision.stderr
+
+
+@pytest.mark.integration
+async def test_real_api_fallback_and_none_leave_pool_lb(make_stack: StackFactory) -> None:
+    stack = await make_stack([_real_pool([R1, R2], pool_fallback=True)], metrics_ms=5000)
+    members = [("127.0.0.1", 9101), ("127.0.0.1", 9102)]
+    decision = await run_irule_async(_api(stack), members, pool="/Common/p1")
+    assert decision.line == "pool /Common/p1", decision.stderr
+    assert "API answered fallback" in decision.stderr
+    decision = await run_irule_async(_api(stack), members, pool="/Common/unknown")
+    assert decision.line == "pool /Common/unknown", decision.stderr
+    assert "API answered none" in decision.stderr

@@ -256,7 +256,7 @@ async def test_health_tells_the_truth(make_stack: StackFactory) -> None:
 
 
 async def test_hot_reload_pool_fallback_and_thresholds(make_stack: StackFactory) -> None:
-    stack = await make_stack([pool()], interval=0.2)
+    stack = await make_stack([pool()], interval=0.2, metrics_ms=3000)
     await ready(stack, [A, B], {A: (0, 12, 0.1), B: (0, 1, 0.1)})
 
     def set_fallback(doc: dict[str, object]) -> None:
@@ -273,19 +273,25 @@ async def test_hot_reload_pool_fallback_and_thresholds(make_stack: StackFactory)
 
 
 async def test_hot_reload_rejects_a_broken_file(make_stack: StackFactory) -> None:
-    stack = await make_stack([pool(member_running_req_threshold=10)], interval=0.2)
+    stack = await make_stack([pool(member_running_req_threshold=10)], interval=0.2,
+                             metrics_ms=3000)
     await ready(stack, [A, B], {B: (0, 1, 0.1), A: (0, 12, 0.1)})
     good = stack.config_path.read_text()
-    stack.config_path.write_text(good.replace("engine_type: vllm", "engine_type: nosuch")
-                                 .replace("pool_fallback: false", "pool_fallback: true"))
+    stack.config_path.write_text(good.replace("engine_type: vllm", "engine_type: nosuch"))
     await asyncio.sleep(0.8)
     await stack.bus.metrics("p1", {B: (0, 1, 0.1), A: (0, 12, 0.1)})
     assert await stack.select("p1", [A, B]) == B  # old config (threshold, no fallback) stays
     stack.config_path.write_text("global: [unclosed")
     await asyncio.sleep(0.6)
     await stack.bus.metrics("p1", {B: (0, 1, 0.1), A: (0, 12, 0.1)})
-    assert set(await counts(stack, "p1", [A, B], 20)) == {B}
-    stack.config_path.write_text(good.replace("pool_fallback: false", "pool_fallback: true"))
+    got = await counts(stack, "p1", [A, B], 20)
+    status = (await stack.http.get(f"{stack.api_url}/pools/p1/Common/status")).json()
+    assert set(got) == {B}, status
+    stack.config_path.write_text(good)
+
+    def set_fallback(doc: dict[str, object]) -> None:
+        doc["pools"][0]["fallback"]["pool_fallback"] = True  # type: ignore[index]
+    edit_config(stack.config_path, set_fallback)
     await stack.wait_select("p1", [A, B], "fallback", timeout_s=3)
 
 
