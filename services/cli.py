@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] == "engine-sim":
         from services.enginesim.cli import main as sim_main
 
-        return sim_main(args_list[1:])
+        return int(sim_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
     if args.command == "up":
         from services.up import run_up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -113,10 +114,8 @@ class ConfigWatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set."""
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.current.config.global_.interval)
-            except TimeoutError:
-                pass
             if stop.is_set():
                 return
             try:

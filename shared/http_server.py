@@ -55,7 +55,8 @@ class RunningServer:
             await self.task
 
 
-async def start_app(app: Any, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> RunningServer:
+async def start_app(app: Any, host: str = "127.0.0.1", port: int = 0,
+                    **kwargs: Any) -> RunningServer:
     """Start ``app`` in this loop and wait until it accepts connections."""
     sock = bind_socket(host, port)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **kwargs)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from shared.messages import AnalyzeReply, SimulateReply, StatusReply
 from shared.subjects import Subjects

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -55,10 +56,8 @@ class StatePersister:
 
     async def run(self, stop: asyncio.Event, period_s: float = 0.5) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=period_s)
-            except TimeoutError:
-                pass
             try:
                 await self.flush()
                 if not self.health.get("ok", False):

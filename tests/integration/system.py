@@ -20,8 +20,8 @@ import yaml
 
 from shared.config import LoadedConfig, load_config
 from shared.http_server import free_port
-from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 from shared.members import parse_member_key
+from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 from shared.subjects import Subjects
 
 REPO = Path(__file__).resolve().parents[2]

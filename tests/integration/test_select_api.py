@@ -144,7 +144,7 @@ async def test_all_scores_zero_answers_none(make_stack: StackFactory) -> None:
 
 
 async def test_stale_metrics_score_zero(make_stack: StackFactory) -> None:
-    stack = await make_stack([pool()], metrics_ms=200)  # stale after 3 × 200 ms
+    stack = await make_stack([pool()], metrics_ms=200)  # stale after 3 x 200 ms
     await stack.bus.snapshot("p1", [A, B])
     await stack.bus.metrics("p1", {A: (0, 0, 0.0)}, age_s=5)
     await stack.bus.metrics("p1", {B: (9, 9, 0.9)})
