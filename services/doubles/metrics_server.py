@@ -14,6 +14,7 @@ import hmac
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -538,7 +539,11 @@ async def start_double(double: MetricsDouble, host: str = "127.0.0.1", port: int
     ``uvicorn_options`` go to uvicorn.Config, e.g. ``ssl_certfile``/``ssl_keyfile`` for https.
     """
     uvicorn_options.setdefault("timeout_graceful_shutdown", 1)
-    return await start_app(double, host, port, **uvicorn_options)
+    server = await start_app(double, host, port, **uvicorn_options)
+    # uvicorn writes headers and body separately; without TCP_NODELAY (accepted sockets
+    # inherit it from the listener) Nagle + delayed ACK stall each keep-alive reply ~40 ms
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return server
 
 
 @contextlib.asynccontextmanager

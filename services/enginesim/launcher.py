@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
 
 from services.enginesim.config import EngineConfig
 from services.enginesim.instance import EngineInstance
 from services.enginesim.server import build_app
-from shared.http_server import RunningServer, start_app
+from shared.http_server import RunningServer, bind_socket
 
 
 @dataclass
@@ -46,11 +52,37 @@ def crash_handler(server: RunningServer) -> Callable[[str], None]:
     return crash
 
 
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host (the CLI or a test)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def start_server(app: Any, host: str, port: int) -> RunningServer:
+    """Serve ``app`` on a loopback/host socket with TCP_NODELAY in this event loop."""
+    sock = bind_socket(host, port)
+    # Accepted sockets inherit TCP_NODELAY from the listener on Linux; without it a
+    # streamed or small response waits ~40 ms on the client's delayed ACK (Nagle).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                            timeout_keep_alive=30)
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.01)
+    return RunningServer(server, task, sock)
+
+
 async def start_engine(config: EngineConfig, host: str = "127.0.0.1", port: int = 0
                        ) -> RunningEngine:
     """Start one engine; port 0 picks a free port."""
     inst = EngineInstance(config, host=host, port=port)
-    server = await start_app(build_app(inst), host, port, timeout_keep_alive=30)
+    server = await start_server(build_app(inst), host, port)
     inst.port = server.port
     inst.on_crash = crash_handler(server)
     return RunningEngine(inst, server)
