@@ -15,9 +15,10 @@ from tests.enginesim.conftest import StartEngine
 from tests.enginesim.test_metrics import samples
 
 MAX_SEQS = 4
-CONFIG = EngineConfig(served_model_name=("tiny",), max_num_seqs=MAX_SEQS, num_gpu_blocks=256,
+CONFIG = EngineConfig(served_model_name=("tiny",), max_num_seqs=MAX_SEQS, num_gpu_blocks=96,
                       max_model_len=1024, speed=2.0, seed=3)
 SHARED = "system prompt shared by every caller " * 24
+UNIQUE = "caller {0} turn {1} asks a question of its own " * 5
 BASE = '{engine="0",model_name="tiny"}'
 
 
@@ -31,7 +32,7 @@ class Level:
 
 
 async def _one(http: httpx.AsyncClient, worker: int, turn: int) -> float:
-    body = {"model": "tiny", "prompt": f"{SHARED} caller {worker} turn {turn}", "max_tokens": 24,
+    body = {"model": "tiny", "prompt": SHARED + UNIQUE.format(worker, turn), "max_tokens": 24,
             "stream": True}
     start = time.perf_counter()
     ttft = None

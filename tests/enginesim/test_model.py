@@ -16,7 +16,8 @@ SMALL = EngineConfig(max_num_seqs=4, num_gpu_blocks=64, max_model_len=512, block
 
 
 def _req(rid: str, prompt: int, out: int, group: int | None = None) -> SimRequest:
-    hashes = [hash((group, b)) if group is not None else hash((rid, b)) for b in range(prompt // 16)]
+    key = rid if group is None else group
+    hashes = [hash((key, b)) for b in range(prompt // 16)]
     return SimRequest(rid, prompt, hashes, max_tokens=out)
 
 
