@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -23,16 +25,17 @@ from shared.promparse import PromParseError, SampleSelector
 log = logging.getLogger("llmsched.collector.scraper")
 
 DEFAULT_CONCURRENCY = 256
+DEFAULT_CLIENTS = 32
+KEEPALIVE_PER_CLIENT = 32
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """A real vLLM payload is ~50 kB; anything this big is not an engine's /metrics."""
 MAX_ERROR_CHARS = 200
 NO_ENGINE_METRICS = "no engine metrics found"
 
 
-def new_client(*, verify: bool | ssl.SSLContext = True, max_keepalive: int = 1024
-               ) -> httpx.AsyncClient:
-    """A client fit for scraping: no connection cap (the scraper bounds concurrency) and
-    enough keep-alive connections for every member to reuse its own between rounds."""
+def new_client(*, verify: bool | ssl.SSLContext = True,
+               max_keepalive: int = KEEPALIVE_PER_CLIENT) -> httpx.AsyncClient:
+    """One scrape client: no connection cap (the scraper bounds concurrency), keep-alive."""
     return httpx.AsyncClient(
         verify=verify,
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=max_keepalive,
@@ -40,6 +43,23 @@ def new_client(*, verify: bool | ssl.SSLContext = True, max_keepalive: int = 102
         follow_redirects=False,
         trust_env=False,  # members are reached directly, never through an HTTP(S)_PROXY
     )
+
+
+@contextlib.asynccontextmanager
+async def open_clients(count: int = DEFAULT_CLIENTS, *, verify: bool | ssl.SSLContext = True
+                       ) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """``count`` scrape clients for one MetricsScraper, closed on exit.
+
+    Give it about one client per 16-32 members: httpcore's pool does bookkeeping
+    quadratic in its connection count on every request, so one client holding
+    hundreds of keep-alive connections costs seconds per round.
+    """
+    clients = [new_client(verify=verify) for _ in range(count)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 class _ScrapeFailed(Exception):
@@ -50,7 +70,7 @@ class _ScrapeFailed(Exception):
 class _PoolPlan:
     """What every member scrape of one pool round shares."""
 
-    client: httpx.AsyncClient
+    clients: Sequence[httpx.AsyncClient]
     headers: dict[str, str]
     timeout: float
     selector: SampleSelector
@@ -59,18 +79,22 @@ class _PoolPlan:
 
 
 class MetricsScraper:
-    """Scrapes pools over an injected httpx client; one MemberMetrics per available member.
+    """Scrapes pools over injected httpx clients; one MemberMetrics per available member.
 
-    The injected client is used for ``http`` pools and ``https`` pools that verify with
-    the system CAs; pools with ``verify: false`` or a CA bundle path get a client of
+    Each member always goes through the same client (by a hash of its key) so its
+    keep-alive connection is reused from round to round; see :func:`open_clients`.
+    The injected clients serve ``http`` pools and ``https`` pools that verify with the
+    system CAs; pools with ``verify: false`` or a CA bundle path get as many clients of
     their own, created on first use and closed by :meth:`aclose`.
     """
 
-    def __init__(self, client: httpx.AsyncClient, *, max_concurrency: int = DEFAULT_CONCURRENCY
-                 ) -> None:
-        self._client = client
+    def __init__(self, clients: httpx.AsyncClient | Sequence[httpx.AsyncClient], *,
+                 max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
+        self._clients = [clients] if isinstance(clients, httpx.AsyncClient) else list(clients)
+        if not self._clients:
+            raise ValueError("MetricsScraper needs at least one httpx.AsyncClient")
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._tls_clients: dict[bool | str, httpx.AsyncClient] = {}
+        self._tls_clients: dict[bool | str, list[httpx.AsyncClient]] = {}
         self._failing: dict[tuple[str, str], int] = {}
 
     async def __aenter__(self) -> MetricsScraper:
@@ -81,9 +105,10 @@ class MetricsScraper:
 
     async def aclose(self) -> None:
         """Close the clients this scraper created (never the injected one)."""
-        clients, self._tls_clients = list(self._tls_clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        groups, self._tls_clients = list(self._tls_clients.values()), {}
+        for clients in groups:
+            for client in clients:
+                await client.aclose()
 
     async def scrape_pool(self, pool: PoolConfig, spec: EngineMetricsSpec,
                           members: list[MemberInfo], *, now: Callable[[], float] = time.time
@@ -94,7 +119,7 @@ class MetricsScraper:
         try:
             plan = self._plan(pool.metrics, spec)
         except (OSError, ssl.SSLError, ValueError) as err:
-            reason = f"TLS setup failed: {type(err).__name__}"
+            reason = f"TLS setup failed: {type(err).__name__}: {err}"[:MAX_ERROR_CHARS]
             results = [MemberMetrics(key=m.key, scraped_at=now(), ok=False, error=reason)
                        for m in available]
         else:
@@ -117,7 +142,7 @@ class MetricsScraper:
             headers["Authorization"] = f"Bearer {bearer}"
             secrets.append(bearer)
         return _PoolPlan(
-            client=self._client_for(metrics),
+            clients=self._clients_for(metrics),
             headers=headers,
             timeout=metrics.timeout,
             selector=SampleSelector(wanted_names(spec)),
@@ -125,17 +150,18 @@ class MetricsScraper:
             secrets=tuple(secret for secret in secrets if secret),
         )
 
-    def _client_for(self, metrics: MetricsConfig) -> httpx.AsyncClient:
+    def _clients_for(self, metrics: MetricsConfig) -> Sequence[httpx.AsyncClient]:
         if metrics.schema == "http" or metrics.verify is True:
-            return self._client
-        client = self._tls_clients.get(metrics.verify)
-        if client is None:
+            return self._clients
+        clients = self._tls_clients.get(metrics.verify)
+        if clients is None:
             verify: bool | ssl.SSLContext = (
                 False if metrics.verify is False
                 else ssl.create_default_context(cafile=metrics.verify)
             )
-            client = self._tls_clients[metrics.verify] = new_client(verify=verify)
-        return client
+            clients = [new_client(verify=verify) for _ in self._clients]
+            self._tls_clients[metrics.verify] = clients
+        return clients
 
     async def _scrape_member(self, plan: _PoolPlan, metrics: MetricsConfig, member: MemberInfo,
                              now: Callable[[], float]) -> MemberMetrics:
@@ -144,8 +170,9 @@ class MetricsScraper:
         url = f"{metrics.schema}://{url_host(member.host)}:{port}{path}"
         async with self._slots:
             try:
+                client = plan.clients[zlib.crc32(member.key.encode()) % len(plan.clients)]
                 async with asyncio.timeout(plan.timeout):
-                    body = await self._fetch(plan, url)
+                    body = await self._fetch(client, plan, url)
                 scraped_at = now()
                 series = plan.selector.parse(body.decode("utf-8", errors="replace"))
                 figures = extract(series, plan.spec)
@@ -153,7 +180,8 @@ class MetricsScraper:
                     raise _ScrapeFailed(NO_ENGINE_METRICS)
             except Exception as err:  # every failure becomes a published ok=False result
                 error = _redact(_describe(err, plan.timeout), plan.secrets)
-                log.debug("scrape %s (%s) failed: %s", member.key, url, error)
+                log.debug("scrape %s (%s) failed: %s", member.key, url, error,
+                          exc_info=error.startswith("internal error"))
                 return MemberMetrics(key=member.key, scraped_at=now(), ok=False, error=error)
         return MemberMetrics(
             key=member.key, scraped_at=scraped_at, ok=True,
@@ -161,10 +189,9 @@ class MetricsScraper:
             cache_usage=figures.cache_usage, extra=figures.extra,
         )
 
-    async def _fetch(self, plan: _PoolPlan, url: str) -> bytes:
-        request = plan.client.build_request("GET", url, headers=plan.headers,
-                                            timeout=plan.timeout)
-        response = await plan.client.send(request, stream=True)
+    async def _fetch(self, client: httpx.AsyncClient, plan: _PoolPlan, url: str) -> bytes:
+        request = client.build_request("GET", url, headers=plan.headers, timeout=plan.timeout)
+        response = await client.send(request, stream=True)
         try:
             if not response.is_success:
                 raise _ScrapeFailed(f"HTTP {response.status_code}")
@@ -188,11 +215,11 @@ class MetricsScraper:
         if failing:
             kinds = collections.Counter(error.split(":", 1)[0] for error in failing)
             detail = ", ".join(f"{kind}: {count}" for kind, count in kinds.most_common())
-            log.warning("pool %s/%s: %d of %d members failing metrics scrape (%s)",
-                        pool.partition, pool.name, len(failing), len(results), detail)
+            log.warning("pool %s:%s: %d of %d members failing metrics scrape (%s)",
+                        pool.name, pool.partition, len(failing), len(results), detail)
         else:
-            log.info("pool %s/%s: all %d members scraped OK again",
-                     pool.partition, pool.name, len(results))
+            log.info("pool %s:%s: all %d members scraped OK again",
+                     pool.name, pool.partition, len(results))
 
 
 def _describe(err: Exception, timeout: float) -> str:
