@@ -25,7 +25,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -276,8 +276,7 @@ class _Client(asyncio.Protocol):
         self.in_flight = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._send_next()
 
     def _send_next(self) -> None:

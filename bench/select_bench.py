@@ -106,7 +106,7 @@ class Plan:
 
 
 FULL = Plan(rounds=3, warmup_s=0.5, single_s=3.0, many_s=4.0, nats_s=4.0, decide_s=0.3)
-QUICK = Plan(rounds=1, warmup_s=0.3, single_s=1.5, many_s=2.0, nats_s=2.0, decide_s=0.1)
+QUICK = Plan(rounds=1, warmup_s=0.3, single_s=1.5, many_s=2.0, nats_s=2.0, decide_s=0.15)
 
 
 # --------------------------------------------------------------------------- fleet data

@@ -11,7 +11,7 @@ import httpx
 from services.collector.f5_client import F5Client, http_client_for
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
-from services.collector.scraper import MetricsScraper
+from services.collector.scraper import MetricsScraper, open_clients
 from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -20,6 +20,8 @@ from shared.runtime import run_service
 from shared.subjects import Subjects
 
 log = logging.getLogger("llmsched.collector")
+
+SCRAPE_CLIENTS = 32
 
 
 def run(loaded: LoadedConfig) -> int:
@@ -64,9 +66,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     cfg = loaded.config
     nc = await connect_nats("collector", nats_url)
     f5 = _F5Stack()
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(limits=limits, timeout=10, verify=True) as scrape_http:
-        collector = Collector(nc, Subjects(cfg.global_.prefix), MetricsScraper(scrape_http),
+    # Many small clients: httpx's pool does per-request work that grows with its size.
+    async with open_clients(SCRAPE_CLIENTS) as clients, MetricsScraper(clients) as scraper:
+        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper,
                               await f5.sources(cfg), cfg)
         collector.apply_config(cfg, collector.sources)
         watcher = ConfigWatcher(loaded)

@@ -54,6 +54,8 @@ async def open_clients(count: int = DEFAULT_CLIENTS, *, verify: bool | ssl.SSLCo
     quadratic in its connection count on every request, so one client holding
     hundreds of keep-alive connections costs seconds per round.
     """
+    if verify is True:
+        verify = ssl.create_default_context()  # one CA load (~15 ms) shared by all clients
     clients = [new_client(verify=verify) for _ in range(count)]
     try:
         yield clients
@@ -104,7 +106,7 @@ class MetricsScraper:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the clients this scraper created (never the injected one)."""
+        """Close the clients this scraper created (never the injected ones)."""
         groups, self._tls_clients = list(self._tls_clients.values()), {}
         for clients in groups:
             for client in clients:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 EngineKind = Literal["vllm", "sglang"]
@@ -32,13 +34,13 @@ class Timing:
     """Relative standard deviation of step times (seeded)."""
 
 
-PRESETS: dict[str, Timing] = {
+PRESETS: Mapping[str, Timing] = MappingProxyType({
     # Llama-3.1-8B-Instruct, BF16, one H100 SXM 80 GB (derivation in docs/enginesim.md).
     "h100-llama3.1-8b": Timing(),
     # The tiny random Llama served by vLLM 0.32.0 on the 2-core CPU (fixture timings_*.txt).
-    "cpu-tiny": Timing(step_base_ms=2.6, prefill_ms_per_token=0.15, decode_ms_per_seq=0.28,
+    "cpu-tiny": Timing(step_base_ms=2.6, prefill_ms_per_token=0.15, decode_ms_per_seq=0.22,
                        attn_ms_per_ctx_token=0.0005, kv_transfer_ms_per_token=0.01, jitter=0.05),
-}
+})
 
 
 @dataclass(frozen=True, kw_only=True)

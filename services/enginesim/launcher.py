@@ -30,9 +30,16 @@ class RunningEngine:
         """Base URL, e.g. http://127.0.0.1:9001."""
         return self.server.url
 
-    async def stop(self) -> None:
-        """Shut the server down (lifespan stops the step loop)."""
-        await self.server.stop()
+    async def stop(self, grace: float = 3.0) -> None:
+        """Shut down; connections still open after ``grace`` seconds (hung clients) are cut."""
+        uv = self.server.server
+        uv.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self.server.task), grace)
+        except TimeoutError:
+            _abort_connections(uv)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.server.task
 
 
 def crash_handler(server: RunningServer) -> Callable[[str], None]:
@@ -41,15 +48,18 @@ def crash_handler(server: RunningServer) -> Callable[[str], None]:
     def crash(mode: str) -> None:
         if mode == "exit":
             os._exit(1)
-        uv = server.server
-        uv.should_exit = True
-        uv.force_exit = True
-        for conn in list(getattr(uv.server_state, "connections", ())):
-            transport = getattr(conn, "transport", None)
-            if transport is not None:
-                transport.abort()
+        server.server.should_exit = True
+        _abort_connections(server.server)
 
     return crash
+
+
+def _abort_connections(uv: uvicorn.Server) -> None:
+    uv.force_exit = True
+    for conn in list(getattr(uv.server_state, "connections", ())):
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            transport.abort()
 
 
 class _QuietServer(uvicorn.Server):

@@ -1,9 +1,8 @@
-"""The queueing model of one engine: continuous batching over a paged KV cache.
+"""The queueing model of one engine: continuous batching over a paged KV cache (pure, no I/O)."""
 
-Pure and clock-free: the driver (real-time runner or virtual-time loop) calls
-``begin_step(now)`` to schedule a step and learn its duration, then
-``finish_step(now)`` when that time has passed. Nothing here does I/O.
-"""
+# Clock-free on purpose: the real-time runner and the virtual-time loop both call
+# begin_step(now) to schedule a step and learn its duration, then finish_step(now)
+# once that time has passed, so one model serves both.
 
 from __future__ import annotations
 

@@ -41,11 +41,10 @@ def fmt_labels(labels: Labels) -> str:
 
 
 class Exposition:
-    """Accumulates metric families and renders the text body.
+    """Accumulates metric families and renders the text body."""
 
-    ``created`` adds prometheus_client's ``_created`` families; SGLang's multiprocess
-    registry has none and prints a histogram's ``_sum`` before its buckets.
-    """
+    # created=False, sum_first=True mimic SGLang's multiprocess registry, which has no
+    # _created families and prints a histogram's _sum before its buckets.
 
     def __init__(self, created: bool = True, sum_first: bool = False) -> None:
         self._lines: list[str] = []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from services.enginesim.config import EngineConfig
@@ -75,11 +77,11 @@ def _input_repr(value: Any) -> str:
     return repr(value)
 
 
-_TYPES: dict[str, tuple[str, str, str]] = {
+_TYPES: Mapping[str, tuple[str, str, str]] = MappingProxyType({
     "int": ("int_type", "int_parsing", "Input should be a valid integer"),
     "float": ("float_type", "float_parsing", "Input should be a valid number"),
     "bool": ("bool_type", "bool_parsing", "Input should be a valid boolean"),
-}
+})
 
 
 def _field(cfg: EngineConfig, data: dict[str, Any], key: str, kind: str) -> Any:

@@ -13,11 +13,9 @@ from services.enginesim.virtual import TraceRequest
 
 
 def prompt_for(index: int, item: TraceRequest, default_prefix: int = 512) -> str:
-    """A completion prompt that tokenizes to exactly ``item.input_tokens`` tokens.
-
-    Requests of one prefix group share their first ``prefix_tokens`` tokens (the BOS token
-    plus the group's words), so the prefix cache sees what virtual time synthesizes.
-    """
+    """A completion prompt of exactly ``item.input_tokens`` tokens, sharing its group's prefix."""
+    # The BOS token plus the group's words form the shared prefix, so the prefix cache
+    # sees the same sharing as virtual time's synthetic block hashes.
     words = max(1, item.input_tokens - 2)
     shared = 0
     if item.prefix_group is not None:

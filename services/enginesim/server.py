@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,7 +49,7 @@ async def _models(inst: EngineInstance, request: Request) -> Response:
     cfg = inst.config
     names = cfg.model_names
     perm_ids = [f"modelperm-{inst.hex(16)}" for _ in names]
-    return json_response(models_list(names, cfg.model, cfg.max_model_len, int(inst.created),
+    return json_response(models_list(names, cfg.model, cfg.max_model_len, int(time.time()),
                                      "sglang" if inst.is_sglang else "vllm", perm_ids))
 
 

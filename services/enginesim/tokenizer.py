@@ -1,8 +1,7 @@
-"""A cheap deterministic tokenizer (one token per word or punctuation mark) and filler text.
+"""A cheap deterministic tokenizer (one token per word or punctuation mark) and filler text."""
 
-Counting rule, chosen to reproduce the captured vLLM token counts with a BERT tokenizer:
-completions add 2 special tokens to the prompt; chat adds 2 plus 2 per message.
-"""
+# Counting rule, chosen to reproduce the captured vLLM token counts (BERT tokenizer):
+# completions add 2 special tokens to the prompt; chat adds 2 plus 2 per message.
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Virtual time: a discrete-event simulation of a routed fleet, using the same engine model.
+"""Virtual time: a discrete-event simulation of a routed fleet with the same engine model."""
 
-No sockets, no sleeping: a trace of requests is routed by a policy that sees what a router
-sees (each engine's metrics as last scraped, plus its own in-flight counts), and every engine
-steps through its queueing model on a virtual clock.
-"""
+# No sockets, no sleeping: a policy routes each trace request seeing what a router sees
+# (metrics as last scraped, plus its own in-flight counts); engines step on a virtual clock.
 
 from __future__ import annotations
 

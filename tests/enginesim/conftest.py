@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -52,8 +53,6 @@ async def start() -> AsyncIterator[StartEngine]:
     started: list[RunningEngine] = []
 
     async def _start(config: EngineConfig = TINY, **changes: Any) -> RunningEngine:
-        import dataclasses
-
         engine = await start_engine(dataclasses.replace(config, **changes))
         started.append(engine)
         return engine

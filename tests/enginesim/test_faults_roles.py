@@ -115,3 +115,16 @@ async def test_sglang_flavour(start: StartEngine) -> None:
         assert (await asyncio.wait_for(pending, 5)).status_code == 200
         error = await http.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
         assert error.status_code == 404 and error.json()["object"] == "error"
+
+
+async def test_stop_cuts_hung_clients(start: StartEngine) -> None:
+    engine = await start()
+    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+        await http.post("/_sim/faults", json={"hang": True})
+        pending = asyncio.ensure_future(http.post("/v1/chat/completions", json=CHAT))
+        await asyncio.sleep(0.1)
+        began = time.perf_counter()
+        await engine.stop(grace=0.3)
+        assert time.perf_counter() - began < 3
+        with pytest.raises(httpx.TransportError):
+            await asyncio.wait_for(pending, 5)

@@ -483,7 +483,8 @@ async def test_member_changes_at_run_time_show_up_and_are_logged_once(
     source = F5Source(f5.client(), FakeClock(0.0))
 
     def infos() -> int:
-        return sum(r.levelno == logging.INFO for r in caplog.records)
+        return sum(r.levelno == logging.INFO and r.name == MEMBERSHIP_LOG
+                   for r in caplog.records)
 
     async def view() -> list[tuple[str, bool]]:
         return [(m.key, m.available) for m in (await source.snapshot(POOL)).members]
@@ -497,7 +498,8 @@ async def test_member_changes_at_run_time_show_up_and_are_logged_once(
     assert await view() == [
         ("127.0.0.1:9001", True), ("127.0.0.1:9002", False), ("[fd00::5]:9003", True)]
     assert infos() == 2
-    assert "+[[fd00::5]:9003]" in caplog.records[-1].getMessage()
+    mine = [r for r in caplog.records if r.name == MEMBERSHIP_LOG]
+    assert "+[[fd00::5]:9003]" in mine[-1].getMessage()
 
     control = f"{f5.server.url}/_emulator/pools/Common/llm-pool"
     r = await f5.http.patch(f"{control}/members/127.0.0.1:9002",

@@ -16,14 +16,25 @@ from typing import Any
 import httpx
 import pytest
 
-from services.collector.scraper import NO_ENGINE_METRICS, MetricsScraper, new_client
-from services.doubles.metrics_server import MetricsDouble, Wave, serve_doubles, start_double
+from services.collector.scraper import (
+    NO_ENGINE_METRICS,
+    MetricsScraper,
+    new_client,
+    open_clients,
+)
+from services.doubles.metrics_server import (
+    Engine,
+    MetricsDouble,
+    Wave,
+    serve_doubles,
+    start_double,
+)
 from shared.config import MetricsConfig, PoolConfig
 from shared.engines import BUILTIN_ENGINES, EngineMetricsSpec
 from shared.http_server import RunningServer, free_port
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
 
 VLLM = BUILTIN_ENGINES["vllm"]
 SGLANG = BUILTIN_ENGINES["sglang"]
@@ -31,7 +42,7 @@ SGLANG = BUILTIN_ENGINES["sglang"]
 
 @pytest.fixture
 async def scraper() -> AsyncIterator[MetricsScraper]:
-    async with new_client() as client, MetricsScraper(client) as scraper:
+    async with open_clients(4) as clients, MetricsScraper(clients) as scraper:
         yield scraper
 
 
@@ -79,7 +90,8 @@ async def test_sglang_values_are_read(scraper: MetricsScraper) -> None:
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
-async def test_several_series_are_summed_and_maxed(scraper: MetricsScraper, engine: str) -> None:
+async def test_several_series_are_summed_and_maxed(scraper: MetricsScraper,
+                                                  engine: Engine) -> None:
     spec = BUILTIN_ENGINES[engine]
     double = MetricsDouble(engine=engine, series=3, waiting=10, running=4, kv_usage=0.9)
     result = await scrape_one(scraper, double, spec=spec, engine=engine)
@@ -289,14 +301,48 @@ async def test_many_members_are_scraped_concurrently(scraper: MetricsScraper) ->
     async with serve_doubles(doubles) as servers:
         members = [MemberInfo(key=f"10.1.{i // 250}.{i % 250}:8000", host="127.0.0.1",
                               port=servers[i % 4].port) for i in range(200)]
-        started = time.monotonic()
-        batch = await scraper.scrape_pool(pool(timeout=3), VLLM, members)
-        elapsed = time.monotonic() - started
-    assert len(batch.members) == 200
-    assert all(m.ok for m in batch.members), {m.error for m in batch.members}
-    assert [m.waiting_queue for m in batch.members[:4]] == [0.0, 1.0, 2.0, 3.0]
-    assert [d.scrapes for d in doubles] == [50, 50, 50, 50]
-    assert elapsed < 2.0  # one at a time would take 60 s
+        rounds: list[tuple[MetricsBatch, float]] = []
+        for _ in range(2):  # the second round runs over kept-alive connections
+            started = time.monotonic()
+            batch = await scraper.scrape_pool(pool(timeout=3), VLLM, members)
+            rounds.append((batch, time.monotonic() - started))
+    for batch, elapsed in rounds:
+        assert len(batch.members) == 200
+        assert all(m.ok for m in batch.members), {m.error for m in batch.members}
+        assert [m.waiting_queue for m in batch.members[:4]] == [0.0, 1.0, 2.0, 3.0]
+        assert elapsed < 2.0  # one at a time would take 60 s
+    assert [d.scrapes for d in doubles] == [100, 100, 100, 100]
+
+
+async def test_each_member_sticks_to_one_client() -> None:
+    seen: list[list[str]] = [[], [], []]
+
+    def recorder(index: int) -> Callable[[httpx.Request], Any]:
+        async def record(request: httpx.Request) -> None:
+            seen[index].append(str(request.url))
+        return record
+
+    clients = [httpx.AsyncClient(event_hooks={"request": [recorder(i)]}) for i in range(3)]
+    doubles = [MetricsDouble() for _ in range(6)]
+    try:
+        async with serve_doubles(doubles) as servers, MetricsScraper(clients) as scraper:
+            members = [member_of(server) for server in servers]
+            await scraper.scrape_pool(pool(), VLLM, members)
+            first = [sorted(urls) for urls in seen]
+            for urls in seen:
+                urls.clear()
+            await scraper.scrape_pool(pool(), VLLM, members)
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert [sorted(urls) for urls in seen] == first
+    assert sum(len(urls) for urls in first) == 6
+    assert sum(1 for urls in first if urls) >= 2  # spread over the clients
+
+
+def test_scraper_needs_a_client() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        MetricsScraper([])
 
 
 async def test_concurrency_is_bounded() -> None:
