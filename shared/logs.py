@@ -27,12 +27,12 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    root.setLevel(level.upper())
     set_level(level)
     for noisy in ("httpx", "httpcore", "uvicorn.access", "nats"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def set_level(level: str) -> None:
-    """Change the level at run time (hot reload)."""
-    logging.getLogger().setLevel(level.upper())
+    """Change llmsched's own level at run time (hot reload); library loggers keep theirs."""
     logging.getLogger("llmsched").setLevel(level.upper())

@@ -445,7 +445,8 @@ async def test_pool_not_found_is_empty_with_error_and_warned_once(
     ghost = PoolConfig(name="ghost", engine_type="sglang")
 
     def warnings() -> int:
-        return sum(r.levelno == logging.WARNING for r in caplog.records)
+        return sum(r.levelno == logging.WARNING and r.name == MEMBERSHIP_LOG
+                   for r in caplog.records)
 
     for _ in range(3):
         snap = await source.snapshot(ghost)

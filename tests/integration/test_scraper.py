@@ -368,7 +368,8 @@ async def test_summary_logged_only_when_failing_count_changes(
         async def round_messages() -> list[str]:
             caplog.clear()
             await scraper.scrape_pool(pool(), VLLM, members)
-            return [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+            return [r.getMessage() for r in caplog.records
+                    if r.levelno >= logging.INFO and r.name == "llmsched.collector.scraper"]
 
         first = await round_messages()
         second = await round_messages()
