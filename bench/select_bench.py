@@ -311,9 +311,8 @@ def running_stack(keep_logs: bool) -> Iterator[Stack]:
     from shared.embedded import nats_server, valkey_server
 
     workdir = Path(tempfile.mkdtemp(prefix="llmsched-bench-"))
-    failed = False
-    with contextlib.ExitStack() as cleanup:
-        try:
+    try:
+        with contextlib.ExitStack() as cleanup:
             pids: dict[str, int] = {}
             nats_url = os.environ.get("NATS_URL", "")
             if not nats_url:
@@ -347,10 +346,13 @@ def running_stack(keep_logs: bool) -> Iterator[Stack]:
                 stack.children[name] = child
                 pids[name] = child.proc.pid
             yield stack
-        except BaseException:
-            failed = True
-            raise
-    if failed or keep_logs:
+    except KeyboardInterrupt:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    except BaseException:
+        print(f"logs kept in {workdir}", file=sys.stderr)
+        raise
+    if keep_logs:
         print(f"logs kept in {workdir}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -671,7 +673,7 @@ def print_report(meta: dict[str, Any], decisions: list[dict[str, Any]],
           f"{meta['cpus']} CPUs, Python {meta['python']}, load before {meta['loadavg']}) ===")
     print("\nHTTP, 3-member pool, same load tool (medians over rounds)")
     print(f"  {'':<26}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'err':>5}"
-          "   server CPU µs/req")
+          f"{'client cores':>14}   server CPU µs/req")
     rows: list[tuple[str, str, int, int, tuple[str, ...]]] = [
         ("bare FastAPI, 1 conn", "bare", 1, SMALL.size, ("bare",)),
         ("API select, 1 conn", "api", 1, SMALL.size, ("api", "scheduler", "nats")),
@@ -693,7 +695,9 @@ def print_report(meta: dict[str, Any], decisions: list[dict[str, Any]],
               f"{_median([r['p50_ms'] for r in sel]):>9.3f}"
               f"{_median([r['p90_ms'] for r in sel]):>9.3f}"
               f"{_median([r['p99_ms'] for r in sel]):>9.3f}"
-              f"{sum(r['errors'] for r in sel):>5}   {_cpu_cell(mid, cpu_names)}")
+              f"{sum(r['errors'] for r in sel):>5}"
+              f"{mid['client_cpu_s'] / max(mid['window_s'], 1e-9):>14.2f}"
+              f"   {_cpu_cell(mid, cpu_names)}")
     print("  (API CPU column: api + scheduler + nats-server)")
     print(f"  → API p50 at 1 connection {summary['api_p50_ms_c1']:.3f} ms (bare "
           f"{summary['bare_p50_ms_c1']:.3f} ms, added {summary['api_added_p50_ms_c1']:+.3f} ms)"

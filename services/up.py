@@ -101,10 +101,10 @@ def _wait_http(url: str, timeout_s: float, fleet: Fleet) -> bool:
             print(f"llmsched up: {dead} exited; see {fleet.log_dir / (dead + '.log')}",
                   file=sys.stderr)
             return False
-        with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return True
+        with (contextlib.suppress(urllib.error.URLError, OSError, ValueError),
+              urllib.request.urlopen(url, timeout=1) as resp):
+            if resp.status == 200:
+                return True
         time.sleep(0.2)
     return False
 
@@ -185,7 +185,7 @@ def _start(fleet: Fleet, run: Path, env: dict[str, str], config: str | None,
             "  # raise engine 1's waiting queue (its share in /analyze drops):",
             f"  curl -s -X PUT http://127.0.0.1:{engine_ports[0]}/_control "
             "-H 'content-type: application/json' -d '{\"waiting\": 12}'",
-            f"  # back to the automatic wave: -d '{{\"auto\": true}}'",
+            "  # back to the automatic wave: -d '{\"auto\": true}'",
         ]
     else:
         config_path = Path(config).resolve()
