@@ -1,1 +1,0 @@
-"""The worker agent: one per GPU host, starting, sleeping and proxying its engine instances."""
