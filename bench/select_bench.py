@@ -636,6 +636,8 @@ def summarize(decisions: list[dict[str, Any]], system: dict[str, Any], connectio
     per_round = [round(a["rps"] / b["rps"], 3) for a, b in zip(
         sorted(api_n, key=lambda r: r["round"]), sorted(bare_n, key=lambda r: r["round"]),
         strict=True) if b["rps"]]
+    bare_cpu = _median([r["server_cpu_us_per_req"].get("bare", 0.0) for r in bare_n])
+    api_cpu = _median([r["server_cpu_us_per_req"].get("api", 0.0) for r in api_n])
     nats_small = next(r for r in system["nats_runs"] if r["members"] == SMALL.size)
     scaling = {d["members"]: d["decide_us"] for d in decisions}
     return {
@@ -643,6 +645,8 @@ def summarize(decisions: list[dict[str, Any]], system: dict[str, Any], connectio
         "api_added_p50_ms_c1": round(api_p50 - bare_p50, 4),
         "api_rps": api_rps, "bare_rps": bare_rps, "api_bare_ratio": round(ratio, 3),
         "api_bare_ratio_per_round": per_round,
+        "bare_cpu_us_per_req": bare_cpu, "api_process_cpu_us_per_req": api_cpu,
+        "api_bare_cpu_ratio": round(bare_cpu / api_cpu, 3) if api_cpu else 0.0,
         "api_rps_by_members": {str(m): _median([r["rps"] for r in pick("api", connections, m)])
                                for m in (p.size for p in POOLS)},
         "nats_rps_by_members": {str(r["members"]): r["rps"] for r in system["nats_runs"]},
@@ -705,6 +709,10 @@ def print_report(meta: dict[str, Any], decisions: list[dict[str, Any]],
     print(f"  → API/bare throughput at {connections} connections "
           f"{summary['api_bare_ratio']:.2f} (rounds: {summary['api_bare_ratio_per_round']});"
           f" bar ≥ 0.60: {verdict(bars['api_bare_ratio_ge_0.60'])}")
+    print(f"  → CPU per request, bare process / API process: {summary['bare_cpu_us_per_req']:.0f}"
+          f" / {summary['api_process_cpu_us_per_req']:.0f} µs = "
+          f"{summary['api_bare_cpu_ratio']:.2f} (the throughput ratio to expect when the"
+          " scheduler and NATS have cores of their own)")
     print("\nNATS direct select, one scheduler process")
     print(f"  {'members':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
           f"{'sched µs/req':>14}{'sched cores':>13}{'client cores':>14}")

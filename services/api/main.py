@@ -9,6 +9,7 @@ import logging
 import uvicorn
 
 from services.api.app import ApiState, create_app
+from services.api.fastpath import SelectFastPath
 from services.api.scheduler_client import SchedulerClient
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
@@ -49,7 +50,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             log.warning("api_host/api_port/prefix changes take effect after a restart")
 
     watcher.subscribe(on_config)
-    app = create_app(state)
+    app = SelectFastPath(create_app(state), state)
     sock = bind_socket(cfg.global_.api_host, port if port is not None else cfg.global_.api_port)
     server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
                                         lifespan="off", timeout_keep_alive=30))

@@ -1,0 +1,83 @@
+"""A bare ASGI handler for ``POST /scheduler/select`` in front of the FastAPI app.
+
+The F5 waits on this call for every LLM request; FastAPI's request machinery costs
+more than the whole NATS round trip, so the hot path skips it. Every other route
+(and the documented select route in /docs) is served by FastAPI as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
+from services.api.validation import MAX_BODY_BYTES, BadRequest, decode_select
+
+log = logging.getLogger("llmsched.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+_JSON = [(b"content-type", b"application/json")]
+
+
+class SelectFastPath:
+    """Serves select itself; hands everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+        self._encode = msgspec.json.Encoder().encode
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["path"] != "/scheduler/select"
+                or scope["method"] != "POST"):
+            await self.app(scope, receive, send)
+            return
+        status, headers, body = await self._select(receive)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _select(self, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        try:
+            raw = await _read_body(receive)
+            request = decode_select(raw)
+            if (request.pool_name, request.partition) in self.state.fallback_pools:
+                return 200, _TEXT, b"fallback"
+            answer = await self.state.scheduler.select(self._encode(request))
+            return 200, _TEXT, answer.encode()
+        except BadRequest as err:
+            return err.status, _JSON, json.dumps(err.body()).encode()
+        except SchedulerUnavailable as err:
+            log.warning("Scheduler unavailable: %s", err)
+            body = {"error": "scheduler unavailable; use the pool's own load balancing",
+                    "field": None}
+            return 503, [*_JSON, (b"retry-after", b"1")], json.dumps(body).encode()
+        except SchedulerError as err:
+            status = 400 if err.code == 400 else 500
+            return status, _JSON, json.dumps({"error": err.message, "field": None}).encode()
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest(None, "client disconnected before sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(None, f"body larger than {MAX_BODY_BYTES} bytes", 413)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
