@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="config file (YAML, hot-reloaded)")
     sim = sub.add_parser("engine-sim", help="simulated vLLM/SGLang engine(s)", add_help=False)
     sim.add_argument("args", nargs=argparse.REMAINDER)
+    worker = sub.add_parser("worker", help="worker agent: runs this host's engine instances",
+                            add_help=False)
+    worker.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -60,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.enginesim.cli import main as sim_main
 
         return int(sim_main(args_list[1:]))
+    if args_list and args_list[0] == "worker":
+        from services.worker.main import main as worker_main
+
+        return int(worker_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
     if args.command == "up":
         from services.up import run_up

@@ -11,6 +11,7 @@ import uvicorn
 from services.api.app import ApiState, create_app
 from services.api.fastpath import SelectFastPath
 from services.api.scheduler_client import SchedulerClient
+from services.api.workers import WorkerRegistry, workers_router
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -50,12 +51,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             log.warning("api_host/api_port/prefix changes take effect after a restart")
 
     watcher.subscribe(on_config)
-    app = SelectFastPath(create_app(state), state)
+    registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
+    fastapi_app = create_app(state)
+    fastapi_app.include_router(workers_router(registry))
+    app = SelectFastPath(fastapi_app, state)
     sock = bind_socket(cfg.global_.api_host, port if port is not None else cfg.global_.api_port)
     server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
                                         lifespan="off", timeout_keep_alive=30))
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     watch_task = asyncio.create_task(watcher.run(stop))
+    registry_task = asyncio.create_task(registry.run(stop))
     host, bound = sock.getsockname()[:2]
     log.info("API listening on http://%s:%s", host, bound)
     try:
@@ -67,7 +72,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         with contextlib.suppress(Exception):
             await server_task
         watch_task.cancel()
-        await asyncio.gather(watch_task, return_exceptions=True)
+        registry_task.cancel()
+        await asyncio.gather(watch_task, registry_task, return_exceptions=True)
+        await registry.close()
         with contextlib.suppress(Exception):
             await nc.drain()
         await store.close()

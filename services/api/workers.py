@@ -115,10 +115,14 @@ class WorkerRegistry:
         interval = record.heartbeat_interval_s or 0.0
         return max(self.lost_after_s, MISSED_HEARTBEATS * interval)
 
-    async def _put(self, pipe: Any, record: WorkerRecord) -> None:
+    def _put(self, pipe: Any, record: WorkerRecord) -> None:
         pipe.set(self.key(record.worker_id), self._encode(record),
                  px=int(self.forget_after_s * 1000))
-        pipe.sadd(self.index_key, record.worker_id)
+
+    async def _index(self, worker_id: str) -> None:
+        # Kept out of the record's transaction: the two keys may live on different
+        # Redis Cluster slots. An index entry without a record is dropped by workers().
+        await self.redis.sadd(self.index_key, worker_id)
 
     async def _update(self, worker_id: str,
                       change: Callable[[WorkerRecord], WorkerRecord | None]
@@ -136,11 +140,12 @@ class WorkerRegistry:
                     if new is None:
                         return None
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    await self._put(pipe, new)
+                    self._put(pipe, new)
                     await pipe.execute()
-                    return new
                 except WatchError:
                     continue
+            await self._index(worker_id)
+            return new
         raise RedisError(f"worker {worker_id}: too much contention updating its record")
 
     # -- operations -----------------------------------------------------------------
@@ -152,8 +157,9 @@ class WorkerRegistry:
                               heartbeat_interval_s=req.heartbeat_interval_s,
                               registered_at=now, last_heartbeat=now)
         async with self.redis.pipeline(transaction=True) as pipe:
-            await self._put(pipe, record)
+            self._put(pipe, record)
             await pipe.execute()
+        await self._index(record.worker_id)
         log.info("Worker %s registered from %s with %d instance(s)", req.worker_id,
                  req.worker_url, len(req.instances))
         return record
@@ -177,10 +183,8 @@ class WorkerRegistry:
     async def unregister(self, worker_id: str) -> WorkerRecord | None:
         """Forget a worker; returns what was known of it."""
         record = await self.get(worker_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.key(worker_id))
-            pipe.srem(self.index_key, worker_id)
-            await pipe.execute()
+        await self.redis.delete(self.key(worker_id))
+        await self.redis.srem(self.index_key, worker_id)
         if record is not None:
             log.info("Worker %s unregistered (%d instance(s) leave routing)", worker_id,
                      len(record.instances))

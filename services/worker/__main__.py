@@ -1,0 +1,5 @@
+"""``python -m services.worker`` runs the worker agent."""
+
+from services.worker.main import main
+
+raise SystemExit(main())

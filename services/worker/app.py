@@ -1,0 +1,163 @@
+"""The worker's HTTP API (SPEC §2.3): instances, their status, sleep/wake and the proxy."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from services.worker.instance import Instance
+from services.worker.instances import InstanceManager
+from services.worker.models import BACKENDS, BadRequest, ModelSpec, SleepRequest, decode_object
+from services.worker.proxy import openai_error, proxy
+
+log = logging.getLogger("llmsched.worker")
+
+VERSION = "0.1.0"
+
+_SPEC_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["alias"],
+        "properties": {f.name: {} for f in msgspec.structs.fields(ModelSpec)},
+        "example": {"alias": "fake-model", "model_name": "__fake__", "fake": True,
+                    "fake_response": "FAKE_OK", "fake_delay_ms": 3000, "fake_capacity": 1},
+    }}}},
+}
+_SLEEP_BODY: dict[str, Any] = {
+    "requestBody": {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"level": {"enum": [1, 2]},
+                                         "drain_timeout_s": {"type": "number"}}}}}},
+}
+_PROXY_BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "description": "an OpenAI request; stream: true is relayed as SSE"}}}},
+}
+
+
+@dataclass
+class WorkerIdentity:
+    """Who this worker is and how callers must authenticate."""
+
+    worker_id: str
+    worker_url: str
+    api_key: str | None = None
+    """When set, every route but /health needs ``Authorization: Bearer <key>``."""
+    started_at: float = field(default_factory=time.time)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+def _level(request: Request, body: SleepRequest) -> int:
+    raw = request.query_params.get("level")
+    if raw is None:
+        return body.level or 1
+    if raw.strip() not in ("1", "2"):
+        raise BadRequest("level", f"level must be 1 or 2, got {raw!r}")
+    return int(raw)
+
+
+def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
+    """The FastAPI app of one worker (no globals: everything hangs off this closure)."""
+    app = FastAPI(title="llmsched worker", version=VERSION,
+                  description="Starts, sleeps, wakes and proxies this host's engine instances.")
+
+    @app.exception_handler(BadRequest)
+    async def _refused(_req: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status)
+
+    async def authorised(request: Request) -> None:
+        key = identity.api_key
+        if not key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                  key.encode()):
+            raise BadRequest(None, "missing or wrong API key (Authorization: Bearer <key>)", 401)
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> Response:
+        return _json({"status": "healthy", "worker_id": identity.worker_id,
+                      "instances": len(manager.instances)})
+
+    api = APIRouter(dependencies=[Depends(authorised)])
+
+    @api.get("/info", summary="This worker: identity, host GPUs, backends")
+    async def info() -> Response:
+        s = manager.settings
+        return _json({
+            "worker_id": identity.worker_id, "worker_url": identity.worker_url,
+            "version": VERSION, "engine_host": s.engine_host, "advertise_host": s.advertise_host,
+            "gpu": s.gpu, "gpu_info": await manager.host_gpu(),
+            "default_backend": s.default_backend, "backends": list(BACKENDS),
+            "vllm_python": s.vllm_python, "instances": len(manager.instances),
+            "started_at": identity.started_at,
+            "uptime_s": round(time.time() - identity.started_at, 3)})
+
+    @api.post("/instances/start", status_code=201, openapi_extra=_SPEC_BODY,
+              summary="Start an instance of a model (201 ready, 202 still starting)")
+    async def start(request: Request) -> Response:
+        spec, ignored = decode_object(await request.body(), ModelSpec)
+        wait = request.query_params.get("wait", "").lower() in ("1", "true", "yes")
+        inst = await manager.start(spec, ignored, wait=wait)
+        status = 202 if inst.state == "starting" else 201
+        if inst.state == "failed":
+            raise BadRequest(None, f"instance {inst.name} failed to start: {inst.error}", 502)
+        return _json(inst.info(manager.settings.advertise_host), status)
+
+    @api.get("/instances", summary="Every instance")
+    async def instances() -> Response:
+        return _json({"instances": manager.infos()})
+
+    @api.get("/instances/{alias}", summary="One instance")
+    async def instance(alias: str) -> Response:
+        return _json(manager.get(alias).info(manager.settings.advertise_host))
+
+    @api.get("/instances/{alias}/status", summary="Live status from the engine and the proxy")
+    async def status(alias: str) -> Response:
+        return _json(await manager.status(alias))
+
+    @api.post("/instances/{alias}/stop", summary="Stop (unload) an instance")
+    async def stop(alias: str) -> Response:
+        return _json({"stopped": True, "instance": await manager.stop(alias)})
+
+    @api.post("/instances/{alias}/sleep", openapi_extra=_SLEEP_BODY,
+              summary="Drain, then sleep at level 1 or 2 (?level= or body)")
+    async def sleep(alias: str, request: Request) -> Response:
+        manager.get(alias)
+        body, _ = decode_object(await request.body(), SleepRequest, empty_ok=True)
+        inst = await manager.sleep(alias, _level(request, body), body.drain_timeout_s)
+        return _json(inst.info(manager.settings.advertise_host))
+
+    @api.post("/instances/{alias}/wake", summary="Wake a sleeping instance")
+    async def wake(alias: str) -> Response:
+        inst = await manager.wake(alias)
+        return _json(inst.info(manager.settings.advertise_host))
+
+    async def relay(alias: str, request: Request, path: str) -> Response:
+        inst: Instance | None = manager.instances.get(alias)
+        if inst is None:
+            return openai_error(404, f"no instance named {alias!r} on this worker",
+                                "not_found_error", "model_not_found")
+        return await proxy(inst, manager.http, request, path)
+
+    @api.post("/proxy/{alias}/v1/chat/completions", openapi_extra=_PROXY_BODY,
+              summary="OpenAI chat completions on one instance (streamed through)")
+    async def proxy_chat(alias: str, request: Request) -> Response:
+        return await relay(alias, request, "/v1/chat/completions")
+
+    @api.post("/proxy/{alias}/v1/completions", openapi_extra=_PROXY_BODY,
+              summary="OpenAI completions on one instance (streamed through)")
+    async def proxy_completions(alias: str, request: Request) -> Response:
+        return await relay(alias, request, "/v1/completions")
+
+    app.include_router(api)
+    return app
