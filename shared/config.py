@@ -37,6 +37,8 @@ class GlobalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """NATS subject and Redis key prefix; two deployments on one bus use different ones."""
     select_timeout_ms: float = 500
     """How long the API waits for a scheduler answer before replying 503."""
+    worker_lost_after_s: float = 15
+    """A worker silent this long (at least 3 heartbeats) is lost; its instances leave routing."""
 
     @property
     def effective_log_level(self) -> str:
@@ -126,8 +128,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     partition: str = "Common"
     metrics: MetricsConfig = MetricsConfig()
     fallback: FallbackConfig = FallbackConfig()
-    source: Literal["f5", "static"] | None = None
-    """f5 (default when an f5 section exists) or static."""
+    source: Literal["f5", "static", "workers"] | None = None
+    """f5 (default when an f5 section exists), static, or workers (registered instances)."""
+    model: str | None = None
+    """``source: workers``: the model alias whose instances form the pool (default: name)."""
     members: list[str] = []
     """``source: static`` only."""
     mode: str | None = None
@@ -235,6 +239,7 @@ def validate(config: Config) -> None:
     g = config.global_
     _check_positive("global.interval", g.interval)
     _check_positive("global.select_timeout_ms", g.select_timeout_ms)
+    _check_positive("global.worker_lost_after_s", g.worker_lost_after_s)
     if not 0 < g.api_port < 65536:
         raise ConfigError("global.api_port", f"must be a TCP port 1..65535, got {g.api_port}")
     if g.log_level is not None and g.log_level.upper() not in LOG_LEVELS:

@@ -51,7 +51,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             log.warning("api_host/api_port/prefix changes take effect after a restart")
 
     watcher.subscribe(on_config)
-    registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
+    registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix,
+                              lost_after_s=cfg.global_.worker_lost_after_s)
     fastapi_app = create_app(state)
     fastapi_app.include_router(workers_router(registry))
     app = SelectFastPath(fastapi_app, state)

@@ -11,7 +11,9 @@ import httpx
 from services.collector.f5_client import F5Client, http_client_for
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
+from services.api.workers import WorkerRegistry
 from services.collector.scraper import MetricsScraper, open_clients
+from services.collector.workers_source import WorkersSource
 from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -29,17 +31,19 @@ def run(loaded: LoadedConfig) -> int:
     return run_service("collector", loaded, serve)
 
 
-class _F5Stack:
-    """The F5 client and its HTTP client, rebuilt when the ``f5`` section changes."""
+class _Sources:
+    """Membership sources; the F5 client is rebuilt when the ``f5`` section changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: WorkerRegistry) -> None:
+        self.workers = WorkersSource(registry)
         self.http: httpx.AsyncClient | None = None
         self.client: F5Client | None = None
         self.source: F5Source | None = None
         self.section: object = None
+        self.static = StaticSource()
 
     async def sources(self, config: Config) -> dict[str, MembershipSource]:
-        out: dict[str, MembershipSource] = {"static": StaticSource()}
+        out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers}
         if config.f5 != self.section:
             await self.close()
             self.section = config.f5
@@ -65,7 +69,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     """Fetch memberships and scrape metrics until ``stop`` is set."""
     cfg = loaded.config
     nc = await connect_nats("collector", nats_url)
-    f5 = _F5Stack()
+    registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
+    f5 = _Sources(registry)
     # Many small clients: httpx's pool does per-request work that grows with its size.
     async with open_clients(SCRAPE_CLIENTS) as clients, MetricsScraper(clients) as scraper:
         collector = Collector(nc, Subjects(cfg.global_.prefix), scraper,
@@ -90,5 +95,6 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             await asyncio.gather(*tasks, return_exceptions=True)
             await collector.close()
             await f5.close()
+            await registry.close()
             with contextlib.suppress(Exception):
                 await nc.drain()
