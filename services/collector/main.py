@@ -8,10 +8,10 @@ import logging
 
 import httpx
 
+from services.api.workers import WorkerRegistry
 from services.collector.f5_client import F5Client, http_client_for
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
-from services.api.workers import WorkerRegistry
 from services.collector.scraper import MetricsScraper, open_clients
 from services.collector.workers_source import WorkersSource
 from shared.bus import connect_nats

@@ -10,8 +10,8 @@ import pytest
 from services.api.main import serve as serve_api
 from services.collector.main import serve as serve_collector
 from services.scheduler.main import serve as serve_scheduler
-from services.worker.main import Worker, WorkerOptions
 from services.worker.instances import WorkerSettings
+from services.worker.main import Worker, WorkerOptions
 from tests.integration.system import InProcess, load, wait_until, write_config
 
 pytestmark = pytest.mark.integration
