@@ -22,6 +22,22 @@ from shared.http_server import free_port
 
 DEMO_POOL = "demo-pool"
 DEMO_F5_PASSWORD_ENV = "LLMSCHED_DEMO_F5_PASSWORD"
+DEMO_MODEL = "demo-model"
+DEMO_SPEEDS = (0.5, 1.0, 2.0)
+
+
+def _start_demo_instances(worker: str) -> list[str]:
+    """Three simulated vLLM engines of mixed speeds, started through the worker's API."""
+    urls: list[str] = []
+    for i, speed in enumerate(DEMO_SPEEDS):
+        spec = {"alias": DEMO_MODEL, "model_name": "llama-3.1-8b-sim", "engine": "vllm",
+                "max_num_seqs": 8, "speed": speed, "add_replica": i > 0}
+        request = urllib.request.Request(
+            f"{worker}/instances/start", data=json.dumps(spec).encode(), method="POST",
+            headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            urls.append(str(json.loads(resp.read())["url"]).rstrip("/"))
+    return urls
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -148,33 +164,41 @@ def _start(fleet: Fleet, run: Path, env: dict[str, str], config: str | None,
         env["REDIS_URL"] = valkey.url
     demo_lines: list[str] = []
     if config is None:
-        engine_ports = [free_port() for _ in range(3)]
         f5_port = free_port()
         port = api_port or 8080
         if not _port_free(port):
             chosen = free_port()
             print(f"Port {port} is busy; the API uses {chosen} instead", file=sys.stderr)
             port = chosen
-        fleet.spawn("engines", [sys.executable, "-m", "services.doubles.metrics_server",
-                                "--ports", ",".join(map(str, engine_ports)), "--engine", "vllm",
-                                "--model", "demo-model", "--wave"])
-        members = ",".join(f"127.0.0.1:{p}" for p in engine_ports)
+        worker_port, load_port = free_port(), free_port()
+        fleet.spawn("worker", [sys.executable, "-m", "services", "worker", "--port",
+                               str(worker_port), "--manager-url", f"http://127.0.0.1:{port}",
+                               "--worker-id", "demo-worker", "--heartbeat-interval", "2"])
+        worker = f"http://127.0.0.1:{worker_port}"
+        if not _wait_http(f"{worker}/health", 60, fleet):
+            return 1
+        engine_urls = _start_demo_instances(worker)
+        members = [u.split("//", 1)[1] for u in engine_urls]
         fleet.spawn("f5-emulator", [sys.executable, "-m", "services.doubles.f5_emulator",
                                     "--port", str(f5_port),
-                                    "--pool", f"Common/{DEMO_POOL}={members}",
+                                    "--pool", f"Common/{DEMO_POOL}={','.join(members)}",
                                     "--user", "admin", "--password-env", DEMO_F5_PASSWORD_ENV])
+        fleet.spawn("demo-load", [sys.executable, "-m", "services.doubles.demo_load",
+                                  "--targets", ",".join(engine_urls), "--model", DEMO_MODEL,
+                                  "--port", str(load_port)])
         config_path = run / "config.yaml"
         config_path.write_text(
             "# llmsched demo config, written by `llmsched up`. Edit it: changes apply within\n"
             "# global.interval seconds (try pools[0].fallback.pool_fallback: true).\n"
             + yaml.safe_dump(demo_config(port, f5_port), sort_keys=False))
-        body = json.dumps({"pool_name": DEMO_POOL, "partition": "Common",
-                           "members": [f"127.0.0.1:{p}" for p in engine_ports]})
+        body = json.dumps({"pool_name": DEMO_POOL, "partition": "Common", "members": members})
         api = f"http://127.0.0.1:{port}"
         demo_lines = [
             f"  F5 emulator:        http://127.0.0.1:{f5_port}  (admin / ${DEMO_F5_PASSWORD_ENV})",
-            "  Engines (metrics):  " + "  ".join(f"http://127.0.0.1:{p}/metrics"
-                                                 for p in engine_ports),
+            f"  Worker:             {worker}/instances  (3 simulated vLLM engines, speeds "
+            + ", ".join(str(s) for s in DEMO_SPEEDS) + ")",
+            "  Engines:            " + "  ".join(engine_urls),
+            f"  Demo traffic:       http://127.0.0.1:{load_port}/_control",
             "",
             "Try:",
             f"  curl -s -X POST {api}/scheduler/select -H 'content-type: application/json' "
@@ -182,10 +206,11 @@ def _start(fleet: Fleet, run: Path, env: dict[str, str], config: str | None,
             f"  curl -s -X POST '{api}/pools/{DEMO_POOL}/Common/analyze?iterations=1000' "
             f"-H 'content-type: application/json' -d '{body}'",
             f"  curl -s {api}/pools/{DEMO_POOL}/Common/status",
-            "  # raise engine 1's waiting queue (its share in /analyze drops):",
-            f"  curl -s -X PUT http://127.0.0.1:{engine_ports[0]}/_control "
-            "-H 'content-type: application/json' -d '{\"waiting\": 12}'",
-            "  # back to the automatic wave: -d '{\"auto\": true}'",
+            "  # pile requests onto engine 1 (its waiting queue rises, its share drops):",
+            f"  curl -s -X PUT http://127.0.0.1:{load_port}/_control "
+            "-H 'content-type: application/json' -d '{\"target\": 0, \"concurrency\": 40}'",
+            "  # back to the automatic wave: -d '{\"target\": 0, \"auto\": true}'",
+            f"  curl -s {api}/admin/workers",
         ]
     else:
         config_path = Path(config).resolve()

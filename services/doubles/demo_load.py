@@ -1,0 +1,152 @@
+"""Demo traffic: keeps each engine busy at a concurrency that follows a slow wave.
+
+``python -m services.doubles.demo_load --targets URL,URL --model M --port P`` sends
+OpenAI chat requests to every target; ``PUT /_control {"target": 0, "concurrency": 30}``
+on port P pins one target's concurrency (``{"auto": true}`` returns it to the wave).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import msgspec
+from fastapi import FastAPI, HTTPException
+
+from shared.http_server import start_app
+
+
+@dataclass
+class Target:
+    """One engine and the concurrency it is driven at."""
+
+    url: str
+    phase: float
+    pinned: int | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    sent: int = 0
+    errors: int = 0
+
+    def wanted(self, now: float, period_s: float, low: int, high: int) -> int:
+        if self.pinned is not None:
+            return self.pinned
+        x = 0.5 + 0.5 * math.sin(2 * math.pi * (now / period_s + self.phase))
+        return round(low + (high - low) * x)
+
+
+class Control(msgspec.Struct, forbid_unknown_fields=True):
+    target: int
+    concurrency: int | None = None
+    auto: bool = False
+
+
+class DemoLoad:
+    """Adjusts one sender task per wanted concurrency slot, per target."""
+
+    def __init__(self, targets: list[str], model: str, *, period_s: float, low: int, high: int,
+                 max_tokens: int) -> None:
+        self.targets = [Target(url.rstrip("/"), i / max(1, len(targets)))
+                        for i, url in enumerate(targets)]
+        self.model = model
+        self.period_s = period_s
+        self.low = low
+        self.high = high
+        self.max_tokens = max_tokens
+        self.http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200))
+
+    async def _sender(self, target: Target) -> None:
+        body = {"model": self.model, "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": "Tell me about load balancing."}]}
+        while True:
+            try:
+                r = await self.http.post(f"{target.url}/v1/chat/completions", json=body)
+                target.sent += 1
+                if r.status_code != 200:
+                    target.errors += 1
+                    await asyncio.sleep(0.5)
+            except httpx.HTTPError:
+                target.errors += 1
+                await asyncio.sleep(0.5)
+
+    def adjust(self) -> None:
+        now = time.time()
+        for t in self.targets:
+            want = t.wanted(now, self.period_s, self.low, self.high)
+            while len(t.tasks) < want:
+                t.tasks.append(asyncio.create_task(self._sender(t)))
+            while len(t.tasks) > want:
+                t.tasks.pop().cancel()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.adjust()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        for t in self.targets:
+            for task in t.tasks:
+                task.cancel()
+        await self.http.aclose()
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="llmsched demo load")
+
+        @app.get("/_control")
+        async def state() -> dict[str, object]:
+            return {"targets": [{"url": t.url, "concurrency": len(t.tasks), "pinned": t.pinned,
+                                 "sent": t.sent, "errors": t.errors} for t in self.targets]}
+
+        @app.put("/_control")
+        async def control(body: dict[str, object]) -> dict[str, object]:
+            try:
+                c = msgspec.convert(body, Control)
+            except msgspec.ValidationError as err:
+                raise HTTPException(400, str(err)) from None
+            if not 0 <= c.target < len(self.targets):
+                raise HTTPException(400, f"target must be 0..{len(self.targets) - 1}")
+            if c.concurrency is not None and not 0 <= c.concurrency <= 200:
+                raise HTTPException(400, "concurrency must be 0..200")
+            self.targets[c.target].pinned = None if c.auto else c.concurrency
+            self.adjust()
+            return await state()
+
+        return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="demo_load", description=__doc__)
+    parser.add_argument("--targets", required=True, help="comma-separated engine base URLs")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True, help="control port")
+    parser.add_argument("--period", type=float, default=90.0, help="wave period, seconds")
+    parser.add_argument("--low", type=int, default=1)
+    parser.add_argument("--high", type=int, default=12)
+    parser.add_argument("--max-tokens", type=int, default=96)
+    args = parser.parse_args(argv)
+    load = DemoLoad(args.targets.split(","), args.model, period_s=args.period, low=args.low,
+                    high=args.high, max_tokens=args.max_tokens)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        server = await start_app(load.app(), port=args.port)
+        print(f"demo load on {len(load.targets)} engines; control {server.url}/_control",
+              flush=True)
+        try:
+            await load.run(stop)
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
