@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ import uvicorn
 from services.enginesim.config import EngineConfig
 from services.enginesim.instance import EngineInstance
 from services.enginesim.server import build_app
-from shared.http_server import RunningServer, bind_socket
+from shared.http_server import RunningServer, start_app
 
 
 @dataclass
@@ -62,30 +61,9 @@ def _abort_connections(uv: uvicorn.Server) -> None:
             transport.abort()
 
 
-class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its host (the CLI or a test)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def start_server(app: Any, host: str, port: int) -> RunningServer:
-    """Serve ``app`` on a loopback/host socket with TCP_NODELAY in this event loop."""
-    sock = bind_socket(host, port)
-    # Accepted sockets inherit TCP_NODELAY from the listener on Linux; without it a
-    # streamed or small response waits ~40 ms on the client's delayed ACK (Nagle).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
-                            timeout_keep_alive=30)
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited during start-up")
-        await asyncio.sleep(0.01)
-    return RunningServer(server, task, sock)
+    """Serve ``app`` in this event loop (TCP_NODELAY, no signal capture: see shared)."""
+    return await start_app(app, host, port, timeout_keep_alive=30)
 
 
 async def start_engine(config: EngineConfig, host: str = "127.0.0.1", port: int = 0

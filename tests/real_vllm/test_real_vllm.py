@@ -70,7 +70,7 @@ def model_dir(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> str
 @pytest.fixture
 async def worker(tmp_path: Path, vllm_python: str) -> AsyncIterator[Worker]:
     w = await Worker(WorkerOptions(port=0, settings=WorkerSettings(
-        log_dir=tmp_path / "worker-logs"))).start()
+        log_dir=tmp_path / "worker-logs", vllm_python=vllm_python))).start()
     yield w
     await w.stop()
 
