@@ -153,12 +153,6 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     engines: dict[str, EngineMetricsSpec] = {}
     """Extra engine types (or overrides of ``vllm``/``sglang``) as metric-name mappings."""
 
-    def pool(self, name: str, partition: str) -> PoolConfig | None:
-        for pool in self.pools:
-            if pool.name == name and pool.partition == partition:
-                return pool
-        return None
-
     def pool_source(self, pool: PoolConfig) -> str:
         if pool.source:
             return pool.source

@@ -10,6 +10,7 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.api.fastpath import UNAVAILABLE, select_response
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
 from services.api.validation import BadRequest, check_iterations, decode_select
 from shared.config import Config
@@ -55,10 +56,6 @@ class ApiState:
         self.fallback_pools = {p.ident for p in config.pools if p.fallback.pool_fallback}
 
 
-def _text(answer: str, status: int = 200) -> Response:
-    return Response(content=answer, status_code=status, media_type="text/plain")
-
-
 def _error(status: int, message: str, field: str | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
@@ -78,20 +75,14 @@ def create_app(state: ApiState) -> FastAPI:
     @app.exception_handler(SchedulerUnavailable)
     async def _unavailable(_req: Request, exc: SchedulerUnavailable) -> JSONResponse:
         log.warning("Scheduler unavailable: %s", exc)
-        return _error(503, "scheduler unavailable; use the pool's own load balancing",
-                      headers={"Retry-After": "1"})
+        return _error(503, UNAVAILABLE, headers={"Retry-After": "1"})
 
     @app.post("/scheduler/select", response_class=Response, openapi_extra=_SELECT_SCHEMA,
               summary="Pick the member for one request")
     async def select(request: Request) -> Response:
-        body = decode_select(await request.body())
-        if (body.pool_name, body.partition) in state.fallback_pools:
-            return _text("fallback")
-        try:
-            answer = await state.scheduler.select(encode(body))
-        except SchedulerError as err:
-            raise BadRequest(None, err.message, 400 if err.code == 400 else 500) from None
-        return _text(answer)
+        # Served by SelectFastPath in front of this app; kept for /docs and direct use.
+        status, headers, body = await select_response(state, await request.body(), encode)
+        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.get("/pools/status", summary="Status of every pool")
     async def pools_status() -> Response:

@@ -25,6 +25,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+UNAVAILABLE = "scheduler unavailable; use the pool's own load balancing"
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 _JSON = [(b"content-type", b"application/json")]
 
@@ -42,29 +43,35 @@ class SelectFastPath:
                 or scope["method"] != "POST"):
             await self.app(scope, receive, send)
             return
-        status, headers, body = await self._select(receive)
+        try:
+            raw = await _read_body(receive)
+        except BadRequest as err:
+            status, headers, body = err.status, _JSON, json.dumps(err.body()).encode()
+        else:
+            status, headers, body = await select_response(self.state, raw, self._encode)
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    async def _select(self, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        try:
-            raw = await _read_body(receive)
-            request = decode_select(raw)
-            if (request.pool_name, request.partition) in self.state.fallback_pools:
-                return 200, _TEXT, b"fallback"
-            answer = await self.state.scheduler.select(self._encode(request))
-            return 200, _TEXT, answer.encode()
-        except BadRequest as err:
-            return err.status, _JSON, json.dumps(err.body()).encode()
-        except SchedulerUnavailable as err:
-            log.warning("Scheduler unavailable: %s", err)
-            body = {"error": "scheduler unavailable; use the pool's own load balancing",
-                    "field": None}
-            return 503, [*_JSON, (b"retry-after", b"1")], json.dumps(body).encode()
-        except SchedulerError as err:
-            status = 400 if err.code == 400 else 500
-            return status, _JSON, json.dumps({"error": err.message, "field": None}).encode()
+
+async def select_response(state: Any, raw: bytes, encode: Callable[[Any], bytes]
+                          ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The whole select: validate, pool_fallback, ask the scheduler; (status, headers, body)."""
+    try:
+        request = decode_select(raw)
+        if (request.pool_name, request.partition) in state.fallback_pools:
+            return 200, _TEXT, b"fallback"
+        answer = await state.scheduler.select(encode(request))
+        return 200, _TEXT, answer.encode()
+    except BadRequest as err:
+        return err.status, _JSON, json.dumps(err.body()).encode()
+    except SchedulerUnavailable as err:
+        log.warning("Scheduler unavailable: %s", err)
+        body = {"error": UNAVAILABLE, "field": None}
+        return 503, [*_JSON, (b"retry-after", b"1")], json.dumps(body).encode()
+    except SchedulerError as err:
+        status = 400 if err.code == 400 else 500
+        return status, _JSON, json.dumps({"error": err.message, "field": None}).encode()
 
 
 async def _read_body(receive: Receive) -> bytes:

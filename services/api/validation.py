@@ -28,13 +28,7 @@ class BadRequest(Exception):
         return {"error": self.message, "field": self.field}
 
 
-class _StrictSelect(msgspec.Struct, frozen=True, kw_only=True):
-    pool_name: str
-    members: list[str]
-    partition: str = "Common"
-
-
-_select_decoder = msgspec.json.Decoder(_StrictSelect)
+_select_decoder = msgspec.json.Decoder(SelectRequest)
 
 
 def decode_select(raw: bytes) -> SelectRequest:
@@ -67,8 +61,7 @@ def decode_select(raw: bytes) -> SelectRequest:
         raise BadRequest("partition", "partition must not be empty")
     if len(body.members) > MAX_MEMBERS:
         raise BadRequest("members", f"at most {MAX_MEMBERS} members per request")
-    return SelectRequest(pool_name=body.pool_name, partition=body.partition,
-                         members=body.members)
+    return body
 
 
 def check_iterations(value: str | None, default: int, maximum: int) -> int:
