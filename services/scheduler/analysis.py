@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.scheduler.decide import decide, score_candidates
+from services.scheduler.decide import Scored, score_candidates
 from services.scheduler.plugins.base import DecisionContext
 from services.scheduler.plugins.registry import Profile
 from services.scheduler.view import PoolState
@@ -10,32 +10,37 @@ from shared.messages import AnalyzeReply, MemberAnalysis, OverallStats, Simulate
 
 
 def _run(pool: PoolState | None, profile: Profile | None, fallback: bool, members: list[str],
-         iterations: int, ctx: DecisionContext) -> dict[str, int]:
-    counts: dict[str, int] = {}
+         iterations: int, ctx: DecisionContext) -> tuple[dict[str, int], Scored | None]:
+    """Answer counts, and the scores they were drawn from (computed once for all picks)."""
     if profile is None:
-        return {"none": iterations} if iterations else {}
+        return ({"none": iterations} if iterations else {}), None
+    if fallback:
+        return ({"fallback": iterations} if iterations else {}), None
     quiet = DecisionContext(pool=ctx.pool, partition=ctx.partition, now=ctx.now,
                             stale_after_s=ctx.stale_after_s, rng=ctx.rng, debug=False)
-    for _ in range(iterations):
-        answer = decide(pool, members, profile, quiet, pool_fallback=fallback).answer
-        counts[answer] = counts.get(answer, 0) + 1
-    return counts
+    scored = score_candidates(pool, members, profile, quiet)
+    if scored.reason != "scored":
+        return ({"none": iterations} if iterations else {}), scored
+    counts: dict[str, int] = {}
+    for chosen in profile.picker.pick_many(quiet, scored.members, scored.scores, iterations):
+        key = "none" if chosen is None else chosen.key
+        counts[key] = counts.get(key, 0) + 1
+    return counts, scored
 
 
 def simulate(pool: PoolState | None, profile: Profile | None, fallback: bool,
              members: list[str], iterations: int, ctx: DecisionContext) -> SimulateReply:
     """Counts of each answer over ``iterations`` selections."""
-    return SimulateReply(results=_run(pool, profile, fallback, members, iterations, ctx),
-                         iterations=iterations)
+    counts, _scored = _run(pool, profile, fallback, members, iterations, ctx)
+    return SimulateReply(results=counts, iterations=iterations)
 
 
 def analyze(pool: PoolState | None, profile: Profile | None, fallback: bool,
             members: list[str], iterations: int, ctx: DecisionContext) -> AnalyzeReply:
     """Theoretical (score share) versus observed selection probability per member."""
-    counts = _run(pool, profile, fallback, members, iterations, ctx)
+    counts, scored = _run(pool, profile, fallback, members, iterations, ctx)
     theoretical: dict[str, float] = {}
-    if profile is not None and not fallback:
-        scored = score_candidates(pool, members, profile, ctx)
+    if scored is not None:
         total = sum(s for s in scored.scores if s > 0)
         if total > 0:
             for m, s in zip(scored.members, scored.scores, strict=True):

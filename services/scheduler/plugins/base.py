@@ -31,7 +31,10 @@ class Filter(Protocol):
 
 
 class Scorer(Protocol):
-    """Rates each member in [0, 1] (higher is better); None for a member it cannot rate."""
+    """Rates each member in [0, 1] (higher is better); None for one it cannot rate.
+
+    A profile that requires fresh metrics passes only members whose metrics are fresh.
+    """
 
     @property
     def name(self) -> str: ...
@@ -47,3 +50,8 @@ class Picker(Protocol):
 
     def pick(self, ctx: DecisionContext, members: list[MemberState],
              scores: list[float]) -> MemberState | None: ...
+
+    def pick_many(self, ctx: DecisionContext, members: list[MemberState],
+                  scores: list[float], n: int) -> list[MemberState | None]:
+        """``n`` independent picks over the same scores (simulate/analyze)."""
+        ...

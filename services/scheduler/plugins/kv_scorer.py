@@ -15,11 +15,5 @@ class KVCacheScorer:
     name: str = "kv_cache"
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]:
-        now, window = ctx.now, ctx.stale_after_s
-        out: list[float | None] = []
-        for m in members:
-            if m.cache_usage is None or not m.fresh(now, window):
-                out.append(None)
-            else:
-                out.append(1.0 - min(max(m.cache_usage, 0.0), 1.0))
-        return out
+        return [None if m.cache_usage is None else 1.0 - min(max(m.cache_usage, 0.0), 1.0)
+                for m in members]

@@ -10,13 +10,12 @@ from services.scheduler.view import MemberState
 
 @dataclass(frozen=True, slots=True)
 class QueueScorer:
-    """Shorter queue scores higher; normalised by the longest queue among fresh candidates."""
+    """Shorter queue scores higher; normalised by the longest queue among the rated members."""
 
     name: str = "queue"
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]:
-        now, window = ctx.now, ctx.stale_after_s
-        queues = [m.waiting_queue if m.fresh(now, window) else None for m in members]
+        queues = [m.waiting_queue for m in members]
         peak = max((q for q in queues if q is not None), default=0.0)
         if peak <= 0:
             return [None if q is None else 1.0 for q in queues]

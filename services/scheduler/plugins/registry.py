@@ -34,17 +34,18 @@ class Profile:
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float]:
         totals = [0.0] * len(members)
+        rated = list(range(len(members)))
+        if self.require_fresh:
+            # Freshness is decided once here; scorers only ever see fresh members.
+            now, window = ctx.now, ctx.stale_after_s
+            rated = [i for i, m in enumerate(members) if m.fresh(now, window)]
+        subset = [members[i] for i in rated]
         for weight, scorer in self.scorers:
             if weight == 0:
                 continue
-            for i, s in enumerate(scorer.score(ctx, members)):
+            for i, s in zip(rated, scorer.score(ctx, subset), strict=True):
                 if s is not None:
                     totals[i] += weight * min(max(s, 0.0), 1.0)
-        if self.require_fresh:
-            now, window = ctx.now, ctx.stale_after_s
-            for i, m in enumerate(members):
-                if not m.fresh(now, window):
-                    totals[i] = 0.0
         return totals
 
 

@@ -18,9 +18,15 @@ class WeightedRandomPicker:
 
     def pick(self, ctx: DecisionContext, members: list[MemberState],
              scores: list[float]) -> MemberState | None:
+        return self.pick_many(ctx, members, scores, 1)[0]
+
+    def pick_many(self, ctx: DecisionContext, members: list[MemberState],
+                  scores: list[float], n: int) -> list[MemberState | None]:
         cumulative = list(accumulate(s if s > 0 else 0.0 for s in scores))
         total = cumulative[-1] if cumulative else 0.0
         if total <= 0:
-            return None
-        index = bisect_right(cumulative, ctx.rng.random() * total)
-        return members[min(index, len(members) - 1)]
+            return [None] * n
+        last = len(members) - 1
+        rand = ctx.rng.random
+        return [members[min(bisect_right(cumulative, rand() * total), last)]
+                for _ in range(n)]
