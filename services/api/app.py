@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 
 from services.api.fastpath import UNAVAILABLE, select_response
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
-from services.api.validation import BadRequest, check_iterations, decode_select
+from services.api.validation import check_iterations, decode_select
 from shared.config import Config
+from shared.errors import BadRequest
 from shared.messages import SimulateRequest
 from shared.state import StateStore
 

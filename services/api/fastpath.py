@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 
 from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
-from services.api.validation import MAX_BODY_BYTES, BadRequest, decode_select
+from services.api.validation import MAX_BODY_BYTES, decode_select
+from shared.errors import BadRequest
 
 log = logging.getLogger("llmsched.api")
 

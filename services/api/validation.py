@@ -6,6 +6,7 @@ import re
 
 import msgspec
 
+from shared.errors import BadRequest
 from shared.messages import SelectRequest
 
 MAX_MEMBERS = 10_000
@@ -13,19 +14,6 @@ MAX_BODY_BYTES = 1 << 20
 
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
-
-
-class BadRequest(Exception):
-    """A client error: ``field`` names what is wrong (None for the body as a whole)."""
-
-    def __init__(self, field: str | None, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
-
-    def body(self) -> dict[str, object]:
-        return {"error": self.message, "field": self.field}
 
 
 _select_decoder = msgspec.json.Decoder(SelectRequest)

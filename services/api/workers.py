@@ -18,12 +18,12 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError, WatchError
 
 from services.worker.models import (
-    BadRequest,
     HeartbeatRequest,
     InstanceSummary,
     RegisterRequest,
     decode_object,
 )
+from shared.errors import BadRequest
 from shared.state import redis_url
 
 log = logging.getLogger("llmsched.api")

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse
 
 from services.worker.instance import Instance
 from services.worker.instances import InstanceManager
-from services.worker.models import BACKENDS, BadRequest, ModelSpec, SleepRequest, decode_object
+from services.worker.models import BACKENDS, ModelSpec, SleepRequest, decode_object
 from services.worker.proxy import openai_error, proxy
+from shared.errors import BadRequest
 
 log = logging.getLogger("llmsched.worker")
 

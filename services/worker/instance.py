@@ -9,12 +9,12 @@ from services.worker.engines import Engine
 from services.worker.latency import LatencyStats
 from services.worker.models import (
     Backend,
-    BadRequest,
     InstanceInfo,
     InstanceState,
     InstanceSummary,
     ModelSpec,
 )
+from shared.errors import BadRequest
 from shared.members import url_host
 
 

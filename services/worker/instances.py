@@ -21,13 +21,13 @@ from services.worker.instance import Instance, NotFound
 from services.worker.launch import Command, sglang_command, sim_command, sim_config, vllm_command
 from services.worker.models import (
     Backend,
-    BadRequest,
     GpuInfo,
     InstanceInfo,
     InstanceStatus,
     InstanceSummary,
     ModelSpec,
 )
+from shared.errors import BadRequest
 from shared.http_server import free_port
 
 log = logging.getLogger("llmsched.worker")

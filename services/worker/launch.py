@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.enginesim.config import EngineConfig, SimConfigError, config_from_dict
-from services.worker.models import BadRequest, ModelSpec
+from services.worker.models import ModelSpec
+from shared.errors import BadRequest
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SGLANG_MODULE = "sglang.launch_server"

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from shared.errors import BadRequest
+
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 WORKER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
@@ -20,16 +22,6 @@ InstanceState = Literal["starting", "running", "sleeping", "draining", "failed"]
 BACKENDS: tuple[Backend, ...] = ("sim", "sim-process", "vllm-process", "sglang-process")
 
 T = TypeVar("T")
-
-
-class BadRequest(Exception):
-    """A request the worker refuses; ``field`` names the offending key when there is one."""
-
-    def __init__(self, field: str | None, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
 
 
 class ModelSpec(msgspec.Struct, kw_only=True):
