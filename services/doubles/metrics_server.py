@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from services.enginesim.promtext import Exposition
+from services.enginesim.stats import Histogram
 from shared.http_server import RunningServer, start_app
 
 Engine = Literal["vllm", "sglang"]
@@ -102,24 +104,6 @@ class Wave:
 
 
 @dataclass
-class _Histogram:
-    bounds: tuple[float, ...]
-    buckets: list[float] = field(default_factory=list)
-    count: float = 0.0
-    total: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.buckets = [0.0] * len(self.bounds)
-
-    def observe(self, value: float, times: int) -> None:
-        for index, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.buckets[index] += times
-        self.count += times
-        self.total += value * times
-
-
-@dataclass
 class _EngineSim:
     """Counters and histograms of one engine series, advanced from its load."""
 
@@ -131,9 +115,9 @@ class _EngineSim:
     prefix_queries: float = 0.0
     prefix_hits: float = 0.0
     preemptions: float = 0.0
-    ttft: _Histogram = field(default_factory=lambda: _Histogram(TTFT_BUCKETS))
-    e2e: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
-    queue: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
+    ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    e2e: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    queue: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
 
     def advance(self, seconds: float, waiting: float, running: float, kv_usage: float) -> None:
         done = self.carry + running * seconds * 0.5
@@ -153,50 +137,6 @@ class _EngineSim:
         self.prefix_hits += 80 * count
         if kv_usage > 0.95:
             self.preemptions += count
-
-
-class _Text:
-    """Builds exposition text family by family."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
-        if labels:
-            pairs = ",".join(f'{key}="{_escape(labels[key])}"' for key in sorted(labels))
-            self.lines.append(f"{name}{{{pairs}}} {_number(value)}")
-        else:
-            self.lines.append(f"{name} {_number(value)}")
-
-    def gauge(self, name: str, help_text: str, rows: Sequence[tuple[dict[str, str], float]]
-              ) -> None:
-        self.family(name, "gauge", help_text)
-        for labels, value in rows:
-            self.sample(name, labels, value)
-
-    def counter(self, base: str, help_text: str, rows: Sequence[tuple[dict[str, str], float]],
-                created: float) -> None:
-        self.family(f"{base}_total", "counter", help_text)
-        for labels, value in rows:
-            self.sample(f"{base}_total", labels, value)
-        self.gauge(f"{base}_created", help_text, [(labels, created) for labels, _ in rows])
-
-    def histogram(self, name: str, help_text: str,
-                  rows: Sequence[tuple[dict[str, str], _Histogram]], created: float) -> None:
-        self.family(name, "histogram", help_text)
-        for labels, hist in rows:
-            for bound, count in zip(hist.bounds, hist.buckets, strict=True):
-                self.sample(f"{name}_bucket", {**labels, "le": _number(bound)}, count)
-            self.sample(f"{name}_bucket", {**labels, "le": "+Inf"}, hist.count)
-            self.sample(f"{name}_count", labels, hist.count)
-            self.sample(f"{name}_sum", labels, hist.total)
-        self.gauge(f"{name}_created", help_text, [(labels, created) for labels, _ in rows])
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
 
 
 class MetricsDouble:
@@ -269,7 +209,7 @@ class MetricsDouble:
         self._advanced_at = now
         for sim, (w, r, kv) in zip(self._sims, shares, strict=True):
             sim.advance(elapsed, w, r, kv)
-        out = _Text()
+        out = Exposition()
         self._process_metrics(out)
         if not self.knobs.missing:
             if self.engine == "vllm":
@@ -293,7 +233,7 @@ class MetricsDouble:
             labels["dp_rank"] = str(index)
         return labels
 
-    def _process_metrics(self, out: _Text) -> None:
+    def _process_metrics(self, out: Exposition) -> None:
         out.gauge("python_info", "Python platform information",
                   [({"implementation": "CPython", "major": "3", "minor": "11",
                      "patchlevel": "7", "version": "3.11.7"}, 1.0)])
@@ -302,11 +242,11 @@ class MetricsDouble:
         out.gauge("process_start_time_seconds",
                   "Start time of the process since unix epoch in seconds.",
                   [({}, round(self._started, 2))])
-        out.family("process_cpu_seconds_total", "counter",
-                   "Total user and system CPU time spent in seconds.")
-        out.sample("process_cpu_seconds_total", {}, round(time.process_time(), 2))
+        out.counter_plain("process_cpu_seconds_total",
+                          "Total user and system CPU time spent in seconds.",
+                          [({}, round(time.process_time(), 2))])
 
-    def _vllm_metrics(self, out: _Text, shares: list[tuple[float, float, float]]) -> None:
+    def _vllm_metrics(self, out: Exposition, shares: list[tuple[float, float, float]]) -> None:
         rows = list(enumerate(shares))
         lbl = self._labels
         out.gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
@@ -347,27 +287,27 @@ class MetricsDouble:
             ("vllm:generation_tokens", "Number of generation tokens processed.",
              "generation_tokens"),
         ):
-            out.counter(base, help_text, [(lbl(i), getattr(sim, attr)) for i, sim in sims],
-                        created)
+            out.counter(base, help_text,
+                        [(lbl(i), getattr(sim, attr), created) for i, sim in sims])
         out.counter("vllm:request_success", "Count of successfully processed requests.",
                     [({**lbl(i), "finished_reason": reason},
-                      sim.finished if reason == "length" else 0.0)
-                     for i, sim in sims for reason in FINISHED_REASONS], created)
+                      sim.finished if reason == "length" else 0.0, created)
+                     for i, sim in sims for reason in FINISHED_REASONS])
         out.histogram("vllm:time_to_first_token_seconds",
                       "Histogram of time to first token in seconds.",
-                      [(lbl(i), sim.ttft) for i, sim in sims], created)
+                      [(lbl(i), sim.ttft, created) for i, sim in sims])
         out.histogram("vllm:e2e_request_latency_seconds",
                       "Histogram of e2e request latency in seconds.",
-                      [(lbl(i), sim.e2e) for i, sim in sims], created)
+                      [(lbl(i), sim.e2e, created) for i, sim in sims])
         out.histogram("vllm:request_queue_time_seconds",
                       "Histogram of time spent in WAITING phase for request.",
-                      [(lbl(i), sim.queue) for i, sim in sims], created)
+                      [(lbl(i), sim.queue, created) for i, sim in sims])
         out.gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
                   [({**lbl(i), "block_size": "16", "cache_dtype": "auto",
                      "enable_prefix_caching": "True", "gpu_memory_utilization": "0.9",
                      "num_gpu_blocks": "8192"}, 1.0) for i, _ in rows])
 
-    def _sglang_metrics(self, out: _Text, shares: list[tuple[float, float, float]]) -> None:
+    def _sglang_metrics(self, out: Exposition, shares: list[tuple[float, float, float]]) -> None:
         rows = list(enumerate(shares))
         lbl = self._labels
         out.gauge("sglang:num_running_reqs", "The number of running requests.",
@@ -388,20 +328,20 @@ class MetricsDouble:
         sims = list(enumerate(self._sims))
         created = self._sims[0].created
         out.counter("sglang:prompt_tokens", "Number of prefill tokens processed.",
-                    [(lbl(i), sim.prompt_tokens) for i, sim in sims], created)
+                    [(lbl(i), sim.prompt_tokens, created) for i, sim in sims])
         out.counter("sglang:generation_tokens", "Number of generation tokens processed.",
-                    [(lbl(i), sim.generation_tokens) for i, sim in sims], created)
+                    [(lbl(i), sim.generation_tokens, created) for i, sim in sims])
         out.counter("sglang:num_requests", "The number of processed requests.",
-                    [(lbl(i), sim.finished) for i, sim in sims], created)
+                    [(lbl(i), sim.finished, created) for i, sim in sims])
         out.histogram("sglang:time_to_first_token_seconds",
                       "Histogram of time to first token in seconds.",
-                      [(lbl(i), sim.ttft) for i, sim in sims], created)
+                      [(lbl(i), sim.ttft, created) for i, sim in sims])
         out.histogram("sglang:e2e_request_latency_seconds",
                       "Histogram of End-to-end request latency in seconds",
-                      [(lbl(i), sim.e2e) for i, sim in sims], created)
+                      [(lbl(i), sim.e2e, created) for i, sim in sims])
         out.histogram("sglang:queue_time_seconds",
                       "Histogram of queueing time in seconds.",
-                      [(lbl(i), sim.queue) for i, sim in sims], created)
+                      [(lbl(i), sim.queue, created) for i, sim in sims])
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         if self._bearer is None and self._basic is None:
@@ -463,23 +403,6 @@ def _split(total: float, parts: int) -> list[float]:
         base, rest = divmod(int(total), parts)
         return [float(base + (1 if i < rest else 0)) for i in range(parts)]
     return [total / parts] * parts
-
-
-def _number(value: float) -> str:
-    """Go-style float text as Prometheus clients write it (8.0, 1.79e+09, +Inf)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    value = float(value)
-    if value != 0 and abs(value) >= 1e6:
-        exponent = math.floor(math.log10(abs(value)))
-        return f"{value / 10**exponent!r}e+{exponent:02d}"
-    return repr(value)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _break_line(text: str, name: str) -> str:
