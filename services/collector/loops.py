@@ -23,11 +23,10 @@ class Collector:
     """Keeps one membership task per configured pool and a fixed-rate scrape loop."""
 
     def __init__(self, nc: NATS, subjects: Subjects, scraper: MetricsScraper,
-                 sources: dict[str, MembershipSource], config: Config) -> None:
+                 config: Config) -> None:
         self.nc = nc
         self.subjects = subjects
         self.scraper = scraper
-        self.sources = sources
         self.config = config
         self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
         self._tasks: dict[tuple[str, str],
@@ -38,7 +37,6 @@ class Collector:
     def apply_config(self, config: Config, sources: dict[str, MembershipSource]) -> None:
         """Start, restart or stop membership tasks for pools whose config changed."""
         self.config = config
-        self.sources = sources
         wanted = {p.ident: p for p in config.pools}
         for ident, (old_cfg, old_source, task) in list(self._tasks.items()):
             new_cfg = wanted.get(ident)

@@ -70,17 +70,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     cfg = loaded.config
     nc = await connect_nats("collector", nats_url)
     registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
-    f5 = _Sources(registry)
+    sources = _Sources(registry)
     # Many small clients: httpx's pool does per-request work that grows with its size.
     async with open_clients(SCRAPE_CLIENTS) as clients, MetricsScraper(clients) as scraper:
-        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper,
-                              await f5.sources(cfg), cfg)
-        collector.apply_config(cfg, collector.sources)
+        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg)
+        collector.apply_config(cfg, await sources.sources(cfg))
         watcher = ConfigWatcher(loaded)
 
         async def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
             set_level(new.config.global_.effective_log_level)
-            collector.apply_config(new.config, await f5.sources(new.config))
+            collector.apply_config(new.config, await sources.sources(new.config))
 
         watcher.subscribe(on_config)
         tasks = [asyncio.create_task(watcher.run(stop)),
@@ -94,7 +93,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await collector.close()
-            await f5.close()
+            await sources.close()
             await registry.close()
             with contextlib.suppress(Exception):
                 await nc.drain()

@@ -10,6 +10,7 @@ import socket
 import time
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from services.scheduler.core import SchedulerCore
@@ -120,11 +121,10 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         await store.close()
 
 
-async def _publish_load(nc: object, subjects: Subjects, core: SchedulerCore,
+async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
                         stop: asyncio.Event) -> None:
     """One load event per pool every evaluation tick (the metrics interval, at least 1 s)."""
     enc = msgspec.json.Encoder()
-    publish = nc.publish  # type: ignore[attr-defined]
     while True:
         period = max(1.0, core.config.scheduler.metrics_fetch_interval / 1000.0)
         if await sleep_or_stop(stop, period):
@@ -143,6 +143,6 @@ async def _publish_load(nc: object, subjects: Subjects, core: SchedulerCore,
                 at=now,
             )
             try:
-                await publish(subjects.load(pool.name), enc.encode(event))
+                await nc.publish(subjects.load(pool.name), enc.encode(event))
             except Exception as err:
                 log.debug("Load event not published: %s", err)
