@@ -181,7 +181,7 @@ async def test_ipv6_member(scraper: MetricsScraper) -> None:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError:
-        pytest.skip("no IPv6 loopback here")
+        pytest.fail("no IPv6 loopback (::1) on this machine; the IPv6 member test needs one")
     double = MetricsDouble(waiting=4)
     server = await start_double(double, host="::1")
     try:
@@ -236,7 +236,7 @@ async def test_basic_auth_required_and_sent(scraper: MetricsScraper,
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+        pytest.fail("openssl is needed to make the test certificate (apt-get install openssl)")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(

@@ -582,36 +582,3 @@ async def test_worker_command_registers_and_unregisters_on_sigterm(
 
 
 # -- opt-in: a real vLLM (see /work/shared/REAL_VLLM.md for the CPU set-up) ------------------
-
-@pytest.mark.real_vllm
-@pytest.mark.timeout(600)
-@pytest.mark.skipif(not (os.environ.get("LLMSCHED_VLLM_PYTHON")
-                         and os.environ.get("LLMSCHED_VLLM_MODEL")),
-                    reason="opt-in: set LLMSCHED_VLLM_PYTHON and LLMSCHED_VLLM_MODEL (a local "
-                    "model dir with config.json and tokenizer)")
-async def test_real_vllm_process(start_worker: StartWorker, http: httpx.AsyncClient,
-                                 tmp_path: Path) -> None:
-    cache = {name: str(tmp_path / "cache") for name in (
-        "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME", "XDG_CACHE_HOME")}
-    worker = await start_worker()
-    spec = {"alias": "tiny", "model_name": os.environ["LLMSCHED_VLLM_MODEL"],
-            "engine_backend": "vllm-process", "load_format": "dummy", "dtype": "float32",
-            "max_model_len": 512, "max_num_seqs": 8, "enforce_eager": True,
-            "start_timeout_s": 300,
-            "env": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "VLLM_CPU_KVCACHE_SPACE": "1", **cache}}
-    r = await http.post(f"{worker.url}/instances/start?wait=true", json=spec, timeout=330)
-    assert r.status_code == 201, r.text
-    info = r.json()
-    client = openai.AsyncOpenAI(base_url=f"{worker.url}/proxy/tiny/v1", api_key="none")
-    reply = await client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    assert reply.choices[0].finish_reason == "length"
-    await client.close()
-    assert (await _status(http, worker.url, "tiny"))["ttft_last"] is not None
-    assert (await http.post(f"{worker.url}/instances/tiny/sleep?level=1")).status_code == 200
-    assert (await http.get(info["url"] + "/is_sleeping")).json()["is_sleeping"] is True
-    assert (await _status(http, worker.url, "tiny"))["sleep_level_value"] == 1
-    assert (await http.post(f"{worker.url}/instances/tiny/wake")).status_code == 200
-    assert (await _status(http, worker.url, "tiny"))["sleep_level_value"] == 0
-    assert (await http.post(f"{worker.url}/instances/tiny/stop")).status_code == 200

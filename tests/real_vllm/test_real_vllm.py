@@ -94,6 +94,14 @@ async def test_two_real_vllm_servers(worker: Worker, model_dir: str, tmp_path: P
         for r in started:
             assert r.status_code == 201, r.text
         urls = [r.json()["url"].rstrip("/") for r in started]
+        # The worker's proxy measures TTFT for a real engine.
+        proxied = openai.AsyncOpenAI(base_url=f"{worker.url}/proxy/tiny-a/v1", api_key="none")
+        reply = await proxied.chat.completions.create(
+            model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert reply.choices[0].finish_reason == "length"
+        await proxied.close()
+        status = (await http.get(f"{worker.url}/instances/tiny-a/status")).json()
+        assert status["ttft_last"] is not None
         # The collector's scraper reads both real servers.
         members = []
         for url in urls:
@@ -140,5 +148,9 @@ async def test_two_real_vllm_servers(worker: Worker, model_dir: str, tmp_path: P
         assert (await http.post(f"{worker.url}/instances/tiny-b/sleep?level=1")).status_code \
             == 200
         assert (await http.get(f"{urls[1]}/is_sleeping")).json()["is_sleeping"] is True
+        status = (await http.get(f"{worker.url}/instances/tiny-b/status")).json()
+        assert status["sleep_level_value"] == 1
         assert (await http.post(f"{worker.url}/instances/tiny-b/wake")).status_code == 200
         assert (await http.get(f"{urls[1]}/is_sleeping")).json()["is_sleeping"] is False
+        status = (await http.get(f"{worker.url}/instances/tiny-b/status")).json()
+        assert status["sleep_level_value"] == 0
