@@ -14,7 +14,7 @@ from services.api.fastpath import UNAVAILABLE, select_response
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
 from services.api.validation import check_iterations, decode_select
 from shared.config import Config
-from shared.errors import BadRequest
+from shared.errors import BadRequest, error_response, install_error_handlers
 from shared.messages import SimulateRequest
 from shared.state import StateStore
 
@@ -57,11 +57,6 @@ class ApiState:
         self.fallback_pools = {p.ident for p in config.pools if p.fallback.pool_fallback}
 
 
-def _error(status: int, message: str, field: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
-
-
 def create_app(state: ApiState) -> FastAPI:
     """The FastAPI app over ``state`` (no globals: everything hangs off this closure)."""
     app = FastAPI(title="llmsched", version="0.1.0",
@@ -69,14 +64,20 @@ def create_app(state: ApiState) -> FastAPI:
     app.state.api = state
     encode = msgspec.json.Encoder().encode
 
-    @app.exception_handler(BadRequest)
-    async def _bad_request(_req: Request, exc: BadRequest) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.field)
+    install_error_handlers(app)
 
     @app.exception_handler(SchedulerUnavailable)
-    async def _unavailable(_req: Request, exc: SchedulerUnavailable) -> JSONResponse:
+    async def _unavailable(_req: Request, exc: SchedulerUnavailable) -> Response:
         log.warning("Scheduler unavailable: %s", exc)
-        return _error(503, UNAVAILABLE, headers={"Retry-After": "1"})
+        return error_response(503, UNAVAILABLE, None, "scheduler_unavailable",
+                              {"Retry-After": "1"})
+
+    @app.exception_handler(SchedulerError)
+    async def _refused(_req: Request, exc: SchedulerError) -> Response:
+        status = exc.code if 400 <= exc.code < 600 else 500
+        if status >= 500:
+            log.warning("Scheduler error %d: %s", exc.code, exc.message)
+        return error_response(status, exc.message, None, "scheduler_error")
 
     @app.post("/scheduler/select", response_class=Response, openapi_extra=_SELECT_SCHEMA,
               summary="Pick the member for one request")
@@ -96,8 +97,8 @@ def create_app(state: ApiState) -> FastAPI:
             reply = await state.scheduler.status(pool_name, partition)
         except SchedulerError as err:
             if err.code == 404:
-                return _error(404, f"pool {pool_name} in partition {partition} is unknown",
-                              "pool_name")
+                return error_response(404, f"pool {pool_name} in partition {partition} is"
+                                      " unknown", "pool_name", "pool_not_found")
             raise
         return Response(encode(reply.pools[0]), media_type="application/json")
 
@@ -106,10 +107,10 @@ def create_app(state: ApiState) -> FastAPI:
         body = decode_select(await request.body())
         if body.pool_name != pool_name:
             raise BadRequest("pool_name", f"body pool_name {body.pool_name!r} differs from"
-                             f" the path's {pool_name!r}")
+                             f" the path's {pool_name!r}", code="path_mismatch")
         if body.partition != partition:
             raise BadRequest("partition", f"body partition {body.partition!r} differs from"
-                             f" the path's {partition!r}")
+                             f" the path's {partition!r}", code="path_mismatch")
         return encode(SimulateRequest(pool_name=pool_name, partition=partition,
                                       members=body.members, iterations=iterations))
 

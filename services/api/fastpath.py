@@ -7,7 +7,6 @@ more than the whole NATS round trip, so the hot path skips it. Every other route
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -16,7 +15,7 @@ import msgspec
 
 from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
 from services.api.validation import MAX_BODY_BYTES, decode_select
-from shared.errors import BadRequest
+from shared.errors import BadRequest, error_body
 
 log = logging.getLogger("llmsched.api")
 
@@ -47,7 +46,7 @@ class SelectFastPath:
         try:
             raw = await _read_body(receive)
         except BadRequest as err:
-            status, headers, body = err.status, _JSON, json.dumps(err.body()).encode()
+            status, headers, body = err.status, _JSON, err.body()
         else:
             status, headers, body = await select_response(self.state, raw, self._encode)
         await send({"type": "http.response.start", "status": status,
@@ -65,14 +64,14 @@ async def select_response(state: Any, raw: bytes, encode: Callable[[Any], bytes]
         answer = await state.scheduler.select(encode(request))
         return 200, _TEXT, answer.encode()
     except BadRequest as err:
-        return err.status, _JSON, json.dumps(err.body()).encode()
+        return err.status, _JSON, err.body()
     except SchedulerUnavailable as err:
         log.warning("Scheduler unavailable: %s", err)
-        body = {"error": UNAVAILABLE, "field": None}
-        return 503, [*_JSON, (b"retry-after", b"1")], json.dumps(body).encode()
+        body = error_body(503, UNAVAILABLE, None, "scheduler_unavailable")
+        return 503, [*_JSON, (b"retry-after", b"1")], body
     except SchedulerError as err:
         status = 400 if err.code == 400 else 500
-        return status, _JSON, json.dumps({"error": err.message, "field": None}).encode()
+        return status, _JSON, error_body(status, err.message, None, "scheduler_error")
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -81,11 +80,13 @@ async def _read_body(receive: Receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise BadRequest(None, "client disconnected before sending the body")
+            raise BadRequest(None, "client disconnected before sending the body",
+                             code="invalid_body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise BadRequest(None, f"body larger than {MAX_BODY_BYTES} bytes", 413)
+            raise BadRequest(None, f"body larger than {MAX_BODY_BYTES} bytes", 413,
+                             "body_too_large")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

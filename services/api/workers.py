@@ -14,7 +14,6 @@ from typing import Any, Literal
 import msgspec
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError, WatchError
 
 from services.worker.models import (
@@ -23,7 +22,7 @@ from services.worker.models import (
     RegisterRequest,
     decode_object,
 )
-from shared.errors import BadRequest
+from shared.errors import BadRequest, error_response
 from shared.state import redis_url
 
 log = logging.getLogger("llmsched.api")
@@ -260,11 +259,6 @@ class WorkerRegistry:
             await self.redis.aclose()
 
 
-def _error(status: int, message: str, field: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
-
-
 def _json(value: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
@@ -274,20 +268,20 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
     key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_ENV) or None
     router = APIRouter(tags=["workers"])
 
-    def denied(request: Request) -> JSONResponse | None:
+    def denied(request: Request) -> Response | None:
         if not key:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
                                                               key.encode()):
             return None
-        return _error(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                      headers={"WWW-Authenticate": "Bearer"})
+        return error_response(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                              None, "unauthorized", {"WWW-Authenticate": "Bearer"})
 
-    def unavailable(err: Exception) -> JSONResponse:
+    def unavailable(err: Exception) -> Response:
         log.warning("Worker registry unavailable: %s", err)
-        return _error(503, "worker registry unavailable (state store)",
-                      headers={"Retry-After": "1"})
+        return error_response(503, "worker registry unavailable (state store)", None,
+                              "registry_unavailable", {"Retry-After": "1"})
 
     @router.post("/workers/register", summary="A worker joins (or rejoins after a restart)")
     async def register(request: Request) -> Response:
@@ -297,7 +291,7 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
             body, _ = decode_object(await request.body(), RegisterRequest)
             record = await registry.register(body)
         except BadRequest as err:
-            return _error(err.status, err.message, err.field)
+            return err.response()
         except (RedisError, OSError) as err:
             return unavailable(err)
         return _json({"worker_id": record.worker_id, "state": record.state,
@@ -311,12 +305,12 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
             body, _ = decode_object(await request.body(), HeartbeatRequest, empty_ok=True)
             record = await registry.heartbeat(worker_id, body)
         except BadRequest as err:
-            return _error(err.status, err.message, err.field)
+            return err.response()
         except (RedisError, OSError) as err:
             return unavailable(err)
         if record is None:
-            return _error(404, f"worker {worker_id!r} is not registered; register again",
-                          "worker_id")
+            return error_response(404, f"worker {worker_id!r} is not registered; register again",
+                                  "worker_id", "worker_not_found")
         return _json({"worker_id": worker_id, "state": record.state})
 
     @router.delete("/workers/{worker_id}/unregister", summary="A worker leaves")
@@ -328,7 +322,8 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
         except (RedisError, OSError) as err:
             return unavailable(err)
         if record is None:
-            return _error(404, f"worker {worker_id!r} is not registered", "worker_id")
+            return error_response(404, f"worker {worker_id!r} is not registered", "worker_id",
+                                  "worker_not_found")
         return _json({"worker_id": worker_id, "unregistered": True})
 
     @router.get("/admin/workers", summary="Every registered worker, active or lost")

@@ -10,13 +10,12 @@ from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from services.worker.instance import Instance
 from services.worker.instances import InstanceManager
 from services.worker.models import BACKENDS, ModelSpec, SleepRequest, decode_object
-from services.worker.proxy import openai_error, proxy
-from shared.errors import BadRequest
+from services.worker.proxy import proxy
+from shared.errors import BadRequest, error_response, install_error_handlers
 
 log = logging.getLogger("llmsched.worker")
 
@@ -70,9 +69,7 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
     app = FastAPI(title="llmsched worker", version=VERSION,
                   description="Starts, sleeps, wakes and proxies this host's engine instances.")
 
-    @app.exception_handler(BadRequest)
-    async def _refused(_req: Request, exc: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status)
+    install_error_handlers(app)
 
     async def authorised(request: Request) -> None:
         key = identity.api_key
@@ -82,7 +79,8 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
                                                                   key.encode()):
-            raise BadRequest(None, "missing or wrong API key (Authorization: Bearer <key>)", 401)
+            raise BadRequest(None, "missing or wrong API key (Authorization: Bearer <key>)", 401,
+                             "unauthorized")
 
     @app.get("/health", summary="Liveness")
     async def health() -> Response:
@@ -111,7 +109,8 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
         inst = await manager.start(spec, ignored, wait=wait)
         status = 202 if inst.state == "starting" else 201
         if inst.state == "failed":
-            raise BadRequest(None, f"instance {inst.name} failed to start: {inst.error}", 502)
+            raise BadRequest(None, f"instance {inst.name} failed to start: {inst.error}", 502,
+                             "engine_failed")
         return _json(inst.info(manager.settings.advertise_host), status)
 
     @api.get("/instances", summary="Every instance")
@@ -146,8 +145,8 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
     async def relay(alias: str, request: Request, path: str) -> Response:
         inst: Instance | None = manager.instances.get(alias)
         if inst is None:
-            return openai_error(404, f"no instance named {alias!r} on this worker",
-                                "not_found_error", "model_not_found")
+            return error_response(404, f"no instance named {alias!r} on this worker", "alias",
+                                  "model_not_found")
         return await proxy(inst, manager.http, request, path)
 
     @api.post("/proxy/{alias}/v1/chat/completions", openapi_extra=_PROXY_BODY,

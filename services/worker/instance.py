@@ -89,4 +89,4 @@ class NotFound(BadRequest):
     """No instance of that name."""
 
     def __init__(self, name: str) -> None:
-        super().__init__("alias", f"no instance named {name!r}", 404)
+        super().__init__("alias", f"no instance named {name!r}", 404, "instance_not_found")

@@ -118,14 +118,15 @@ class InstanceManager:
         taken = {n for n, i in self.instances.items() if i.state != "failed"}
         if spec.instance is not None:
             if spec.instance in taken:
-                raise BadRequest("instance", f"instance {spec.instance!r} exists", 409)
+                raise BadRequest("instance", f"instance {spec.instance!r} exists", 409,
+                                 "instance_exists")
             match = re.fullmatch(re.escape(spec.alias) + r"-r(\d+)", spec.instance)
             return spec.instance, int(match.group(1)) if match else 1
         if spec.alias not in taken:
             return spec.alias, 1
         if not spec.add_replica:
             raise BadRequest("alias", f"instance {spec.alias!r} exists; set add_replica: true "
-                             "to start another replica", 409)
+                             "to start another replica", 409, "instance_exists")
         replica = 2
         while f"{spec.alias}-r{replica}" in taken:
             replica += 1
@@ -246,7 +247,8 @@ class InstanceManager:
     # -- sleep / wake --------------------------------------------------------------
     def _ready(self, inst: Instance) -> Engine:
         if inst.state in ("starting", "failed") or inst.engine is None:
-            raise BadRequest(None, f"instance {inst.name} is {inst.state}", 409)
+            raise BadRequest(None, f"instance {inst.name} is {inst.state}", 409,
+                             "instance_not_ready")
         return inst.engine
 
     async def sleep(self, name: str, level: int, drain_timeout_s: float) -> Instance:
@@ -269,7 +271,8 @@ class InstanceManager:
             except EngineCallError as err:
                 inst.state = previous
                 self.on_change()
-                raise BadRequest(None, f"engine refused sleep: {err.message}", 502) from None
+                raise BadRequest(None, f"engine refused sleep: {err.message}", 502,
+                                 "engine_error") from None
             inst.state, inst.sleep_level = "sleeping", level
         log.info("Instance %s sleeping at level %d", name, level)
         self.on_change()
@@ -285,7 +288,8 @@ class InstanceManager:
             try:
                 await self.control.wake(engine.url, inst.spec.engine)
             except EngineCallError as err:
-                raise BadRequest(None, f"engine refused wake-up: {err.message}", 502) from None
+                raise BadRequest(None, f"engine refused wake-up: {err.message}", 502,
+                                 "engine_error") from None
             inst.state, inst.sleep_level = "running", 0
         log.info("Instance %s awake", name)
         self.on_change()

@@ -22,6 +22,7 @@ InstanceState = Literal["starting", "running", "sleeping", "draining", "failed"]
 BACKENDS: tuple[Backend, ...] = ("sim", "sim-process", "vllm-process", "sglang-process")
 
 T = TypeVar("T")
+INVALID = "invalid_body"
 
 
 class ModelSpec(msgspec.Struct, kw_only=True):
@@ -201,16 +202,16 @@ def decode_object(raw: bytes, type_: type[T], *, empty_ok: bool = False) -> tupl
     if not raw.strip():
         if empty_ok:
             return msgspec.convert({}, type_), []
-        raise BadRequest(None, "request body must be a JSON object")
+        raise BadRequest(None, "request body must be a JSON object", code=INVALID)
     try:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError as err:
-        raise BadRequest(None, f"body is not valid JSON: {err}") from None
+        raise BadRequest(None, f"body is not valid JSON: {err}", code=INVALID) from None
     if not isinstance(data, dict):
-        raise BadRequest(None, "request body must be a JSON object")
+        raise BadRequest(None, "request body must be a JSON object", code=INVALID)
     try:
         value = msgspec.convert(data, type_)
     except msgspec.ValidationError as err:
-        raise BadRequest(error_field(err), str(err)) from None
+        raise BadRequest(error_field(err), str(err), code=INVALID) from None
     known = _fields(type_)
     return value, sorted(str(k) for k in data if k not in known)

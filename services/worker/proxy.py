@@ -10,24 +10,17 @@ import anyio
 import httpx
 import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.worker.instance import Instance
+from shared.errors import error_response
 
 FORWARD_REQUEST = ("content-type", "accept", "x-request-id", "traceparent", "tracestate")
 FORWARD_RESPONSE = ("content-type", "content-encoding", "x-request-id", "cache-control")
 INSTANCE_HEADER = "x-llmsched-instance"
 # Generations may run for minutes: only connecting is bounded.
 UPSTREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
-
-
-def openai_error(status: int, message: str, type_: str, code: str | int | None = None,
-                 headers: dict[str, str] | None = None) -> JSONResponse:
-    """An error in the OpenAI shape ``{"error": {"message", "type", "code"}}``."""
-    return JSONResponse({"error": {"message": message, "type": type_,
-                                   "code": status if code is None else code}},
-                        status_code=status, headers=headers)
 
 
 def _rewrite_model(raw: bytes, inst: Instance) -> bytes:
@@ -90,8 +83,8 @@ async def proxy(inst: Instance, http: httpx.AsyncClient, request: Request, path:
                 ) -> Response:
     """Forward ``request`` to ``inst``'s ``path`` and stream the answer back unbuffered."""
     if not inst.accepting():
-        return openai_error(503, f"instance {inst.name} is {inst.state}; retry elsewhere",
-                            "service_unavailable", headers={"Retry-After": "1"})
+        return error_response(503, f"instance {inst.name} is {inst.state}; retry elsewhere",
+                              None, "instance_unavailable", {"Retry-After": "1"})
     body = _rewrite_model(await request.body(), inst)
     headers = {k: v for k in FORWARD_REQUEST if (v := request.headers.get(k))}
     # Relayed bytes are passed through untouched, so ask for what the client accepts.
@@ -109,8 +102,8 @@ async def proxy(inst: Instance, http: httpx.AsyncClient, request: Request, path:
                                    stream=True)
     except httpx.HTTPError as err:
         finish(inst, None, gated)
-        return openai_error(502, f"instance {inst.name} unreachable: {type(err).__name__} "
-                            f"{err}".strip(), "upstream_error")
+        return error_response(502, f"instance {inst.name} unreachable: {type(err).__name__} "
+                              f"{err}".strip(), None, "upstream_unreachable")
     except BaseException:
         finish(inst, None, gated)
         raise

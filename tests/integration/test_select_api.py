@@ -206,8 +206,8 @@ async def test_bad_bodies_get_400_naming_the_field(make_stack: StackFactory) -> 
     for raw, field in cases:
         r = await stack.http.post(url, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400, (raw, r.status_code, r.text)
-        assert r.json()["field"] == field, (raw, r.json())
-        assert r.json()["error"]
+        assert r.json()["error"]["param"] == field, (raw, r.json())
+        assert r.json()["error"]["message"] and r.json()["error"]["code"] == "invalid_body"
 
 
 async def test_iterations_are_bounded(make_stack: StackFactory) -> None:
@@ -216,13 +216,13 @@ async def test_iterations_are_bounded(make_stack: StackFactory) -> None:
     for q in ("0", "-5", "1000000000", "abc"):
         r = await stack.http.post(f"{stack.api_url}/pools/p1/Common/simulate?iterations={q}",
                                   json=body)
-        assert r.status_code == 400 and r.json()["field"] == "iterations", r.text
+        assert r.status_code == 400 and r.json()["error"]["param"] == "iterations", r.text
         r = await stack.http.post(f"{stack.api_url}/pools/p1/Common/analyze?iterations={q}",
                                   json=body)
-        assert r.status_code == 400 and r.json()["field"] == "iterations", r.text
+        assert r.status_code == 400 and r.json()["error"]["param"] == "iterations", r.text
     r = await stack.http.post(f"{stack.api_url}/pools/p1/Common/simulate", json={
         "pool_name": "other", "partition": "Common", "members": [A]})
-    assert r.status_code == 400 and r.json()["field"] == "pool_name"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "pool_name"
 
 
 async def test_status_endpoints(make_stack: StackFactory) -> None:

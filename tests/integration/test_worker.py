@@ -205,7 +205,7 @@ async def test_sleep_and_wake(start_worker: StartWorker, http: httpx.AsyncClient
     assert status["sleep_level_value"] == 1 and status["is_sleeping"] is True
     refused = await http.post(f"{worker.url}/proxy/fake-model/v1/chat/completions", json=CHAT)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-    assert refused.json()["error"]["type"] == "service_unavailable"
+    assert refused.json()["error"]["type"] == "service_unavailable_error"
 
     r = await http.post(f"{worker.url}/instances/fake-model/sleep", json={"level": 2})
     assert r.status_code == 200 and r.json()["sleep_level"] == 2
@@ -250,7 +250,7 @@ async def test_replicas_and_conflicts(start_worker: StartWorker, http: httpx.Asy
     worker = await start_worker()
     await _start(http, worker.url, FAKE)
     conflict = await http.post(f"{worker.url}/instances/start", json=FAKE)
-    assert conflict.status_code == 409 and conflict.json()["field"] == "alias"
+    assert conflict.status_code == 409 and conflict.json()["error"]["param"] == "alias"
     second = await _start(http, worker.url, {**FAKE, "add_replica": True})
     third = await _start(http, worker.url, {**FAKE, "add_replica": True})
     assert (second["alias"], second["replica"]) == ("fake-model-r2", 2)
@@ -258,7 +258,7 @@ async def test_replicas_and_conflicts(start_worker: StartWorker, http: httpx.Asy
     assert second["served_model_names"] == ["fake-model", "fake-model-r2"]
     explicit = await http.post(f"{worker.url}/instances/start",
                                json={**FAKE, "instance": "fake-model-r2"})
-    assert explicit.status_code == 409 and explicit.json()["field"] == "instance"
+    assert explicit.status_code == 409 and explicit.json()["error"]["param"] == "instance"
     await http.post(f"{worker.url}/instances/fake-model-r2/stop")
     again = await _start(http, worker.url, {**FAKE, "add_replica": True})
     assert again["alias"] == "fake-model-r2"
@@ -292,7 +292,7 @@ async def test_bad_start_bodies_name_the_field(start_worker: StartWorker,
     r = await http.post(f"{worker.url}/instances/start", content=body,
                         headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
-    assert r.json()["field"] == field, r.json()
+    assert r.json()["error"]["param"] == field, r.json()
     assert (await http.get(f"{worker.url}/instances")).json()["instances"] == []
 
 
@@ -305,7 +305,7 @@ async def test_unknown_alias_and_bad_sleep_requests(start_worker: StartWorker,
                          ("POST", "/instances/nope/wake")]:
         r = await http.request(method, base + path)
         assert r.status_code == 404, (path, r.text)
-        assert r.json()["field"] == "alias"
+        assert r.json()["error"]["param"] == "alias"
     r = await http.post(f"{base}/proxy/nope/v1/chat/completions", json=CHAT)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     await _start(http, worker.url, FAKE)
@@ -314,7 +314,7 @@ async def test_unknown_alias_and_bad_sleep_requests(start_worker: StartWorker,
                                ("", b'{"depth": 1}', "depth")]:
         r = await http.post(f"{base}/instances/fake-model/sleep{query}", content=body)
         assert r.status_code == 400, (query, body, r.text)
-        assert r.json()["field"] == field
+        assert r.json()["error"]["param"] == field
     assert (await _status(http, worker.url, "fake-model"))["sleep_level_value"] == 0
 
 
@@ -524,12 +524,12 @@ async def test_registry_routes_validate_and_404(start_manager: StartManager,
                         (b'{"worker_id": "w", "worker_url": "ftp://h"}', "worker_url"),
                         (b'{"worker_id": "a b", "worker_url": "http://h:1"}', "worker_id")]:
         r = await http.post(f"{base}/workers/register", content=body)
-        assert r.status_code == 400 and r.json()["field"] == field, r.text
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     r = await http.post(f"{base}/workers/ghost/heartbeat", json={})
-    assert r.status_code == 404 and r.json()["field"] == "worker_id"
+    assert r.status_code == 404 and r.json()["error"]["param"] == "worker_id"
     assert (await http.delete(f"{base}/workers/ghost/unregister")).status_code == 404
     r = await http.post(f"{base}/workers/ghost/heartbeat", json={"instances": 3})
-    assert r.status_code == 400 and r.json()["field"] == "instances"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "instances"
 
 
 async def test_api_key_protects_worker_and_registry(
