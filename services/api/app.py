@@ -1,4 +1,4 @@
-"""The HTTP front: the F5 select API, pool status, simulate/analyze and health."""
+"""The HTTP front: the F5 select API, pool status, simulate/analyze; health in health.py."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from services.api.fastpath import UNAVAILABLE, select_response
+from services.api.health import health_router
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
 from services.api.validation import check_iterations, decode_select
 from shared.config import Config
@@ -128,26 +128,6 @@ def create_app(state: ApiState) -> FastAPI:
         reply = await state.scheduler.analyze(await _sim_body(request, pool_name, partition, n))
         return Response(encode(reply), media_type="application/json")
 
-    @app.get("/health", summary="Truthful health: bus, scheduler replicas, state store")
-    async def health() -> JSONResponse:
-        nats_ok = state.scheduler.nc.is_connected
-        replicas = await state.scheduler.ping() if nats_ok else 0
-        store_ok = await state.store.ping() if state.store is not None else None
-        checks = {"nats": "ok" if nats_ok else "unreachable",
-                  "scheduler_replicas": replicas,
-                  "state_store": "n/a" if store_ok is None else ("ok" if store_ok else
-                                                                 "unreachable"),
-                  "config_version": state.config_version}
-        if not nats_ok:
-            return JSONResponse({"status": "unhealthy", "message": "NATS bus unreachable",
-                                 "checks": checks}, status_code=503)
-        if replicas == 0:
-            return JSONResponse({"status": "unhealthy", "message": "no scheduler replica"
-                                 " answered", "checks": checks}, status_code=503)
-        if store_ok is False:
-            return JSONResponse({"status": "degraded", "message": "state store unreachable;"
-                                 " selects continue from memory", "checks": checks})
-        return JSONResponse({"status": "healthy", "message": f"Scheduler is running normally"
-                             f" ({replicas} replica(s))", "checks": checks})
+    app.include_router(health_router(state))
 
     return app

@@ -20,6 +20,8 @@ from shared.errors import BadRequest, error_response, install_error_handlers
 log = logging.getLogger("llmsched.worker")
 
 VERSION = "0.1.0"
+HEALTH_METHODS = ["GET", "HEAD"]
+"""Load-balancer monitors probe with HEAD: same status, no body."""
 
 _SPEC_BODY: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -82,10 +84,26 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
             raise BadRequest(None, "missing or wrong API key (Authorization: Bearer <key>)", 401,
                              "unauthorized")
 
-    @app.get("/health", summary="Liveness")
+    @app.api_route("/health", methods=HEALTH_METHODS, summary="Health: serving, instance count")
     async def health() -> Response:
+        if manager.stopping:
+            return _json({"status": "unhealthy", "worker_id": identity.worker_id,
+                          "instances": len(manager.instances), "message": "shutting down"},
+                         503)
         return _json({"status": "healthy", "worker_id": identity.worker_id,
                       "instances": len(manager.instances)})
+
+    @app.api_route("/livez", methods=HEALTH_METHODS,
+                   summary="Liveness: the process serves HTTP (always 200)")
+    async def livez() -> Response:
+        return _json({"status": "alive"})
+
+    @app.api_route("/readyz", methods=HEALTH_METHODS,
+                   summary="Readiness: takes instance and proxy requests (503 when stopping)")
+    async def readyz() -> Response:
+        if manager.stopping:
+            return _json({"status": "not_ready", "message": "shutting down"}, 503)
+        return _json({"status": "ready", "message": f"{len(manager.instances)} instance(s)"})
 
     api = APIRouter(dependencies=[Depends(authorised)])
 

@@ -78,6 +78,8 @@ class InstanceManager:
         self.gpu = gpu or GpuProbe(settings.gpu)
         self.instances: dict[str, Instance] = {}
         self.on_change: Callable[[], None] = lambda: None
+        self.stopping = False
+        """The worker is shutting down: not ready for new work."""
         self._naming = asyncio.Lock()
 
     # -- lookup ------------------------------------------------------------------
@@ -226,6 +228,7 @@ class InstanceManager:
 
     async def stop_all(self) -> None:
         """Stop every instance (worker shutdown)."""
+        self.stopping = True
         names = list(self.instances)
         results = await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
         for name, result in zip(names, results, strict=True):
@@ -369,8 +372,9 @@ class InstanceManager:
         self.on_change()
 
     async def watch(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
-        """Notice dead engines until ``stop``."""
+        """Notice dead engines until ``stop`` (the worker's shutdown)."""
         while not stop.is_set():
             self.check_exits()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
+        self.stopping = True
