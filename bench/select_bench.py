@@ -539,8 +539,9 @@ def run_bare_server(port: int) -> int:
 
     async def serve() -> None:
         sock = bind_socket("127.0.0.1", port)
-        server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
-                                            lifespan="off", timeout_keep_alive=30))
+        server = QuietServer(uvicorn.Config(app, log_config=None, log_level="warning",
+                                            access_log=False, lifespan="off",
+                                            timeout_keep_alive=30))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

@@ -19,9 +19,28 @@ class ConfigError(Exception):
     """The file cannot be used; ``path`` names the offending key (``pools[0].engine_type``)."""
 
     def __init__(self, path: str, message: str) -> None:
+        message = _one_line(message)
         super().__init__(f"config error at {path or '<root>'}: {message}")
         self.path = path
         self.message = message
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined by ``; `` (a log or exit message is one line)."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _yaml_reason(err: msgspec.DecodeError) -> str:
+    # PyYAML puts each position on a line of its own: 'in "<byte string>", line 2, column 13'.
+    parts: list[str] = []
+    for line in str(err).splitlines():
+        line = line.strip()
+        where = line.removeprefix('in "<byte string>", ')
+        if parts and where != line:
+            parts[-1] += f" at {where}"
+        elif line:
+            parts.append(line)
+    return "; ".join(parts)
 
 
 class GlobalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -202,7 +221,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         path, message = _msgspec_path(err)
         raise ConfigError(path, message) from None
     except msgspec.DecodeError as err:
-        raise ConfigError("", f"{source} is not valid YAML: {err}") from None
+        raise ConfigError("", f"{source} is not valid YAML: {_yaml_reason(err)}") from None
     validate(config)
     return config
 

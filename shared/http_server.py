@@ -62,7 +62,8 @@ async def start_app(app: Any, host: str = "127.0.0.1", port: int = 0,
                     **kwargs: Any) -> RunningServer:
     """Start ``app`` in this loop and wait until it accepts connections."""
     sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **kwargs)
+    config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on",
+                            access_log=False, **kwargs)
     server = QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -1,4 +1,4 @@
-"""Logging set-up from ``global.log_level`` / ``global.log_debug``."""
+"""Logging set-up: one format for every logger, one line per event."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 import sys
 
 FORMAT = "%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s"
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+"""uvicorn's own loggers; with ``log_config=None`` they reach the root handler below."""
 
 
 class _ServiceFilter(logging.Filter):
@@ -18,10 +20,20 @@ class _ServiceFilter(logging.Filter):
         return True
 
 
+class OneLineFormatter(logging.Formatter):
+    """:data:`FORMAT`, with newlines in messages and tracebacks escaped as ``\\n``."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
-    """Send logs to stderr, one line each, tagged with the service name."""
+    """Send every logger's records (uvicorn's included) to stderr, one line each, tagged."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(OneLineFormatter())
     handler.addFilter(_ServiceFilter(service))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -29,6 +41,12 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     set_level(level)
+    for name in UVICORN_LOGGERS:
+        # A uvicorn.Config made before this, without log_config=None, installed its own.
+        own = logging.getLogger(name)
+        for old in list(own.handlers):
+            own.removeHandler(old)
+        own.propagate = True
     for noisy in ("httpx", "httpcore", "uvicorn.access", "nats"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

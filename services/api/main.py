@@ -57,8 +57,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     fastapi_app.include_router(workers_router(registry))
     app = SelectFastPath(fastapi_app, state)
     sock = bind_socket(cfg.global_.api_host, port if port is not None else cfg.global_.api_port)
-    server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
-                                        lifespan="off", timeout_keep_alive=30))
+    server = QuietServer(uvicorn.Config(app, log_config=None, log_level="warning",
+                                        access_log=False, lifespan="off", timeout_keep_alive=30))
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     watch_task = asyncio.create_task(watcher.run(stop))
     registry_task = asyncio.create_task(registry.run(stop))

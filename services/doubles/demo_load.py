@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -20,6 +21,9 @@ import msgspec
 from fastapi import FastAPI, HTTPException
 
 from shared.http_server import start_app
+from shared.logs import setup_logging
+
+log = logging.getLogger("llmsched.demo_load")
 
 
 @dataclass
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--high", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args(argv)
+    setup_logging("demo-load")
     load = DemoLoad(args.targets.split(","), args.model, period_s=args.period, low=args.low,
                     high=args.high, max_tokens=args.max_tokens)
 
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         server = await start_app(load.app(), port=args.port)
         print(f"demo load on {len(load.targets)} engines; control {server.url}/_control",
               flush=True)
+        log.info("Demo load on %d engines (wave %g s, concurrency %d..%d); control %s/_control",
+                 len(load.targets), args.period, args.low, args.high, server.url)
         try:
             await load.run(stop)
         finally:

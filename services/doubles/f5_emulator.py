@@ -8,6 +8,7 @@ import base64
 import binascii
 import contextlib
 import ipaddress
+import logging
 import os
 import re
 import secrets
@@ -26,7 +27,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from shared.config import LOG_LEVELS
+from shared.logs import setup_logging
 from shared.members import MemberAddressError, parse_member_key
+
+log = logging.getLogger("llmsched.f5_emulator")
 
 VERSION = "16.0.0"
 SELF = "https://localhost/mgmt"
@@ -313,9 +318,13 @@ class F5Emulator:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r} (known: {', '.join(FAULT_KINDS)})")
         self._fault = Fault(kind=kind, remaining=count, delay=delay, path_prefix=path_prefix)
+        log.info("Fault %s injected for %s requests under %s", kind,
+                 "all" if count is None else count, path_prefix)
 
     def clear_faults(self) -> None:
         """Stop injecting failures and release requests held by ``delay``/``hang``."""
+        if self._fault is not None:
+            log.info("Fault %s cleared", self._fault.kind)
         self._fault = None
         self._release.set()
         self._release = asyncio.Event()
@@ -706,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password-env", default="F5_PASSWORD",
                         help="environment variable holding the user's password")
     parser.add_argument("--token-lifetime", type=float, default=1200.0)
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-level", type=str.upper, default="INFO", choices=LOG_LEVELS)
     return parser
 
 
@@ -730,7 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         emulator = build_emulator(args)
     except ValueError as err:
         parser.error(str(err))
-    uvicorn.run(emulator, host=args.host, port=args.port, log_level=args.log_level,
+    setup_logging("f5-emulator", args.log_level)
+    log.info("F5 emulator starting on %s:%d (%d pools, user %s)", args.host, args.port,
+             len(args.pool), args.user)
+    uvicorn.run(emulator, host=args.host, port=args.port, log_config=None, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=1)
     return 0
 

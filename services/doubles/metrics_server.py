@@ -26,6 +26,7 @@ import msgspec
 from services.enginesim.promtext import Exposition
 from services.enginesim.stats import Histogram
 from shared.http_server import RunningServer, start_app
+from shared.logs import setup_logging
 
 Engine = Literal["vllm", "sglang"]
 KvName = Literal["new", "old", "both"]
@@ -539,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.basic_user) != bool(args.basic_password_env):
         parser.error("--basic-user and --basic-password-env go together")
+    setup_logging("metrics-double")
     options: dict[str, Any] = {"series": args.series}
     if args.bearer_env:
         options["bearer"] = os.environ.get(args.bearer_env, "")

@@ -13,6 +13,8 @@ from typing import Any
 
 from services.enginesim.config import PRESETS, EngineConfig, SimConfigError, config_from_dict
 from services.enginesim.launcher import start_fleet
+from shared.config import LOG_LEVELS
+from shared.logs import setup_logging
 
 _TIMING_FLAGS = ("step_base_ms", "prefill_ms_per_token", "decode_ms_per_seq",
                  "attn_ms_per_ctx_token", "kv_transfer_ms_per_token", "jitter")
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wake-ms", type=float, default=0.0, help="time a /wake_up takes")
     p.add_argument("--engine-version", default=EngineConfig.version,
                    help="version reported by /version")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO",
+                   help="log level (default INFO; logs go to stderr)")
     return p
 
 
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except SimConfigError as err:
         print(f"engine-sim: {err}", file=sys.stderr)
         return 2
+    setup_logging("engine-sim", args.log_level)
     try:
         return asyncio.run(serve(plan, args.host))
     except OSError as err:

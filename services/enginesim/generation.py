@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,8 @@ from services.enginesim.protocol import (
 )
 from services.enginesim.runner import TokenSink
 from services.enginesim.tokenizer import block_hashes
+
+log = logging.getLogger("llmsched.enginesim")
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -107,6 +110,7 @@ async def _whole(inst: EngineInstance, kind: Kind, parsed: ParsedRequest, req: S
             waiter.cancel()
         if req.finish_reason is None:
             inst.runner.abort(req)
+            _log_abort(rid, req)
             return Response(status_code=499)
     text = "".join(texts[:req.num_output])
     args: dict[str, Any] = {
@@ -155,3 +159,9 @@ async def _stream(inst: EngineInstance, kind: Kind, parsed: ParsedRequest, req: 
         if req.finish_reason is None:
             with contextlib.suppress(Exception):
                 inst.runner.abort(req)
+            _log_abort(rid, req)
+
+
+def _log_abort(rid: str, req: SimRequest) -> None:
+    log.info("Aborted request %s after %d of %d tokens: the client went away",
+             rid, req.num_output, req.target)

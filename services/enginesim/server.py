@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match
 
@@ -21,6 +22,8 @@ from services.enginesim.openai_shapes import models_list
 from services.enginesim.promtext import CONTENT_TYPE
 from services.enginesim.protocol import ApiError, internal_error, parse_json
 from services.enginesim.tokenizer import encode_prompt
+
+log = logging.getLogger("llmsched.enginesim")
 
 SGLANG_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[EngineInstance, Request], Awaitable[Response]]
@@ -141,7 +144,13 @@ def _routes(inst: EngineInstance) -> list[tuple[str, list[str], Handler]]:
 
 def _bind(inst: EngineInstance, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        return await handler(inst, request)
+        try:
+            return await handler(inst, request)
+        except ClientDisconnect:
+            # A client that gives up mid-upload is normal traffic, not a server error.
+            log.info("%s %s: client went away before its request body arrived",
+                     request.method, request.url.path)
+            return Response(status_code=499)
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint").lstrip("_")
     return endpoint

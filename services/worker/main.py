@@ -134,8 +134,9 @@ class Worker:
         identity = WorkerIdentity(worker_id=self.worker_id, worker_url=self.url,
                                   api_key=o.api_key)
         app = create_app(self.instances, identity)
-        self._server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                  lifespan="off", timeout_keep_alive=30))
+        self._server = QuietServer(uvicorn.Config(app, log_config=None, log_level="warning",
+                                                  access_log=False, lifespan="off",
+                                                  timeout_keep_alive=30))
         self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._server_task.done():
