@@ -1,10 +1,30 @@
-"""Engine metric mappings: which Prometheus series mean waiting queue, running, KV usage."""
+"""Engine metric mappings: which Prometheus series mean waiting queue, running, KV usage, asleep."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+
+class AsleepSignal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A series that says the engine is asleep: any matching sample meeting ``when``."""
+
+    metric: str
+    """Sample name, e.g. ``vllm:engine_sleep_state``."""
+    labels: dict[str, str] = {}
+    """Labels a sample must carry (a subset match; other labels are ignored)."""
+    when: Literal["zero", "nonzero"] = "nonzero"
+    """Asleep when a matching sample is 0 (``zero``) or anything but 0 (``nonzero``)."""
+
+
+class AsleepProbe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An HTTP GET on the member answering a JSON object whose ``field`` is true when asleep."""
+
+    path: Annotated[str, msgspec.Meta(pattern="^/")]
+    """Path on the member's own port, e.g. ``/is_sleeping``."""
+    field: Annotated[str, msgspec.Meta(min_length=1)] = "is_sleeping"
+    """Key of the JSON boolean; anything but ``true`` (or a failed probe) is not asleep."""
 
 
 class EngineMetricsSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -26,6 +46,10 @@ class EngineMetricsSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """Multiplier turning the raw value into a 0..1 ratio (0.01 for an engine reporting %)."""
     extra: dict[str, str] = {}
     """Other figures to keep, output name → metric name (sample names incl. _sum/_count)."""
+    asleep: list[AsleepSignal] = []
+    """Series saying the engine is asleep (it then leaves selection); absent series: awake."""
+    asleep_probe: AsleepProbe | None = None
+    """An HTTP probe asked when no ``asleep`` series says asleep (engines whose metrics don't)."""
 
 
 BUILTIN_ENGINES: dict[str, EngineMetricsSpec] = {
@@ -42,6 +66,9 @@ BUILTIN_ENGINES: dict[str, EngineMetricsSpec] = {
             "prefix_cache_hits": "vllm:prefix_cache_hits_total",
             "preemptions": "vllm:num_preemptions_total",
         },
+        # awake=0 covers both sleep levels; vLLM before engine_sleep_state has no signal.
+        asleep=[AsleepSignal(metric="vllm:engine_sleep_state", labels={"sleep_state": "awake"},
+                             when="zero")],
     ),
     "sglang": EngineMetricsSpec(
         waiting_queue=["sglang:num_queue_reqs"],

@@ -48,6 +48,10 @@ class MemberMetrics(msgspec.Struct, frozen=True, kw_only=True):
     cache_usage: float | None = None
     extra: dict[str, float] = {}
     """Other engine figures worth keeping (histogram sums/counts, prefix-cache counters)."""
+    asleep: bool = False
+    """The engine says it is asleep (metrics, probe, or its worker); it leaves selection."""
+    asleep_reason: str | None = None
+    """Which signal said so, e.g. ``vllm:engine_sleep_state{sleep_state=awake}=0``."""
 
 
 class MetricsBatch(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +132,9 @@ class MemberStatus(msgspec.Struct, frozen=True, kw_only=True):
     stale: bool = True
     scrape_error: str | None = None
     selections: int = 0
+    asleep: bool = False
+    excluded: str | None = None
+    """Why selection skips this member (``unavailable: ...``, ``asleep: <signal>``), if it does."""
 
 
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""An engine's load figures from parsed series, per its EngineMetricsSpec (pure)."""
+"""An engine's load figures and asleep signal from parsed series, per its EngineMetricsSpec."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shared.engines import EngineMetricsSpec
+from shared.engines import AsleepSignal, EngineMetricsSpec
 
 SeriesByName = Mapping[str, Sequence[tuple[Mapping[str, str], float]]]
 
@@ -25,6 +25,8 @@ class Extracted:
     running_req: float | None
     cache_usage: float | None
     extra: dict[str, float] = field(default_factory=dict)
+    asleep_reason: str | None = None
+    """Set when a series of ``spec.asleep`` says the engine is asleep: which one and its value."""
 
     @property
     def found(self) -> bool:
@@ -36,7 +38,8 @@ class Extracted:
 def wanted_names(spec: EngineMetricsSpec) -> frozenset[str]:
     """Every sample name ``extract`` may read for ``spec`` (what to parse)."""
     return frozenset(
-        [*spec.waiting_queue, *spec.running_req, *spec.cache_usage, *spec.extra.values()]
+        [*spec.waiting_queue, *spec.running_req, *spec.cache_usage, *spec.extra.values(),
+         *(signal.metric for signal in spec.asleep)]
     )
 
 
@@ -55,7 +58,25 @@ def extract(series_by_name: SeriesByName, spec: EngineMetricsSpec) -> Extracted:
         running_req=None if running is None else max(0.0, math.fsum(running)),
         cache_usage=None if usage is None else _usage_ratio(usage, spec),
         extra=extra,
+        asleep_reason=asleep_reason(series_by_name, spec.asleep),
     )
+
+
+def asleep_reason(series_by_name: SeriesByName, signals: Iterable[AsleepSignal]) -> str | None:
+    """The first signal with a matching sample that means asleep, as ``metric{labels}=value``.
+
+    Any one matching sample is enough: an engine with one data-parallel rank asleep
+    would still hang the requests that rank receives.
+    """
+    for signal in signals:
+        for labels, value in series_by_name.get(signal.metric, ()):
+            if not math.isfinite(value) or (value == 0) != (signal.when == "zero"):
+                continue
+            if all(labels.get(name) == wanted for name, wanted in signal.labels.items()):
+                selector = ",".join(f"{name}={wanted}" for name, wanted in signal.labels.items())
+                return f"{signal.metric}{{{selector}}}={value:g}" if selector \
+                    else f"{signal.metric}={value:g}"
+    return None
 
 
 def _first_present(series_by_name: SeriesByName, names: Iterable[str]) -> list[float] | None:

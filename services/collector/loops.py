@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 import msgspec
 from nats.aio.client import Client as NATS
 
+from services.collector.asleep import AsleepTracker
 from services.collector.membership import MembershipSource
 from services.collector.scraper import MetricsScraper
+from services.collector.workers_source import SleepingInstances
 from shared.config import Config, PoolConfig
 from shared.messages import PoolSnapshot
 from shared.subjects import Subjects
@@ -23,11 +26,13 @@ class Collector:
     """Keeps one membership task per configured pool and a fixed-rate scrape loop."""
 
     def __init__(self, nc: NATS, subjects: Subjects, scraper: MetricsScraper,
-                 config: Config) -> None:
+                 config: Config, *, sleeping: SleepingInstances | None = None) -> None:
         self.nc = nc
         self.subjects = subjects
         self.scraper = scraper
         self.config = config
+        self.sleeping = sleeping
+        self.asleep = AsleepTracker()
         self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
         self._tasks: dict[tuple[str, str],
                           tuple[PoolConfig, MembershipSource, asyncio.Task[None]]] = {}
@@ -46,6 +51,7 @@ class Collector:
                 del self._tasks[ident]
                 if new_cfg is None:
                     self.snapshots.pop(ident, None)
+                    self.asleep.forget(ident)
         for ident, pool in wanted.items():
             if ident not in self._tasks:
                 source = sources[config.pool_source(pool)]
@@ -79,18 +85,21 @@ class Collector:
 
     async def scrape_round(self) -> int:
         """Scrape every pool once and publish one batch per pool; returns members scraped."""
+        sleeping = self.sleeping.current() if self.sleeping is not None else {}
         jobs = []
         for pool in self.config.pools:
             snap = self.snapshots.get(pool.ident)
             if snap is None:
                 continue
-            jobs.append(self._scrape_pool(pool, snap))
+            jobs.append(self._scrape_pool(pool, snap, sleeping))
         counts = await asyncio.gather(*jobs)
         return sum(counts)
 
-    async def _scrape_pool(self, pool: PoolConfig, snap: PoolSnapshot) -> int:
+    async def _scrape_pool(self, pool: PoolConfig, snap: PoolSnapshot,
+                           sleeping: Mapping[str, str]) -> int:
         spec = self.config.engine_spec(pool)
         batch = await self.scraper.scrape_pool(pool, spec, snap.members)
+        batch = self.asleep.apply(pool, snap.members, batch, sleeping)
         try:
             await self.nc.publish(self.subjects.member_metrics(pool.partition, pool.name),
                                   self._enc.encode(batch))

@@ -13,7 +13,7 @@ from services.collector.f5_client import F5Client, http_client_for
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
 from services.collector.scraper import MetricsScraper, open_clients
-from services.collector.workers_source import WorkersSource
+from services.collector.workers_source import SleepingInstances, WorkersSource
 from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -73,7 +73,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     sources = _Sources(registry)
     # Many small clients: httpx's pool does per-request work that grows with its size.
     async with open_clients(SCRAPE_CLIENTS) as clients, MetricsScraper(clients) as scraper:
-        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg)
+        sleeping = SleepingInstances(registry)
+        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg, sleeping=sleeping)
         collector.apply_config(cfg, await sources.sources(cfg))
         watcher = ConfigWatcher(loaded)
 
@@ -83,6 +84,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
 
         watcher.subscribe(on_config)
         tasks = [asyncio.create_task(watcher.run(stop)),
+                 asyncio.create_task(sleeping.run(stop)),
                  asyncio.create_task(collector.run_scrapes(stop))]
         log.info("Collector running: %d pools, scrape every %d ms", len(cfg.pools),
                  cfg.scheduler.metrics_fetch_interval)

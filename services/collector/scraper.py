@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
+import msgspec
 
 from services.collector.extract import extract, wanted_names
 from shared.config import MetricsConfig, PoolConfig
-from shared.engines import EngineMetricsSpec
+from shared.engines import AsleepProbe, EngineMetricsSpec
 from shared.members import url_host
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch
 from shared.promparse import PromParseError, SampleSelector
@@ -178,8 +179,12 @@ class MetricsScraper:
                 scraped_at = now()
                 series = plan.selector.parse(body.decode("utf-8", errors="replace"))
                 figures = extract(series, plan.spec)
-                if not figures.found:
+                if not figures.found and figures.asleep_reason is None:
                     raise _ScrapeFailed(NO_ENGINE_METRICS)
+                asleep = figures.asleep_reason
+                if asleep is None and plan.spec.asleep_probe is not None:
+                    asleep = await self._probe_asleep(client, plan, metrics, member,
+                                                      plan.spec.asleep_probe)
             except Exception as err:  # every failure becomes a published ok=False result
                 error = _redact(_describe(err, plan.timeout), plan.secrets)
                 log.debug("scrape %s (%s) failed: %s", member.key, url, error,
@@ -189,7 +194,32 @@ class MetricsScraper:
             key=member.key, scraped_at=scraped_at, ok=True,
             waiting_queue=figures.waiting_queue, running_req=figures.running_req,
             cache_usage=figures.cache_usage, extra=figures.extra,
+            asleep=asleep is not None, asleep_reason=asleep,
         )
+
+    async def _probe_asleep(self, client: httpx.AsyncClient, plan: _PoolPlan,
+                            metrics: MetricsConfig, member: MemberInfo, probe: AsleepProbe
+                            ) -> str | None:
+        """The probe's verdict: a reason when it answers ``true``; None otherwise or on failure."""
+        url = f"{metrics.schema}://{url_host(member.host)}:{member.port}{probe.path}"
+        try:
+            async with asyncio.timeout(plan.timeout):
+                body = await self._fetch(client, plan, url)
+            answer = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            log.debug("asleep probe %s (%s): the answer is not JSON", member.key, url)
+            return None
+        except Exception as err:  # a probe that fails says nothing about sleep
+            log.debug("asleep probe %s (%s) failed: %s", member.key, url,
+                      _redact(_describe(err, plan.timeout), plan.secrets))
+            return None
+        value = answer.get(probe.field) if isinstance(answer, dict) else None
+        if value is True:
+            return f"GET {probe.path} {probe.field}=true"
+        if not isinstance(value, bool):
+            log.debug("asleep probe %s (%s): %r is not a JSON boolean", member.key, url,
+                      probe.field)
+        return None
 
     async def _fetch(self, client: httpx.AsyncClient, plan: _PoolPlan, url: str) -> bytes:
         request = client.build_request("GET", url, headers=plan.headers, timeout=plan.timeout)

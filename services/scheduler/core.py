@@ -118,6 +118,7 @@ class SchedulerCore:
                 metrics_age_s=None if m.metrics_at is None else round(now - m.metrics_at, 3),
                 stale=not fresh, scrape_error=m.last_error,
                 selections=pool.selections.get(m.key, 0),
+                asleep=m.asleep, excluded=m.exclusion(),
             ))
         return PoolStatus(
             name=name, partition=partition, engine_type=pool.engine_type,

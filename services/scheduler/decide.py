@@ -33,7 +33,7 @@ class Scored:
 
 
 def candidates(pool: PoolState, requested: list[str], ctx: DecisionContext) -> list[MemberState]:
-    """Request members ∩ known, available pool members (request order, duplicates once)."""
+    """Request members ∩ known, available, awake pool members (request order, duplicates once)."""
     out: list[MemberState] = []
     seen: set[str] = set()
     known = pool.members
@@ -47,10 +47,10 @@ def candidates(pool: PoolState, requested: list[str], ctx: DecisionContext) -> l
                 log.debug("pool %s:%s exclude %s: not a member of the pool",
                           ctx.pool, ctx.partition, key)
             continue
-        if not member.available:
+        if not member.available or member.asleep:
             if ctx.debug:
-                log.debug("pool %s:%s exclude %s: unavailable (down or disabled)",
-                          ctx.pool, ctx.partition, key)
+                log.debug("pool %s:%s exclude %s: %s", ctx.pool, ctx.partition, key,
+                          member.exclusion())
             continue
         out.append(member)
     return out

@@ -17,6 +17,7 @@ from services.scheduler.core import SchedulerCore
 from services.scheduler.endpoints import SchedulerEndpoints, start_service
 from services.scheduler.persist import StatePersister, warm_up
 from services.scheduler.plugins.registry import default_registry
+from services.scheduler.view import MemberState
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -82,8 +83,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         except msgspec.DecodeError as err:
             log.warning("Dropping malformed metrics batch on %s: %s", msg.subject, err)
             return
-        if core.view.apply_metrics(batch) is not None:
+        sleep_changes: list[MemberState] = []
+        if core.view.apply_metrics(batch, sleep_changes) is not None:
             persister.metrics_changed((batch.pool, batch.partition))
+        for member in sleep_changes:
+            if member.asleep:
+                log.info("Pool %s:%s member %s asleep (%s): out of selection until awake",
+                         batch.pool, batch.partition, member.key, member.asleep_reason)
+            else:
+                log.info("Pool %s:%s member %s awake: back in selection", batch.pool,
+                         batch.partition, member.key)
 
     subs = [
         await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot),
@@ -131,11 +140,11 @@ async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
             return
         now = time.time()
         for pool in list(core.view.pools.values()):
-            fresh = [m for m in pool.members.values()
-                     if m.available and m.fresh(now, core.stale_after_s)]
+            serving = [m for m in pool.members.values() if m.available and not m.asleep]
+            fresh = [m for m in serving if m.fresh(now, core.stale_after_s)]
             event = LoadEvent(
                 name=pool.name, partition=pool.partition, members=len(pool.members),
-                available=sum(1 for m in pool.members.values() if m.available),
+                available=len(serving),
                 waiting_queue=sum(m.waiting_queue or 0.0 for m in fresh),
                 running_req=sum(m.running_req or 0.0 for m in fresh),
                 cache_usage_avg=(sum(m.cache_usage or 0.0 for m in fresh) / len(fresh))

@@ -23,6 +23,9 @@ class MemberState:
     last_scrape_at: float | None = None
     last_error: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    asleep: bool = False
+    """The engine said it is asleep; it stays out of selection until a scrape says awake."""
+    asleep_reason: str | None = None
 
     def fresh(self, now: float, stale_after_s: float) -> bool:
         """True when the values are present and younger than the staleness window."""
@@ -33,20 +36,37 @@ class MemberState:
             and self.cache_usage is not None
         )
 
-    def apply(self, m: MemberMetrics) -> None:
-        """Take a scrape result; a failure keeps the old values so they age into staleness."""
+    def exclusion(self) -> str | None:
+        """Why selection skips this member, or None when it is a candidate."""
+        if not self.available:
+            return "unavailable (down or disabled)"
+        if self.asleep:
+            return f"asleep: {self.asleep_reason or 'engine reports sleeping'}"
+        return None
+
+    def apply(self, m: MemberMetrics) -> bool:
+        """Take a scrape result; True when it changed whether the member is asleep.
+
+        A failure keeps the old values so they age into staleness, and keeps the asleep
+        state unless the result still carries a positive signal (from the member's worker):
+        an asleep engine stays out until a successful scrape says it is awake.
+        """
         if self.last_scrape_at is not None and m.scraped_at < self.last_scrape_at:
-            return
+            return False
         self.last_scrape_at = m.scraped_at
+        was_asleep = self.asleep
+        if m.asleep or m.ok:
+            self.asleep, self.asleep_reason = m.asleep, m.asleep_reason
         if not m.ok:
             self.last_error = m.error or "scrape failed"
-            return
+            return self.asleep != was_asleep
         self.last_error = None
         self.waiting_queue = m.waiting_queue
         self.running_req = m.running_req
         self.cache_usage = m.cache_usage
         self.metrics_at = m.scraped_at
         self.extra = dict(m.extra)
+        return self.asleep != was_asleep
 
     def to_metrics(self) -> MemberMetrics:
         """The last good values, for the durable copy."""
@@ -54,6 +74,7 @@ class MemberState:
             key=self.key, scraped_at=self.metrics_at or 0.0, ok=self.metrics_at is not None,
             error=self.last_error, waiting_queue=self.waiting_queue,
             running_req=self.running_req, cache_usage=self.cache_usage, extra=self.extra,
+            asleep=self.asleep, asleep_reason=self.asleep_reason,
         )
 
 
@@ -110,15 +131,19 @@ class ClusterView:
         old.host, old.port, old.available = info.host, info.port, info.available
         return old
 
-    def apply_metrics(self, batch: MetricsBatch) -> PoolState | None:
-        """Merge a scrape round; members unknown to the snapshot are ignored."""
+    def apply_metrics(self, batch: MetricsBatch,
+                      sleep_changes: list[MemberState] | None = None) -> PoolState | None:
+        """Merge a scrape round; members unknown to the snapshot are ignored.
+
+        Members that fell asleep or woke up are appended to ``sleep_changes`` when given.
+        """
         pool = self.pools.get((batch.pool, batch.partition))
         if pool is None:
             return None
         for m in batch.members:
             member = pool.members.get(m.key)
-            if member is not None:
-                member.apply(m)
+            if member is not None and member.apply(m) and sleep_changes is not None:
+                sleep_changes.append(member)
         return pool
 
     def retain(self, idents: set[tuple[str, str]]) -> list[tuple[str, str]]:
