@@ -4,41 +4,36 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated
 
 import msgspec
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 
 from services.api.fastpath import UNAVAILABLE, select_response
 from services.api.health import health_router
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.schemas import (
+    ANALYZE,
+    MAX_ANALYZE,
+    MAX_SIMULATE,
+    SCHEMAS,
+    SELECT_BODY,
+    SELECT_RESPONSES,
+    SIM_RESPONSES,
+    SIMULATE,
+    PoolsReply,
+)
 from services.api.validation import check_iterations, decode_select
 from shared.config import Config
 from shared.errors import BadRequest, error_response, install_error_handlers
-from shared.messages import SimulateRequest
+from shared.messages import AnalyzeReply, PoolStatus, SimulateReply, SimulateRequest
+from shared.openapi import errors, install_schemas, reply
 from shared.state import StateStore
 
 log = logging.getLogger("llmsched.api")
 
-MAX_SIMULATE = 100_000
-MAX_ANALYZE = 100_000
-
-_SELECT_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {
-            "type": "object", "required": ["pool_name", "members"],
-            "properties": {
-                "pool_name": {"type": "string"},
-                "partition": {"type": "string", "default": "Common"},
-                "members": {"type": "array", "items": {"type": "string"},
-                            "example": ["10.10.10.10:8001", "10.10.10.10:8002"]},
-            },
-        }}},
-    },
-    "responses": {"200": {"description": "`ip:port`, `none` or `fallback`",
-                          "content": {"text/plain": {}}}},
-}
+PoolName = Annotated[str, Path(description="F5 pool name", examples=["llm_pool"])]
+Partition = Annotated[str, Path(description="F5 partition", examples=["Common"])]
 
 
 @dataclass
@@ -79,28 +74,30 @@ def create_app(state: ApiState) -> FastAPI:
             log.warning("Scheduler error %d: %s", exc.code, exc.message)
         return error_response(status, exc.message, None, "scheduler_error")
 
-    @app.post("/scheduler/select", response_class=Response, openapi_extra=_SELECT_SCHEMA,
-              summary="Pick the member for one request")
+    @app.post("/scheduler/select", response_class=Response, openapi_extra=SELECT_BODY,
+              responses=SELECT_RESPONSES, summary="Pick the member for one request")
     async def select(request: Request) -> Response:
         # Served by SelectFastPath in front of this app; kept for /docs and direct use.
         status, headers, body = await select_response(state, await request.body(), encode)
         return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 
-    @app.get("/pools/status", summary="Status of every pool")
+    @app.get("/pools/status", summary="Status of every pool",
+             responses={**reply(PoolsReply), **errors(503)})
     async def pools_status() -> Response:
-        reply = await state.scheduler.status()
-        return Response(encode({"pools": reply.pools}), media_type="application/json")
+        status = await state.scheduler.status()
+        return Response(encode(PoolsReply(pools=status.pools)), media_type="application/json")
 
-    @app.get("/pools/{pool_name}/{partition}/status", summary="Status of one pool")
-    async def pool_status(pool_name: str, partition: str) -> Response:
+    @app.get("/pools/{pool_name}/{partition}/status", summary="Status of one pool",
+             responses={**reply(PoolStatus), **errors(404, 503)})
+    async def pool_status(pool_name: PoolName, partition: Partition) -> Response:
         try:
-            reply = await state.scheduler.status(pool_name, partition)
+            got = await state.scheduler.status(pool_name, partition)
         except SchedulerError as err:
             if err.code == 404:
                 return error_response(404, f"pool {pool_name} in partition {partition} is"
                                       " unknown", "pool_name", "pool_not_found")
             raise
-        return Response(encode(reply.pools[0]), media_type="application/json")
+        return Response(encode(got.pools[0]), media_type="application/json")
 
     async def _sim_body(request: Request, pool_name: str, partition: str,
                         iterations: int) -> bytes:
@@ -114,20 +111,23 @@ def create_app(state: ApiState) -> FastAPI:
         return encode(SimulateRequest(pool_name=pool_name, partition=partition,
                                       members=body.members, iterations=iterations))
 
-    @app.post("/pools/{pool_name}/{partition}/simulate", openapi_extra=_SELECT_SCHEMA,
+    @app.post("/pools/{pool_name}/{partition}/simulate", openapi_extra=SIMULATE,
+              responses={**reply(SimulateReply), **SIM_RESPONSES},
               summary="Run N selections against the current scores")
-    async def simulate(request: Request, pool_name: str, partition: str) -> Response:
+    async def simulate(request: Request, pool_name: PoolName, partition: Partition) -> Response:
         n = check_iterations(request.query_params.get("iterations"), 100, MAX_SIMULATE)
-        reply = await state.scheduler.simulate(await _sim_body(request, pool_name, partition, n))
-        return Response(encode(reply), media_type="application/json")
+        sim = await state.scheduler.simulate(await _sim_body(request, pool_name, partition, n))
+        return Response(encode(sim), media_type="application/json")
 
-    @app.post("/pools/{pool_name}/{partition}/analyze", openapi_extra=_SELECT_SCHEMA,
+    @app.post("/pools/{pool_name}/{partition}/analyze", openapi_extra=ANALYZE,
+              responses={**reply(AnalyzeReply), **SIM_RESPONSES},
               summary="Theoretical vs observed selection probabilities")
-    async def analyze(request: Request, pool_name: str, partition: str) -> Response:
+    async def analyze(request: Request, pool_name: PoolName, partition: Partition) -> Response:
         n = check_iterations(request.query_params.get("iterations"), 1000, MAX_ANALYZE)
-        reply = await state.scheduler.analyze(await _sim_body(request, pool_name, partition, n))
-        return Response(encode(reply), media_type="application/json")
+        ana = await state.scheduler.analyze(await _sim_body(request, pool_name, partition, n))
+        return Response(encode(ana), media_type="application/json")
 
     app.include_router(health_router(state))
+    install_schemas(app, SCHEMAS)
 
     return app

@@ -8,10 +8,8 @@ import msgspec
 from fastapi import APIRouter, Response
 
 from services.api.scheduler_client import SchedulerClient
+from shared.openapi import probe, ref, reply
 from shared.state import StateStore
-
-HEALTH_METHODS = ["GET", "HEAD"]
-"""Load-balancer monitors probe with HEAD: same status, no body."""
 
 
 class Checks(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -37,6 +35,11 @@ class LiveReply(msgspec.Struct, kw_only=True):
     status: Literal["alive"]
 
 
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **reply(HealthReply),
+    503: {"description": "Not healthy / not ready: `message` says why",
+          "content": {"application/json": {"schema": ref(HealthReply)}}}}
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -60,13 +63,13 @@ def health_router(state: Any) -> APIRouter:
     """The three health routes over ``state`` (an ApiState: scheduler, store, config_version)."""
     router = APIRouter(tags=["health"])
 
-    @router.api_route("/livez", methods=HEALTH_METHODS,
-                      summary="Liveness: the process serves HTTP (always 200)")
+    @probe(router, "/livez", reply(LiveReply),
+           summary="Liveness: the process serves HTTP (always 200)")
     async def livez() -> Response:
         return _reply(LiveReply(status="alive"))
 
-    @router.api_route("/readyz", methods=HEALTH_METHODS,
-                      summary="Readiness: NATS connected and a scheduler replica answers")
+    @probe(router, "/readyz", HEALTH_RESPONSES,
+           summary="Readiness: NATS connected and a scheduler replica answers")
     async def readyz() -> Response:
         checks, reason = await _bus(state.scheduler)
         if reason is not None:
@@ -74,8 +77,8 @@ def health_router(state: Any) -> APIRouter:
         return _reply(HealthReply(status="ready", message=f"{checks.scheduler_replicas} "
                                   "scheduler replica(s) answering", checks=checks))
 
-    @router.api_route("/health", methods=HEALTH_METHODS,
-                      summary="Truthful health: bus, scheduler replicas, state store")
+    @probe(router, "/health", HEALTH_RESPONSES,
+           summary="Truthful health: bus, scheduler replicas, state store")
     async def health() -> Response:
         checks, reason = await _bus(state.scheduler)
         store: StateStore | None = state.store

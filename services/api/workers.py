@@ -16,6 +16,14 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Request, Response
 from redis.exceptions import RedisError, WatchError
 
+from services.api.schemas import (
+    HEARTBEAT_BODY,
+    REGISTER_BODY,
+    HeartbeatReply,
+    RegisterReply,
+    UnregisterReply,
+    WorkersReply,
+)
 from services.worker.models import (
     HeartbeatRequest,
     InstanceSummary,
@@ -23,6 +31,7 @@ from services.worker.models import (
     decode_object,
 )
 from shared.errors import BadRequest, error_response
+from shared.openapi import errors, reply
 from shared.state import redis_url
 
 log = logging.getLogger("llmsched.api")
@@ -283,7 +292,9 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
         return error_response(503, "worker registry unavailable (state store)", None,
                               "registry_unavailable", {"Retry-After": "1"})
 
-    @router.post("/workers/register", summary="A worker joins (or rejoins after a restart)")
+    @router.post("/workers/register", summary="A worker joins (or rejoins after a restart)",
+                 openapi_extra=REGISTER_BODY,
+                 responses={**reply(RegisterReply), **errors(400, 401, 503)})
     async def register(request: Request) -> Response:
         if (refusal := denied(request)) is not None:
             return refusal
@@ -297,7 +308,10 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
         return _json({"worker_id": record.worker_id, "state": record.state,
                       "lost_after_s": registry.lost_after(record)})
 
-    @router.post("/workers/{worker_id}/heartbeat", summary="A worker is alive; its instances")
+    @router.post("/workers/{worker_id}/heartbeat", summary="A worker is alive; its instances",
+                 openapi_extra=HEARTBEAT_BODY, responses={
+                     **reply(HeartbeatReply), **errors(400, 401, 404, 503, e404=(
+                         "The worker is not registered: it must register again"))})
     async def heartbeat(worker_id: str, request: Request) -> Response:
         if (refusal := denied(request)) is not None:
             return refusal
@@ -313,7 +327,8 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
                                   "worker_id", "worker_not_found")
         return _json({"worker_id": worker_id, "state": record.state})
 
-    @router.delete("/workers/{worker_id}/unregister", summary="A worker leaves")
+    @router.delete("/workers/{worker_id}/unregister", summary="A worker leaves",
+                   responses={**reply(UnregisterReply), **errors(401, 404, 503)})
     async def unregister(worker_id: str, request: Request) -> Response:
         if (refusal := denied(request)) is not None:
             return refusal
@@ -326,7 +341,8 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
                                   "worker_not_found")
         return _json({"worker_id": worker_id, "unregistered": True})
 
-    @router.get("/admin/workers", summary="Every registered worker, active or lost")
+    @router.get("/admin/workers", summary="Every registered worker, active or lost",
+                responses={**reply(WorkersReply), **errors(401, 503)})
     async def admin_workers(request: Request) -> Response:
         if (refusal := denied(request)) is not None:
             return refusal

@@ -6,40 +6,54 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 
 from services.worker.instance import Instance
 from services.worker.instances import InstanceManager
-from services.worker.models import BACKENDS, ModelSpec, SleepRequest, decode_object
+from services.worker.models import (
+    BACKENDS,
+    InstanceInfo,
+    InstanceStatus,
+    ModelSpec,
+    SleepRequest,
+    decode_object,
+)
 from services.worker.proxy import proxy
+from services.worker.replies import InstanceList, Probe, Stopped, WorkerHealth, WorkerInfo
 from shared.errors import BadRequest, error_response, install_error_handlers
+from shared.openapi import Responses, body, errors, install_schemas, merge, probe, query, ref, reply
 
 log = logging.getLogger("llmsched.worker")
 
-VERSION = "0.1.0"
-HEALTH_METHODS = ["GET", "HEAD"]
-"""Load-balancer monitors probe with HEAD: same status, no body."""
+AliasPath = Annotated[str, Path(description="instance name (alias, alias-r2, ...)",
+                                examples=["fake-model"])]
 
-_SPEC_BODY: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["alias"],
-        "properties": {f.name: {} for f in msgspec.structs.fields(ModelSpec)},
-        "example": {"alias": "fake-model", "model_name": "__fake__", "fake": True,
-                    "fake_response": "FAKE_OK", "fake_delay_ms": 3000, "fake_capacity": 1},
-    }}}},
-}
-_SLEEP_BODY: dict[str, Any] = {
-    "requestBody": {"required": False, "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"level": {"enum": [1, 2]},
-                                         "drain_timeout_s": {"type": "number"}}}}}},
-}
-_PROXY_BODY: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "description": "an OpenAI request; stream: true is relayed as SSE"}}}},
-}
+VERSION = "0.1.0"
+
+_SPEC_EXAMPLE = {"alias": "fake-model", "model_name": "__fake__", "fake": True,
+                 "fake_response": "FAKE_OK", "fake_delay_ms": 3000, "fake_capacity": 1}
+_OPENAI_BODY = body({"type": "object", "description": "an OpenAI request; stream: true is "
+                     "relayed as Server-Sent Events"},
+                    example={"model": "fake-model",
+                             "messages": [{"role": "user", "content": "hi"}]})
+_RELAYED = {"description": "The engine's own answer, relayed as it is",
+            "content": {"application/json": {"schema": {"type": "object"}}}}
+_PROXY_RESPONSES: Responses = {
+    200: {"description": "The engine's answer (JSON, or text/event-stream when streaming)",
+          "content": {"application/json": {"schema": {"type": "object"}},
+                      "text/event-stream": {"schema": {"type": "string"}}}},
+    **errors(401, 404, 502, 503, e502="The engine is unreachable",
+             e503="The instance is not taking requests (starting, asleep, draining)"),
+    "4XX": _RELAYED, "5XX": _RELAYED}
+_INSTANCE = reply(InstanceInfo)
+_PROBE = {**reply(Probe), 503: {"description": "Shutting down",
+                                "content": {"application/json": {"schema": ref(Probe)}}}}
+SCHEMAS: list[type[Any]] = [WorkerHealth, Probe, WorkerInfo, InstanceList, InstanceInfo,
+                            InstanceStatus, Stopped, ModelSpec, SleepRequest]
+"""Every msgspec type the worker's OpenAPI document refers to."""
 
 
 @dataclass
@@ -84,43 +98,53 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
             raise BadRequest(None, "missing or wrong API key (Authorization: Bearer <key>)", 401,
                              "unauthorized")
 
-    @app.api_route("/health", methods=HEALTH_METHODS, summary="Health: serving, instance count")
+    @probe(app, "/health", {**reply(WorkerHealth), 503: {
+        "description": "Shutting down", "content": {"application/json": {
+            "schema": ref(WorkerHealth)}}}}, summary="Health: serving, instance count")
     async def health() -> Response:
         if manager.stopping:
-            return _json({"status": "unhealthy", "worker_id": identity.worker_id,
-                          "instances": len(manager.instances), "message": "shutting down"},
-                         503)
-        return _json({"status": "healthy", "worker_id": identity.worker_id,
-                      "instances": len(manager.instances)})
+            return _json(WorkerHealth(status="unhealthy", worker_id=identity.worker_id,
+                                      instances=len(manager.instances),
+                                      message="shutting down"), 503)
+        return _json(WorkerHealth(status="healthy", worker_id=identity.worker_id,
+                                  instances=len(manager.instances)))
 
-    @app.api_route("/livez", methods=HEALTH_METHODS,
-                   summary="Liveness: the process serves HTTP (always 200)")
+    @probe(app, "/livez", reply(Probe),
+           summary="Liveness: the process serves HTTP (always 200)")
     async def livez() -> Response:
-        return _json({"status": "alive"})
+        return _json(Probe(status="alive"))
 
-    @app.api_route("/readyz", methods=HEALTH_METHODS,
-                   summary="Readiness: takes instance and proxy requests (503 when stopping)")
+    @probe(app, "/readyz", _PROBE,
+           summary="Readiness: takes instance and proxy requests (503 when stopping)")
     async def readyz() -> Response:
         if manager.stopping:
-            return _json({"status": "not_ready", "message": "shutting down"}, 503)
-        return _json({"status": "ready", "message": f"{len(manager.instances)} instance(s)"})
+            return _json(Probe(status="not_ready", message="shutting down"), 503)
+        return _json(Probe(status="ready", message=f"{len(manager.instances)} instance(s)"))
 
     api = APIRouter(dependencies=[Depends(authorised)])
 
-    @api.get("/info", summary="This worker: identity, host GPUs, backends")
+    @api.get("/info", summary="This worker: identity, host GPUs, backends",
+             responses={**reply(WorkerInfo), **errors(401)})
     async def info() -> Response:
         s = manager.settings
-        return _json({
-            "worker_id": identity.worker_id, "worker_url": identity.worker_url,
-            "version": VERSION, "engine_host": s.engine_host, "advertise_host": s.advertise_host,
-            "gpu": s.gpu, "gpu_info": await manager.host_gpu(),
-            "default_backend": s.default_backend, "backends": list(BACKENDS),
-            "vllm_python": s.vllm_python, "instances": len(manager.instances),
-            "started_at": identity.started_at,
-            "uptime_s": round(time.time() - identity.started_at, 3)})
+        return _json(WorkerInfo(
+            worker_id=identity.worker_id, worker_url=identity.worker_url,
+            version=VERSION, engine_host=s.engine_host, advertise_host=s.advertise_host,
+            gpu=s.gpu, gpu_info=await manager.host_gpu(),
+            default_backend=s.default_backend, backends=list(BACKENDS),
+            vllm_python=s.vllm_python, instances=len(manager.instances),
+            started_at=identity.started_at,
+            uptime_s=round(time.time() - identity.started_at, 3)))
 
-    @api.post("/instances/start", status_code=201, openapi_extra=_SPEC_BODY,
-              summary="Start an instance of a model (201 ready, 202 still starting)")
+    @api.post("/instances/start", status_code=201, summary=(
+        "Start an instance of a model (201 ready, 202 still starting)"),
+        openapi_extra=merge(body(ModelSpec, example=_SPEC_EXAMPLE), query(
+            "wait", {"type": "boolean", "default": False},
+            "answer only once the instance is ready or failed")),
+        responses={**reply(InstanceInfo, "Started and ready", 201),
+                   **reply(InstanceInfo, "Starting (a process engine boots)", 202),
+                   **errors(400, 401, 409, 502, e409="The name is taken (or the port)",
+                            e502="The engine failed to start")})
     async def start(request: Request) -> Response:
         spec, ignored = decode_object(await request.body(), ModelSpec)
         wait = request.query_params.get("wait", "").lower() in ("1", "true", "yes")
@@ -131,32 +155,42 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
                              "engine_failed")
         return _json(inst.info(manager.settings.advertise_host), status)
 
-    @api.get("/instances", summary="Every instance")
+    @api.get("/instances", summary="Every instance",
+             responses={**reply(InstanceList), **errors(401)})
     async def instances() -> Response:
         return _json({"instances": manager.infos()})
 
-    @api.get("/instances/{alias}", summary="One instance")
-    async def instance(alias: str) -> Response:
+    @api.get("/instances/{alias}", summary="One instance",
+             responses={**_INSTANCE, **errors(401, 404)})
+    async def instance(alias: AliasPath) -> Response:
         return _json(manager.get(alias).info(manager.settings.advertise_host))
 
-    @api.get("/instances/{alias}/status", summary="Live status from the engine and the proxy")
-    async def status(alias: str) -> Response:
+    @api.get("/instances/{alias}/status", summary="Live status from the engine and the proxy",
+             responses={**reply(InstanceStatus), **errors(401, 404)})
+    async def status(alias: AliasPath) -> Response:
         return _json(await manager.status(alias))
 
-    @api.post("/instances/{alias}/stop", summary="Stop (unload) an instance")
-    async def stop(alias: str) -> Response:
-        return _json({"stopped": True, "instance": await manager.stop(alias)})
+    @api.post("/instances/{alias}/stop", summary="Stop (unload) an instance",
+              responses={**reply(Stopped), **errors(401, 404)})
+    async def stop(alias: AliasPath) -> Response:
+        return _json(Stopped(stopped=True, instance=await manager.stop(alias)))
 
-    @api.post("/instances/{alias}/sleep", openapi_extra=_SLEEP_BODY,
-              summary="Drain, then sleep at level 1 or 2 (?level= or body)")
-    async def sleep(alias: str, request: Request) -> Response:
+    @api.post("/instances/{alias}/sleep", summary=(
+        "Drain, then sleep at level 1 or 2 (?level= or body)"),
+        openapi_extra=merge(body(SleepRequest, required=False), query(
+            "level", {"type": "integer", "enum": [1, 2]}, "sleep level (default: body, else 1)")),
+        responses={**_INSTANCE, **errors(400, 401, 404, 409, 502,
+                                          e409="The instance is starting or failed")})
+    async def sleep(alias: AliasPath, request: Request) -> Response:
         manager.get(alias)
         body, _ = decode_object(await request.body(), SleepRequest, empty_ok=True)
         inst = await manager.sleep(alias, _level(request, body), body.drain_timeout_s)
         return _json(inst.info(manager.settings.advertise_host))
 
-    @api.post("/instances/{alias}/wake", summary="Wake a sleeping instance")
-    async def wake(alias: str) -> Response:
+    @api.post("/instances/{alias}/wake", summary="Wake a sleeping instance",
+              responses={**_INSTANCE, **errors(401, 404, 409, 502,
+                                                e409="The instance is starting or failed")})
+    async def wake(alias: AliasPath) -> Response:
         inst = await manager.wake(alias)
         return _json(inst.info(manager.settings.advertise_host))
 
@@ -167,15 +201,18 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
                                   "model_not_found")
         return await proxy(inst, manager.http, request, path)
 
-    @api.post("/proxy/{alias}/v1/chat/completions", openapi_extra=_PROXY_BODY,
+    @api.post("/proxy/{alias}/v1/chat/completions", openapi_extra=_OPENAI_BODY,
+              responses=_PROXY_RESPONSES,
               summary="OpenAI chat completions on one instance (streamed through)")
-    async def proxy_chat(alias: str, request: Request) -> Response:
+    async def proxy_chat(alias: AliasPath, request: Request) -> Response:
         return await relay(alias, request, "/v1/chat/completions")
 
-    @api.post("/proxy/{alias}/v1/completions", openapi_extra=_PROXY_BODY,
+    @api.post("/proxy/{alias}/v1/completions", openapi_extra=_OPENAI_BODY,
+              responses=_PROXY_RESPONSES,
               summary="OpenAI completions on one instance (streamed through)")
-    async def proxy_completions(alias: str, request: Request) -> Response:
+    async def proxy_completions(alias: AliasPath, request: Request) -> Response:
         return await relay(alias, request, "/v1/completions")
 
     app.include_router(api)
+    install_schemas(app, SCHEMAS)
     return app
