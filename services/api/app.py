@@ -29,6 +29,7 @@ from shared.errors import BadRequest, error_response, install_error_handlers
 from shared.messages import AnalyzeReply, PoolStatus, SimulateReply, SimulateRequest
 from shared.openapi import errors, install_schemas, reply
 from shared.state import StateStore
+from shared.swagger import serve_swagger_ui
 
 log = logging.getLogger("llmsched.api")
 
@@ -55,7 +56,9 @@ class ApiState:
 def create_app(state: ApiState) -> FastAPI:
     """The FastAPI app over ``state`` (no globals: everything hangs off this closure)."""
     app = FastAPI(title="llmsched", version="0.1.0",
-                  description="Select API for F5/gateways, pool status and analysis.")
+                  description="Select API for F5/gateways, pool status and analysis.",
+                  docs_url=None, redoc_url=None)
+    serve_swagger_ui(app)
     app.state.api = state
     encode = msgspec.json.Encoder().encode
 

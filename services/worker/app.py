@@ -25,6 +25,7 @@ from services.worker.proxy import proxy
 from services.worker.replies import InstanceList, Probe, Stopped, WorkerHealth, WorkerInfo
 from shared.errors import BadRequest, error_response, install_error_handlers
 from shared.openapi import Responses, body, errors, install_schemas, merge, probe, query, ref, reply
+from shared.swagger import serve_swagger_ui
 
 log = logging.getLogger("llmsched.worker")
 
@@ -83,7 +84,9 @@ def _level(request: Request, body: SleepRequest) -> int:
 def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
     """The FastAPI app of one worker (no globals: everything hangs off this closure)."""
     app = FastAPI(title="llmsched worker", version=VERSION,
-                  description="Starts, sleeps, wakes and proxies this host's engine instances.")
+                  description="Starts, sleeps, wakes and proxies this host's engine instances.",
+                  docs_url=None, redoc_url=None)
+    serve_swagger_ui(app)
 
     install_error_handlers(app)
 
