@@ -9,7 +9,7 @@ from typing import Annotated
 import msgspec
 from fastapi import FastAPI, Path, Request, Response
 
-from services.api.fastpath import UNAVAILABLE, select_response
+from services.api.fastpath import ACCESS_LOGGER, UNAVAILABLE, select_response
 from services.api.health import health_router
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
 from services.api.schemas import (
@@ -24,6 +24,7 @@ from services.api.schemas import (
     PoolsReply,
 )
 from services.api.validation import check_iterations, decode_select
+from shared.access_log import AccessLog
 from shared.config import Config
 from shared.errors import BadRequest, error_response, install_error_handlers
 from shared.messages import AnalyzeReply, PoolStatus, SimulateReply, SimulateRequest
@@ -59,6 +60,8 @@ def create_app(state: ApiState) -> FastAPI:
                   description="Select API for F5/gateways, pool status and analysis.",
                   docs_url=None, redoc_url=None)
     serve_swagger_ui(app)
+    # Every route but the select fast path (which logs its own requests) passes through here.
+    app.add_middleware(AccessLog, log=logging.getLogger(ACCESS_LOGGER))
     app.state.api = state
     encode = msgspec.json.Encoder().encode
 

@@ -8,6 +8,7 @@ more than the whole NATS round trip, so the hot path skips it. Every other route
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -15,9 +16,11 @@ import msgspec
 
 from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
 from services.api.validation import MAX_BODY_BYTES, decode_select
+from shared.access_log import log_request
 from shared.errors import BadRequest, error_body
 
 log = logging.getLogger("llmsched.api")
+ACCESS_LOGGER = "llmsched.api.access"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,12 +40,14 @@ class SelectFastPath:
         self.app = app
         self.state = state
         self._encode = msgspec.json.Encoder().encode
+        self.access = logging.getLogger(ACCESS_LOGGER)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["path"] != "/scheduler/select"
                 or scope["method"] != "POST"):
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         try:
             raw = await _read_body(receive)
         except BadRequest as err:
@@ -52,6 +57,8 @@ class SelectFastPath:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+        if status >= 400 or self.access.isEnabledFor(logging.DEBUG):
+            log_request(self.access, scope, status, time.perf_counter() - started)
 
 
 async def select_response(state: Any, raw: bytes, encode: Callable[[Any], bytes]

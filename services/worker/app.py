@@ -23,6 +23,7 @@ from services.worker.models import (
 )
 from services.worker.proxy import proxy
 from services.worker.replies import InstanceList, Probe, Stopped, WorkerHealth, WorkerInfo
+from shared.access_log import AccessLog
 from shared.errors import BadRequest, error_response, install_error_handlers
 from shared.openapi import Responses, body, errors, install_schemas, merge, probe, query, ref, reply
 from shared.swagger import serve_swagger_ui
@@ -87,6 +88,7 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
                   description="Starts, sleeps, wakes and proxies this host's engine instances.",
                   docs_url=None, redoc_url=None)
     serve_swagger_ui(app)
+    app.add_middleware(AccessLog, log=logging.getLogger("llmsched.worker.access"))
 
     install_error_handlers(app)
 
