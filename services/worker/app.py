@@ -21,10 +21,10 @@ from services.worker.models import (
     SleepRequest,
     decode_object,
 )
-from services.worker.proxy import proxy
+from services.worker.proxy import fetch, proxy
 from services.worker.replies import InstanceList, Probe, Stopped, WorkerHealth, WorkerInfo
 from shared.access_log import AccessLog
-from shared.errors import BadRequest, error_response, install_error_handlers
+from shared.errors import BadRequest, install_error_handlers
 from shared.openapi import Responses, body, errors, install_schemas, merge, probe, query, ref, reply
 from shared.swagger import serve_swagger_ui
 
@@ -49,6 +49,16 @@ _PROXY_RESPONSES: Responses = {
                       "text/event-stream": {"schema": {"type": "string"}}}},
     **errors(401, 404, 502, 503, e502="The engine is unreachable",
              e503="The instance is not taking requests (starting, asleep, draining)"),
+    "4XX": _RELAYED, "5XX": _RELAYED}
+_MODELS_RESPONSES: Responses = {
+    200: {"description": "The engine's model list: the alias and the instance name",
+          "content": {"application/json": {"schema": {
+              "type": "object", "required": ["object", "data"],
+              "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
+                  "type": "object", "required": ["id"],
+                  "properties": {"id": {"type": "string"}}}}}}}}},
+    **errors(401, 404, 502, 503, e502="The engine is unreachable",
+             e503="The instance is starting or failed"),
     "4XX": _RELAYED, "5XX": _RELAYED}
 _INSTANCE = reply(InstanceInfo)
 _PROBE = {**reply(Probe), 503: {"description": "Shutting down",
@@ -199,12 +209,20 @@ def create_app(manager: InstanceManager, identity: WorkerIdentity) -> FastAPI:
         inst = await manager.wake(alias)
         return _json(inst.info(manager.settings.advertise_host))
 
-    async def relay(alias: str, request: Request, path: str) -> Response:
+    def proxied(alias: str) -> Instance:
         inst: Instance | None = manager.instances.get(alias)
         if inst is None:
-            return error_response(404, f"no instance named {alias!r} on this worker", "alias",
-                                  "model_not_found")
-        return await proxy(inst, manager.http, request, path)
+            raise BadRequest("alias", f"no instance named {alias!r} on this worker", 404,
+                             "model_not_found")
+        return inst
+
+    async def relay(alias: str, request: Request, path: str) -> Response:
+        return await proxy(proxied(alias), manager.http, request, path)
+
+    @api.get("/proxy/{alias}/v1/models", responses=_MODELS_RESPONSES,
+             summary="OpenAI model list of one instance (the engine's answer)")
+    async def proxy_models(alias: AliasPath) -> Response:
+        return await fetch(proxied(alias), manager.http, "/v1/models")
 
     @api.post("/proxy/{alias}/v1/chat/completions", openapi_extra=_OPENAI_BODY,
               responses=_PROXY_RESPONSES,

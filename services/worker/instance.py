@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from services.worker.control import EngineLoad
 from services.worker.engines import Engine
 from services.worker.latency import LatencyStats
 from services.worker.models import (
@@ -75,14 +76,30 @@ class Instance:
             ready_at=self.ready_at, pid=engine.pid if engine else None, error=self.error,
             log_path=engine.log_path if engine else None, ignored_fields=list(self.ignored))
 
-    def summary(self, host: str) -> InstanceSummary:
-        """What a heartbeat reports."""
+    def live(self, load: EngineLoad | None) -> tuple[int, float | None, float | None]:
+        """In-flight requests, mean TTFT and mean e2e latency: the proxy's, else the engine's.
+
+        Requests routed straight to the engine never pass the proxy, so its own window may be
+        empty while the engine's histograms are not.
+        """
+        stats = self.stats
+        inflight = stats.inflight
+        if load is not None and load.running is not None:
+            inflight = max(inflight, round(load.running + (load.waiting or 0.0)))
+        ttft, e2e = stats.ttft_avg, stats.e2e_avg
+        if load is not None:
+            ttft = ttft if ttft is not None else load.ttft_avg
+            e2e = e2e if e2e is not None else load.e2e_avg
+        return inflight, ttft, e2e
+
+    def summary(self, host: str, load: EngineLoad | None = None) -> InstanceSummary:
+        """What a heartbeat reports; ``load`` is the engine's /metrics when it was read."""
+        inflight, ttft, e2e = self.live(load)
         return InstanceSummary(
             alias=self.name, model_alias=self.spec.alias, url=self.public_url(host),
             model_name=self.spec.model_name, engine=self.spec.engine, state=self.state,
             sleep_level=self.sleep_level, capacity=self.spec.capacity,
-            inflight_requests=self.stats.inflight, ttft_avg=self.stats.ttft_avg,
-            e2e_avg=self.stats.e2e_avg, fake=self.spec.fake)
+            inflight_requests=inflight, ttft_avg=ttft, e2e_avg=e2e, fake=self.spec.fake)
 
 
 class NotFound(BadRequest):

@@ -35,6 +35,8 @@ log = logging.getLogger("llmsched.worker")
 START_TIMEOUT_S: dict[Backend, float] = {
     "sim": 30.0, "sim-process": 60.0, "vllm-process": 900.0, "sglang-process": 900.0}
 DEFAULT_GPU_SHARE = 0.9
+SUMMARY_LOAD_TIMEOUT_S = 2.0
+"""A heartbeat waits this long for an engine's /metrics; it must not miss its beat."""
 
 
 @dataclass
@@ -61,10 +63,6 @@ def _gpu_share(spec: ModelSpec) -> float:
     if spec.gpu_memory_utilization is not None:
         return spec.gpu_memory_utilization
     return 0.0 if spec.fake else DEFAULT_GPU_SHARE  # a fake model loads no weights
-
-
-def _first(measured: float | None, engine_view: float | None) -> float | None:
-    return measured if measured is not None else engine_view
 
 
 class InstanceManager:
@@ -95,10 +93,23 @@ class InstanceManager:
         host = self.settings.advertise_host
         return [self.instances[n].info(host) for n in sorted(self.instances)]
 
-    def summaries(self) -> list[InstanceSummary]:
-        """Every instance as a heartbeat reports it."""
+    async def summaries(self) -> list[InstanceSummary]:
+        """Every instance as a heartbeat reports it, with the same figures as its status."""
         host = self.settings.advertise_host
-        return [self.instances[n].summary(host) for n in sorted(self.instances)]
+        insts = [self.instances[n] for n in sorted(self.instances)]
+        loads = await asyncio.gather(*(self._load(i) for i in insts))
+        return [i.summary(host, load) for i, load in zip(insts, loads, strict=True)]
+
+    async def _load(self, inst: Instance) -> EngineLoad | None:
+        """The engine's /metrics, or None when it is not up or does not answer in time."""
+        engine = inst.engine
+        if engine is None or inst.state in ("starting", "failed"):
+            return None
+        try:
+            return await asyncio.wait_for(self.control.metrics(engine.url, inst.spec.engine),
+                                          SUMMARY_LOAD_TIMEOUT_S)
+        except (EngineCallError, TimeoutError):
+            return None
 
     # -- start / stop --------------------------------------------------------------
     def _backend(self, spec: ModelSpec) -> Backend:
@@ -340,17 +351,13 @@ class InstanceManager:
                 error = str(got_load)
             self._reconcile(inst, load, sleeping if isinstance(sleeping, bool) else None)
         stats = inst.stats
-        inflight = stats.inflight
-        if load is not None and load.running is not None:
-            inflight = max(inflight, round(load.running + (load.waiting or 0.0)))
+        inflight, ttft_avg, e2e_avg = inst.live(load)
         return InstanceStatus(
             alias=inst.name, model_alias=inst.spec.alias, state=inst.state,
             sleep_level_value=inst.sleep_level, is_sleeping=inst.sleep_level > 0,
             inflight_requests=inflight, capacity=inst.spec.capacity,
-            ttft_last=stats.ttft_last,
-            ttft_avg=_first(stats.ttft_avg, load.ttft_avg if load else None),
-            e2e_last=stats.e2e_last,
-            e2e_avg=_first(stats.e2e_avg, load.e2e_avg if load else None),
+            ttft_last=stats.ttft_last, ttft_avg=ttft_avg,
+            e2e_last=stats.e2e_last, e2e_avg=e2e_avg,
             requests_total=stats.requests_total, gpu_info=await self._instance_gpu(inst, load),
             engine_reachable=load is not None,
             running=load.running if load else None, waiting=load.waiting if load else None,

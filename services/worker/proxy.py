@@ -21,6 +21,7 @@ FORWARD_RESPONSE = ("content-type", "content-encoding", "x-request-id", "cache-c
 INSTANCE_HEADER = "x-llmsched-instance"
 # Generations may run for minutes: only connecting is bounded.
 UPSTREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
+METADATA_TIMEOUT_S = 10.0
 
 
 def _rewrite_model(raw: bytes, inst: Instance) -> bytes:
@@ -108,3 +109,20 @@ async def proxy(inst: Instance, http: httpx.AsyncClient, request: Request, path:
         finish(inst, None, gated)
         raise
     return _Relay(upstream, inst, started, gated)
+
+
+async def fetch(inst: Instance, http: httpx.AsyncClient, path: str) -> Response:
+    """GET ``path`` of ``inst`` (metadata such as /v1/models): the engine's answer, relayed."""
+    if inst.engine is None or inst.state in ("starting", "failed"):
+        return error_response(503, f"instance {inst.name} is {inst.state}; retry elsewhere",
+                              None, "instance_unavailable", {"Retry-After": "1"})
+    try:
+        upstream = await http.get(inst.local_url + path, headers={"accept-encoding": "identity"},
+                                  timeout=METADATA_TIMEOUT_S)
+    except httpx.HTTPError as err:
+        return error_response(502, f"instance {inst.name} unreachable: {type(err).__name__} "
+                              f"{err}".strip(), None, "upstream_unreachable")
+    headers = {INSTANCE_HEADER: inst.name}
+    if content_type := upstream.headers.get("content-type"):
+        headers["content-type"] = content_type
+    return Response(upstream.content, upstream.status_code, headers=headers)

@@ -70,7 +70,7 @@ class Registrar:
         body = RegisterRequest(worker_id=self.worker_id, worker_url=self.worker_url,
                                gpu_info=await self._gpu_info(),
                                heartbeat_interval_s=self.interval_s,
-                               instances=self.instances.summaries())
+                               instances=await self.instances.summaries())
         r = await self._call("POST", "/workers/register", body)
         if r is None:
             return False
@@ -83,7 +83,7 @@ class Registrar:
 
     async def heartbeat(self) -> None:
         """One heartbeat; a 404 means the manager forgot us: register again."""
-        body = HeartbeatRequest(instances=self.instances.summaries(),
+        body = HeartbeatRequest(instances=await self.instances.summaries(),
                                 gpu_info=await self._gpu_info())
         r = await self._call("POST", f"/workers/{self.worker_id}/heartbeat", body)
         if r is None:
