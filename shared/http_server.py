@@ -25,6 +25,22 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def socket_from_fd(fd: int) -> socket.socket:
+    """The listening TCP socket a parent process handed down as file descriptor ``fd``."""
+    if fd < 0:
+        raise ValueError(f"file descriptor {fd} is negative")
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as err:
+        raise ValueError(f"file descriptor {fd} is not a socket ({err.strerror})") from None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET,
+                                                              socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ValueError(f"file descriptor {fd} is not a listening TCP socket")
+    sock.setblocking(False)
+    return sock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (for child processes that bind it themselves)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

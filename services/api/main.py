@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import sys
 
 import uvicorn
 
@@ -15,7 +17,7 @@ from services.api.workers import WorkerRegistry, workers_router
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
-from shared.http_server import QuietServer, bind_socket
+from shared.http_server import QuietServer, bind_socket, socket_from_fd
 from shared.logs import set_level
 from shared.runtime import run_service
 from shared.state import RedisStateStore
@@ -23,15 +25,36 @@ from shared.subjects import RedisKeys, Subjects
 
 log = logging.getLogger("llmsched.api")
 
+GRACEFUL_S = 15
+"""How long a stopping API waits for requests in flight (``llmsched up`` waits longer)."""
+ACCEPTED_GRACE_S = 0.3
+"""After closing the listener: time for just-accepted connections to read their request."""
 
-def run(loaded: LoadedConfig) -> int:
-    """``llmsched api``."""
-    return run_service("api", loaded, serve)
+
+def run(loaded: LoadedConfig, listen_fd: int | None = None) -> int:
+    """``llmsched api [--listen-fd N]``: N is a listening socket inherited from a supervisor."""
+    sock: socket.socket | None = None
+    if listen_fd is not None:
+        try:
+            sock = socket_from_fd(listen_fd)
+        except ValueError as err:
+            print(f"llmsched api: --listen-fd: {err}", file=sys.stderr)
+            return 2
+
+    async def serve_on(loaded: LoadedConfig, stop: asyncio.Event) -> None:
+        await serve(loaded, stop, sock=sock)
+
+    return run_service("api", loaded, serve_on)
 
 
 async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | None = None,
-                redis_url: str | None = None, port: int | None = None) -> None:
-    """Serve HTTP on ``global.api_host:global.api_port`` until ``stop`` is set."""
+                redis_url: str | None = None, port: int | None = None,
+                sock: socket.socket | None = None) -> None:
+    """Serve HTTP on ``sock``, else on ``global.api_host:global.api_port``, until ``stop``.
+
+    On ``stop`` the listener closes first and requests in flight finish (uvicorn's graceful
+    shutdown, at most GRACEFUL_S) before the bus and the store are closed.
+    """
     cfg = loaded.config
     nc = await connect_nats("api", nats_url)
     store = RedisStateStore(redis_url, keys=RedisKeys(cfg.global_.prefix))
@@ -56,9 +79,12 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     fastapi_app = create_app(state)
     fastapi_app.include_router(workers_router(registry))
     app = SelectFastPath(fastapi_app, state)
-    sock = bind_socket(cfg.global_.api_host, port if port is not None else cfg.global_.api_port)
+    if sock is None:
+        sock = bind_socket(cfg.global_.api_host,
+                           port if port is not None else cfg.global_.api_port)
     server = QuietServer(uvicorn.Config(app, log_config=None, log_level="warning",
-                                        access_log=False, lifespan="off", timeout_keep_alive=30))
+                                        access_log=False, lifespan="off", timeout_keep_alive=30,
+                                        timeout_graceful_shutdown=GRACEFUL_S))
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     watch_task = asyncio.create_task(watcher.run(stop))
     registry_task = asyncio.create_task(registry.run(stop))
@@ -69,6 +95,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         await asyncio.wait({server_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
     finally:
+        await stop_accepting(server)
         server.should_exit = True
         with contextlib.suppress(Exception):
             await server_task
@@ -79,3 +106,14 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         with contextlib.suppress(Exception):
             await nc.drain()
         await store.close()
+
+
+async def stop_accepting(server: uvicorn.Server) -> None:
+    """Close the listener, then give connections it already accepted time to start a request.
+
+    uvicorn's shutdown closes every connection with no request in progress; one accepted a
+    moment ago whose request is still unread would be reset instead of answered.
+    """
+    for listener in server.servers:
+        listener.close()
+    await asyncio.sleep(ACCEPTED_GRACE_S)
