@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.api.workers import ADMIN_KEY_ENV
 from shared.http_server import free_port
+from tests.integration.up_process import UpProcess, get, wait_for_member
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +79,25 @@ def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "run")], capture_output=True,
                                text=True).stdout.split()
     assert leftovers == [], leftovers
+
+
+def test_up_with_an_admin_key_sends_it_on_every_internal_call(tmp_path: Path) -> None:
+    key = "k-" + os.urandom(6).hex()
+    with UpProcess(tmp_path / "run", "--api-port", str(free_port()),
+                   env={ADMIN_KEY_ENV: key}) as up:
+        out = up.wait_up()
+        api, body = up.api, up.select_body()
+        wait_for_member(api, body)
+        assert f'-H "Authorization: Bearer ${ADMIN_KEY_ENV}"' in out, out
+        assert key not in out, "the key itself must not be printed"
+        status, text = get(f"{api}/admin/workers")
+        assert status == 401, (status, text)
+        deadline = time.monotonic() + 30
+        while True:
+            status, text = get(f"{api}/admin/workers", {"authorization": f"Bearer {key}"})
+            if status == 200 and "demo-worker" in text:
+                break
+            assert time.monotonic() < deadline, (status, text, up.log_tails())
+            time.sleep(0.3)
+        out = up.stop()
+    assert up.returncode == 0, out

@@ -1,0 +1,88 @@
+"""The demo fleet of ``llmsched up``: its config, its engines and the commands to try."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+DEMO_POOL = "demo-pool"
+DEMO_PARTITION = "Common"
+DEMO_F5_PASSWORD_ENV = "LLMSCHED_DEMO_F5_PASSWORD"
+DEMO_MODEL = "demo-model"
+DEMO_SPEEDS = (0.5, 1.0, 2.0)
+
+DEMO_HEADER = """\
+# llmsched demo config, written by `llmsched up` on its first run and kept from then on:
+# edit it freely. Changes apply within global.interval seconds (try
+# pools[0].fallback.pool_fallback: true). `llmsched up --reset-config` writes a fresh one
+# and keeps this one as a backup.
+# f5.port is where `llmsched up` starts its F5 emulator. The API listens on 8080, or on a
+# free port when 8080 is busy; set global.api_port to pin it (up then fails if it is busy).
+"""
+
+
+def demo_config(f5_port: int) -> dict[str, Any]:
+    """The embedded default: one F5 pool of three simulated engines."""
+    return {
+        "global": {"interval": 2, "api_host": "127.0.0.1", "log_level": "INFO",
+                   "select_timeout_ms": 250},
+        "f5": {"host": "127.0.0.1", "port": f5_port, "scheme": "http", "verify": False,
+               "username": "admin", "password_env": DEMO_F5_PASSWORD_ENV},
+        "scheduler": {"pool_fetch_interval": 5, "metrics_fetch_interval": 1000},
+        "modes": [{"name": "s1", "w_a": 0.8, "w_b": 0.2}],
+        "pools": [{
+            "name": DEMO_POOL, "partition": DEMO_PARTITION, "engine_type": "vllm",
+            "metrics": {"schema": "http", "path": "/metrics", "timeout": 2},
+            "fallback": {"pool_fallback": False, "member_running_req_threshold": 20.0,
+                         "member_waiting_queue_threshold": 15.0},
+        }],
+    }
+
+
+def auth_headers(admin_key: str | None) -> dict[str, str]:
+    """What every call to a key-protected endpoint sends."""
+    return {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+
+
+def start_demo_instances(worker: str, ports: list[int], admin_key: str | None) -> list[str]:
+    """Three simulated vLLM engines of mixed speeds on fixed ports, started by the worker."""
+    urls: list[str] = []
+    for i, (speed, port) in enumerate(zip(DEMO_SPEEDS, ports, strict=True)):
+        spec = {"alias": DEMO_MODEL, "model_name": "llama-3.1-8b-sim", "engine": "vllm",
+                "engine_backend": "sim", "max_num_seqs": 8, "speed": speed,
+                "add_replica": i > 0, "port": port}
+        request = urllib.request.Request(
+            f"{worker}/instances/start", data=json.dumps(spec).encode(), method="POST",
+            headers={"content-type": "application/json", **auth_headers(admin_key)})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            urls.append(str(json.loads(resp.read())["url"]).rstrip("/"))
+    return urls
+
+
+def instance_count(worker: str, admin_key: str | None) -> int:
+    """How many instances the worker runs now."""
+    request = urllib.request.Request(f"{worker}/instances", headers=auth_headers(admin_key))
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return len(json.loads(resp.read())["instances"])
+
+
+def try_lines(api: str, members: list[str], load_control: str, admin_key_env: str | None
+              ) -> list[str]:
+    """Ready-to-paste commands against the demo."""
+    body = json.dumps({"pool_name": DEMO_POOL, "partition": DEMO_PARTITION, "members": members})
+    auth = f" -H \"Authorization: Bearer ${admin_key_env}\"" if admin_key_env else ""
+    pool = f"{api}/pools/{DEMO_POOL}/{DEMO_PARTITION}"
+    return [
+        "Try:",
+        f"  curl -s -X POST {api}/scheduler/select -H 'content-type: application/json' "
+        f"-d '{body}'",
+        f"  curl -s -X POST '{pool}/analyze?iterations=1000' "
+        f"-H 'content-type: application/json' -d '{body}'",
+        f"  curl -s {pool}/status",
+        "  # pile requests onto engine 1 (its waiting queue rises, its share drops):",
+        f"  curl -s -X PUT {load_control} "
+        "-H 'content-type: application/json' -d '{\"target\": 0, \"concurrency\": 40}'",
+        "  # back to the automatic wave: -d '{\"target\": 0, \"auto\": true}'",
+        f"  curl -s {api}/admin/workers{auth}",
+    ]
