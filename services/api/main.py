@@ -13,7 +13,7 @@ import uvicorn
 from services.api.app import ApiState, create_app
 from services.api.fastpath import SelectFastPath
 from services.api.scheduler_client import SchedulerClient
-from services.api.workers import WorkerRegistry, workers_router
+from services.api.workers import workers_router
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -22,6 +22,7 @@ from shared.logs import set_level
 from shared.runtime import run_service
 from shared.state import RedisStateStore
 from shared.subjects import RedisKeys, Subjects
+from shared.workers import WorkerRegistry
 
 log = logging.getLogger("llmsched.api")
 

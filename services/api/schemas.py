@@ -8,9 +8,9 @@ import msgspec
 
 from services.api.health import HealthReply, LiveReply
 from services.api.validation import MAX_MEMBERS
-from services.worker.models import HeartbeatRequest, InstanceSummary, RegisterRequest
 from shared.messages import AnalyzeReply, PoolStatus, SimulateReply
 from shared.openapi import body, errors, merge, query
+from shared.workers import HeartbeatRequest, InstanceSummary, RegisterRequest
 
 MAX_SIMULATE = 100_000
 MAX_ANALYZE = 100_000

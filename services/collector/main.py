@@ -8,7 +8,6 @@ import logging
 
 import httpx
 
-from services.api.workers import WorkerRegistry
 from services.collector.f5_client import F5Client, http_client_for
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
@@ -20,6 +19,7 @@ from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.runtime import run_service
 from shared.subjects import Subjects
+from shared.workers import WorkerRegistry
 
 log = logging.getLogger("llmsched.collector")
 

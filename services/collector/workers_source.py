@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from services.api.workers import RoutableInstance, WorkerRegistry
 from shared.config import PoolConfig
 from shared.members import member_key
 from shared.messages import MemberInfo, PoolSnapshot
+from shared.workers import RoutableInstance, WorkerRegistry
 
 log = logging.getLogger("llmsched.collector.workers")
 

@@ -19,11 +19,11 @@ from services.worker.models import (
     InstanceStatus,
     ModelSpec,
     SleepRequest,
-    decode_object,
 )
 from services.worker.proxy import fetch, proxy
 from services.worker.replies import InstanceList, Probe, Stopped, WorkerHealth, WorkerInfo
 from shared.access_log import AccessLog
+from shared.decoding import decode_object
 from shared.errors import BadRequest, install_error_handlers
 from shared.openapi import Responses, body, errors, install_schemas, merge, probe, query, ref, reply
 from shared.swagger import serve_swagger_ui

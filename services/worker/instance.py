@@ -12,11 +12,11 @@ from services.worker.models import (
     Backend,
     InstanceInfo,
     InstanceState,
-    InstanceSummary,
     ModelSpec,
 )
 from shared.errors import BadRequest
 from shared.members import url_host
+from shared.workers import InstanceSummary
 
 
 class Instance:

@@ -24,11 +24,11 @@ from services.worker.models import (
     GpuInfo,
     InstanceInfo,
     InstanceStatus,
-    InstanceSummary,
     ModelSpec,
 )
 from shared.errors import BadRequest
 from shared.http_server import free_port
+from shared.workers import InstanceSummary
 
 log = logging.getLogger("llmsched.worker")
 

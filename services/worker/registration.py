@@ -10,7 +10,7 @@ import httpx
 import msgspec
 
 from services.worker.instances import InstanceManager
-from services.worker.models import HeartbeatRequest, RegisterRequest
+from shared.workers import HeartbeatRequest, RegisterRequest
 
 log = logging.getLogger("llmsched.worker")
 

@@ -6,9 +6,8 @@ import logging
 
 import pytest
 
-from services.api.workers import WorkerRegistry
 from services.collector.workers_source import SleepingInstances
-from services.worker.models import InstanceSummary, RegisterRequest
+from shared.workers import InstanceSummary, RegisterRequest, WorkerRegistry
 from tests.servers import private_valkey
 
 pytestmark = pytest.mark.integration

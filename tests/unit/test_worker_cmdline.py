@@ -14,7 +14,8 @@ from services.worker.control import MetricsParser
 from services.worker.gpu import GpuDevice, parse_nvidia_smi, summarise, visible
 from services.worker.launch import sglang_command, sim_command, sim_config, vllm_command
 from services.worker.main import build_parser, options_from_args
-from services.worker.models import ModelSpec, SleepRequest, decode_object
+from services.worker.models import ModelSpec, SleepRequest
+from shared.decoding import decode_object
 from shared.errors import BadRequest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
