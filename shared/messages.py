@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -132,6 +134,7 @@ class MemberStatus(msgspec.Struct, frozen=True, kw_only=True):
     stale: bool = True
     scrape_error: str | None = None
     selections: int = 0
+    """Times this member was the answer (same scope as the pool's ``selections``)."""
     asleep: bool = False
     excluded: str | None = None
     """Why selection skips this member (``unavailable: ...``, ``asleep: <signal>``), if it does."""
@@ -149,7 +152,11 @@ class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_age_s: float | None = None
     source_error: str | None = None
     selections: dict[str, int] = {}
-    """Answer counts since this replica started: member keys, ``none``, ``fallback``."""
+    """Answer counts of every replica: member keys, ``none``, ``fallback`` (see scope)."""
+    selections_scope: Literal["fleet", "replica"] = "replica"
+    """``fleet``: all replicas' counts (shared through Redis, kept while any replica runs
+    within ``state_ttl``); ``replica``: only the answering replica's, since it started
+    (the state store is unreachable, or not read yet)."""
 
 
 class StatusReply(msgspec.Struct, frozen=True, kw_only=True):

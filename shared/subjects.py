@@ -102,3 +102,7 @@ class RedisKeys:
     @property
     def metrics_pattern(self) -> str:
         return f"{self.prefix}:metrics:*"
+
+    def selections(self, partition: str, pool: str) -> str:
+        """Hash of a pool's fleet-wide answer counts (field: member key, none, fallback)."""
+        return f"{self.prefix}:selections:{partition}/{pool}"

@@ -104,6 +104,7 @@ class SchedulerCore:
                               mode=mode, pool_fallback=cfg.fallback.pool_fallback,
                               source_error="no membership received yet")
         ctx = self._ctx(name, partition)
+        selections, scope = pool.counts.totals()
         keys = list(pool.members)
         scored = score_candidates(pool, keys, self._profiles[cfg.ident], ctx)
         by_key = dict(zip((m.key for m in scored.members), scored.scores, strict=True))
@@ -117,7 +118,7 @@ class SchedulerCore:
                          "running_req": m.running_req, **m.extra},
                 metrics_age_s=None if m.metrics_at is None else round(now - m.metrics_at, 3),
                 stale=not fresh, scrape_error=m.last_error,
-                selections=pool.selections.get(m.key, 0),
+                selections=selections.get(m.key, 0),
                 asleep=m.asleep, excluded=m.exclusion(),
             ))
         return PoolStatus(
@@ -125,7 +126,7 @@ class SchedulerCore:
             member_count=len(members), members=members, source=pool.source, mode=mode,
             pool_fallback=cfg.fallback.pool_fallback,
             snapshot_age_s=round(now - pool.fetched_at, 3), source_error=pool.source_error,
-            selections=dict(pool.selections),
+            selections=selections, selections_scope=scope,
         )
 
     def all_status(self) -> list[PoolStatus]:

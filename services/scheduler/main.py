@@ -17,6 +17,7 @@ from services.scheduler.core import SchedulerCore
 from services.scheduler.endpoints import SchedulerEndpoints, start_service
 from services.scheduler.persist import StatePersister, warm_up
 from services.scheduler.plugins.registry import default_registry
+from services.scheduler.selections import RedisSelectionStore
 from services.scheduler.view import MemberState
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
@@ -28,6 +29,8 @@ from shared.state import RedisStateStore
 from shared.subjects import RedisKeys, Subjects
 
 log = logging.getLogger("llmsched.scheduler")
+
+PERSIST_STOP_TIMEOUT_S = 5.0
 
 
 def run(loaded: LoadedConfig) -> int:
@@ -45,7 +48,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     core = SchedulerCore(cfg, default_registry())
     health: dict[str, bool] = {"ok": True}
     store = RedisStateStore(redis_url, keys=keys)
-    persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health)
+    counts = RedisSelectionStore(redis_url)
+    persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health,
+                               counts=counts)
     watcher = ConfigWatcher(loaded)
     endpoints = SchedulerEndpoints(core, replica=replica, config_version=loaded.version,
                                    store_ok=health)
@@ -107,9 +112,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     service = await start_service(nc, subjects, endpoints)
     log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,
              subjects.scheduler_group, subjects.scheduler_queue)
+    persisting = asyncio.create_task(persister.run(stop))
     tasks = [
         asyncio.create_task(watcher.run(stop)),
-        asyncio.create_task(persister.run(stop)),
         asyncio.create_task(_publish_load(nc, subjects, core, stop)),
     ]
     try:
@@ -123,10 +128,14 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # The persister ends by itself after a last flush; cancelled in the middle of one,
+        # its selection counts could be added twice. Then the answers given since.
         with contextlib.suppress(Exception):
+            await asyncio.wait_for(persisting, PERSIST_STOP_TIMEOUT_S)
             await persister.flush()
         with contextlib.suppress(Exception):
             await nc.drain()
+        await counts.close()
         await store.close()
 
 

@@ -8,7 +8,8 @@ import logging
 
 import msgspec
 
-from services.scheduler.view import ClusterView
+from services.scheduler.selections import SelectionStore
+from services.scheduler.view import ClusterView, SelectionCounts
 from shared.messages import MetricsBatch, PoolSnapshot
 from shared.state import StateStore
 from shared.subjects import RedisKeys
@@ -17,15 +18,17 @@ log = logging.getLogger("llmsched.scheduler.persist")
 
 
 class StatePersister:
-    """Writes the latest snapshot/metrics of changed pools; an outage only delays writes."""
+    """Writes the latest snapshot/metrics of changed pools and adds this replica's new
+    selections to the fleet-wide counts; an outage only delays writes."""
 
     def __init__(self, store: StateStore, keys: RedisKeys, view: ClusterView, ttl_s: float,
-                 health: dict[str, bool]) -> None:
+                 health: dict[str, bool], counts: SelectionStore | None = None) -> None:
         self.store = store
         self.keys = keys
         self.view = view
         self.ttl_s = ttl_s
         self.health = health
+        self.counts = counts
         self._snapshots: dict[tuple[str, str], bytes] = {}
         self._dirty_metrics: set[tuple[str, str]] = set()
         self._enc = msgspec.json.Encoder()
@@ -37,7 +40,17 @@ class StatePersister:
         self._dirty_metrics.add(ident)
 
     async def flush(self) -> None:
-        """Write what changed since the last successful flush."""
+        """Write what changed since the last successful flush; on failure the fleet-wide
+        selection totals become unknown (status then shows this replica's own)."""
+        try:
+            await self._write_state()
+            await self._flush_selections()
+        except BaseException:
+            for pool in self.view.pools.values():
+                pool.counts.fleet = None
+            raise
+
+    async def _write_state(self) -> None:
         items: dict[str, bytes] = {}
         for (pool, partition), raw in self._snapshots.items():
             items[self.keys.snapshot(partition, pool)] = raw
@@ -53,6 +66,21 @@ class StatePersister:
         await self.store.put_many(items, self.ttl_s)
         self._snapshots.clear()
         self._dirty_metrics.clear()
+
+    async def _flush_selections(self) -> None:
+        """Add each pool's pending answers to its shared hash and read the totals back."""
+        if self.counts is None or not self.view.pools:
+            return
+        taken: dict[str, tuple[SelectionCounts, dict[str, int]]] = {}
+        deltas: dict[str, dict[str, int]] = {}
+        for pool in self.view.pools.values():
+            key = self.keys.selections(pool.partition, pool.name)
+            taken[key] = (pool.counts, dict(pool.counts.local))
+            deltas[key] = pool.counts.pending()
+        totals = await self.counts.add_and_read(deltas, self.ttl_s)
+        for key, (counts, local) in taken.items():
+            counts.flushed = local
+            counts.fleet = totals.get(key, {})
 
     async def run(self, stop: asyncio.Event, period_s: float = 0.5) -> None:
         while not stop.is_set():

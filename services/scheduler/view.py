@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 
@@ -79,6 +80,33 @@ class MemberState:
 
 
 @dataclass(slots=True)
+class SelectionCounts:
+    """A pool's answer counts: this replica's, and the fleet's totals shared through Redis."""
+
+    local: dict[str, int] = field(default_factory=dict)
+    """This replica's answers since it started: member keys, ``none``, ``fallback``."""
+    flushed: dict[str, int] = field(default_factory=dict)
+    """The part of ``local`` already added to the shared totals."""
+    fleet: dict[str, int] | None = None
+    """The shared totals read back at this replica's last flush (``flushed`` included);
+    None while the state store has not answered, or since it failed."""
+
+    def pending(self) -> dict[str, int]:
+        """Answers counted here and not yet added to the shared totals."""
+        flushed = self.flushed
+        return {k: n - flushed.get(k, 0) for k, n in self.local.items() if n != flushed.get(k, 0)}
+
+    def totals(self) -> tuple[dict[str, int], Literal["fleet", "replica"]]:
+        """Fleet-wide counts and ``fleet``; this replica's alone and ``replica`` when unknown."""
+        if self.fleet is None:
+            return dict(self.local), "replica"
+        totals = dict(self.fleet)
+        for answer, n in self.pending().items():
+            totals[answer] = totals.get(answer, 0) + n
+        return totals, "fleet"
+
+
+@dataclass(slots=True)
 class PoolState:
     """One pool as this replica knows it."""
 
@@ -90,10 +118,12 @@ class PoolState:
     fetched_at: float
     stale_since: float | None = None
     source_error: str | None = None
-    selections: dict[str, int] = field(default_factory=dict)
+    counts: SelectionCounts = field(default_factory=SelectionCounts)
 
     def count(self, answer: str) -> None:
-        self.selections[answer] = self.selections.get(answer, 0) + 1
+        """Count one answer (the select path: a dict increment, nothing more)."""
+        local = self.counts.local
+        local[answer] = local.get(answer, 0) + 1
 
 
 class ClusterView:
@@ -118,7 +148,7 @@ class ClusterView:
             name=snap.pool, partition=snap.partition, engine_type=snap.engine_type,
             source=snap.source, members=members, fetched_at=snap.fetched_at,
             stale_since=snap.stale_since, source_error=snap.error,
-            selections=old.selections if old else {},
+            counts=old.counts if old else SelectionCounts(),
         )
         self.pools[ident] = pool
         return pool
