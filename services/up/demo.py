@@ -6,6 +6,8 @@ import json
 import urllib.request
 from typing import Any
 
+from shared.auth import bearer
+
 DEMO_POOL = "demo-pool"
 DEMO_PARTITION = "Common"
 DEMO_F5_PASSWORD_ENV = "LLMSCHED_DEMO_F5_PASSWORD"
@@ -40,11 +42,6 @@ def demo_config(f5_port: int) -> dict[str, Any]:
     }
 
 
-def auth_headers(admin_key: str | None) -> dict[str, str]:
-    """What every call to a key-protected endpoint sends."""
-    return {"authorization": f"Bearer {admin_key}"} if admin_key else {}
-
-
 def start_demo_instances(worker: str, ports: list[int], admin_key: str | None) -> list[str]:
     """Three simulated vLLM engines of mixed speeds on fixed ports, started by the worker."""
     urls: list[str] = []
@@ -54,7 +51,7 @@ def start_demo_instances(worker: str, ports: list[int], admin_key: str | None) -
                 "add_replica": i > 0, "port": port}
         request = urllib.request.Request(
             f"{worker}/instances/start", data=json.dumps(spec).encode(), method="POST",
-            headers={"content-type": "application/json", **auth_headers(admin_key)})
+            headers={"content-type": "application/json", **bearer(admin_key)})
         with urllib.request.urlopen(request, timeout=60) as resp:
             urls.append(str(json.loads(resp.read())["url"]).rstrip("/"))
     return urls
@@ -62,7 +59,7 @@ def start_demo_instances(worker: str, ports: list[int], admin_key: str | None) -
 
 def instance_count(worker: str, admin_key: str | None) -> int:
     """How many instances the worker runs now."""
-    request = urllib.request.Request(f"{worker}/instances", headers=auth_headers(admin_key))
+    request = urllib.request.Request(f"{worker}/instances", headers=bearer(admin_key))
     with urllib.request.urlopen(request, timeout=30) as resp:
         return len(json.loads(resp.read())["instances"])
 

@@ -13,7 +13,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.api.workers import ADMIN_KEY_ENV
 from services.up.config_file import ConfigChoice, ConfigFileError, demo_config_file, own_config
 from services.up.demo import (
     DEMO_F5_PASSWORD_ENV,
@@ -27,6 +26,7 @@ from services.up.demo import (
 )
 from services.up.ports import PortChoice, PortError, bind_api, check_free, display_host
 from services.up.supervisor import ChildSpec, Supervisor
+from shared.auth import ADMIN_KEY_ENV
 from shared.config import GlobalConfig
 from shared.embedded import EmbeddedServer, EmbeddedServerError, nats_server, valkey_server
 from shared.http_server import free_port

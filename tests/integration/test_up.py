@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.api.workers import ADMIN_KEY_ENV
+from shared.auth import ADMIN_KEY_ENV
 from shared.http_server import free_port
 from tests.integration.up_process import UpProcess, get, wait_for_member
 
