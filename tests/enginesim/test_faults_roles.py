@@ -45,8 +45,9 @@ async def test_hang_unhealthy_and_failing_metrics(engine: RunningEngine) -> None
     async with httpx.AsyncClient(base_url=engine.url, timeout=10) as http:
         await http.post("/_sim/faults", json={"hang": True, "unhealthy": True,
                                               "metrics_error_rate": 1.0})
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post("/v1/chat/completions", json=CHAT, timeout=0.3)
+        with pytest.raises(httpx.ReadTimeout):  # only the answer is bounded short: it never comes
+            await http.post("/v1/chat/completions", json=CHAT,
+                            timeout=httpx.Timeout(30, read=1.0))
         assert (await http.get("/health")).status_code == 503
         assert (await http.get("/metrics")).status_code == 500
         await http.post("/_sim/faults", json={"reset": True})
@@ -56,9 +57,9 @@ async def test_hang_unhealthy_and_failing_metrics(engine: RunningEngine) -> None
 
 async def test_crash_close_drops_the_server(start: StartEngine) -> None:
     engine = await start()
-    async with httpx.AsyncClient(base_url=engine.url, timeout=2) as http:
+    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
         assert (await http.post("/_sim/faults", json={"crash": "close"})).status_code == 200
-        await asyncio.wait_for(engine.server.task, 5)
+        await asyncio.wait_for(engine.server.task, 30)
         with pytest.raises(httpx.TransportError):
             await http.get("/health")
 
@@ -112,7 +113,7 @@ async def test_sglang_flavour(start: StartEngine) -> None:
         await asyncio.sleep(0.1)
         assert not pending.done()
         assert (await http.post("/resume_memory_occupation", json={})).status_code == 200
-        assert (await asyncio.wait_for(pending, 5)).status_code == 200
+        assert (await asyncio.wait_for(pending, 30)).status_code == 200
         error = await http.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
         assert error.status_code == 404 and error.json()["object"] == "error"
 
@@ -125,6 +126,7 @@ async def test_stop_cuts_hung_clients(start: StartEngine) -> None:
         await asyncio.sleep(0.1)
         began = time.perf_counter()
         await engine.stop(grace=0.3)
-        assert time.perf_counter() - began < 3
+        # The hang never ends by itself: any bound shows the stop did not wait for it.
+        assert time.perf_counter() - began < 20
         with pytest.raises(httpx.TransportError):
-            await asyncio.wait_for(pending, 5)
+            await asyncio.wait_for(pending, 30)

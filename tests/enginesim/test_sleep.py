@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 
@@ -13,12 +14,19 @@ from tests.enginesim.test_metrics import headers_of, samples
 BASE = '{engine="0",model_name="tiny",sleep_state="%s"}'
 
 
-async def _wait_queued(http: httpx.AsyncClient, count: int) -> None:
-    for _ in range(200):
-        if (await http.get("/_sim/state")).json()["waiting"] >= count:
+async def _wait_state(http: httpx.AsyncClient, key: str, count: int,
+                      timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = (await http.get("/_sim/state")).json()
+        if state[key] >= count:
             return
-        await asyncio.sleep(0.01)
-    raise AssertionError("request never queued")
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never {count} {key} within {timeout_s}s: {state}")
+
+
+async def _wait_queued(http: httpx.AsyncClient, count: int) -> None:
+    await _wait_state(http, "waiting", count)
 
 
 async def test_sleep_wake_cycle_matches_capture(engine: RunningEngine) -> None:
@@ -46,7 +54,7 @@ async def test_sleep_wake_cycle_matches_capture(engine: RunningEngine) -> None:
         assert not pending.done(), "a request must wait while the engine sleeps"
         woke = await http.post("/wake_up")
         assert woke.json() == bodies["sleep_wake_up"]
-        served = await asyncio.wait_for(pending, 5)
+        served = await asyncio.wait_for(pending, 30)
         assert served.status_code == 200
         assert shape(served.json()) == shape(bodies["sleep_chat_queued_then_woken"])
         assert served.json()["usage"] == bodies["sleep_chat_queued_then_woken"]["usage"]
@@ -65,13 +73,13 @@ async def test_level2_sleep_aborts_queued_requests(engine: RunningEngine) -> Non
         await _wait_queued(http, 2)
         deep = await http.post("/sleep", params={"level": 2})
         assert deep.json() == bodies["sleep_level2"]
-        aborted = await asyncio.wait_for(pending, 5)
+        aborted = await asyncio.wait_for(pending, 30)
         assert aborted.status_code == 200
         assert shape(aborted.json()) == shape(expected)
         choice = aborted.json()["choices"][0]
         assert choice["finish_reason"] == "abort" and choice["message"]["content"] == ""
         assert aborted.json()["usage"] == expected["usage"]
-        streamed = (await asyncio.wait_for(stream, 5)).text
+        streamed = (await asyncio.wait_for(stream, 30)).text
         assert '"finish_reason":"abort"' in streamed and streamed.endswith("data: [DONE]\n\n")
         values = samples((await http.get("/metrics")).text)
         assert values["vllm:engine_sleep_state" + BASE % "discard_all"] == 1
@@ -92,17 +100,15 @@ async def test_wake_by_tags_needs_both_parts(engine: RunningEngine) -> None:
 
 
 async def test_running_requests_survive_a_level1_sleep(engine: RunningEngine) -> None:
-    request = {"model": "tiny", "prompt": "long answer", "max_tokens": 200}
-    async with httpx.AsyncClient(base_url=engine.url, timeout=10) as http:
+    # As long an answer as the model allows, so it is still running when the sleep arrives.
+    request = {"model": "tiny", "prompt": "long answer", "max_tokens": 500}
+    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
         pending = asyncio.ensure_future(http.post("/v1/completions", json=request))
-        for _ in range(200):
-            if (await http.get("/_sim/state")).json()["running"]:
-                break
-            await asyncio.sleep(0.005)
+        await _wait_state(http, "running", 1)
         await http.post("/sleep", params={"level": 1})
         await asyncio.sleep(0.05)
         assert not pending.done()
         await http.post("/wake_up")
-        reply = await asyncio.wait_for(pending, 5)
-    assert reply.json()["usage"]["completion_tokens"] == 200
+        reply = await asyncio.wait_for(pending, 30)
+    assert reply.json()["usage"]["completion_tokens"] == 500
     assert reply.json()["choices"][0]["finish_reason"] == "length"

@@ -54,7 +54,7 @@ class F5:
 
     def config(self, **overrides: Any) -> F5Config:
         fields: dict[str, Any] = {"host": "127.0.0.1", "port": self.server.port, "scheme": "http",
-                                  "password_env": ENV, "timeout": 1.0}
+                                  "password_env": ENV, "timeout": 10.0}
         fields.update(overrides)
         return F5Config(**fields)
 
@@ -265,12 +265,12 @@ async def test_close_ignores_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     async with httpx.AsyncClient() as http:
         async with serve_app(emulator) as server:
             config = F5Config(host="127.0.0.1", port=server.port, scheme="http",
-                              password_env=ENV, timeout=0.5)
+                              password_env=ENV, timeout=10)
             client = F5Client(config, http)
             assert [m.key for m in await client.get_members("p")] == ["127.0.0.1:1"]
         started = time.monotonic()
         await client.close()  # the server is gone: no exception, and no hang
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < config.timeout / 2
 
 
 # -- emulator: real response shapes and control API ------------------------------------------
@@ -320,12 +320,12 @@ async def test_control_api_faults_count_down(f5: F5) -> None:
 
 
 async def test_delay_fault_then_answer(f5: F5) -> None:
-    client = f5.client(timeout=2.0)
+    client = f5.client(timeout=10.0)
     await client.get_members("llm-pool")
     f5.emu.inject_fault("delay", 1, delay=0.3)
     started = time.monotonic()
     assert len(await client.get_members("llm-pool")) == 2
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert 0.3 <= time.monotonic() - started < 10.0  # answered late, not timed out
 
 
 def test_pool_arg() -> None:
@@ -350,7 +350,7 @@ async def test_emulator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     try:
         async with httpx.AsyncClient() as http:
-            deadline = time.monotonic() + 8
+            deadline = time.monotonic() + 60
             while True:
                 if proc.returncode is not None:
                     err = await proc.stderr.read() if proc.stderr else b""
@@ -364,7 +364,7 @@ async def test_emulator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
             assert list(r.json()["pools"]) == ["Common/demo-pool"]
             monkeypatch.setenv(ENV, PASSWORD)
             config = F5Config(host="127.0.0.1", port=port, scheme="http", password_env=ENV,
-                              timeout=1.0)
+                              timeout=10.0)
             client = F5Client(config, http)
             assert [m.key for m in await client.get_members("demo-pool")] == [
                 "127.0.0.1:9001", "127.0.0.1:9002"]
@@ -372,7 +372,7 @@ async def test_emulator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         if proc.returncode is None:
             proc.terminate()
-        await asyncio.wait_for(proc.wait(), timeout=5)
+        await asyncio.wait_for(proc.wait(), timeout=30)
 
 
 # -- F5Source ---------------------------------------------------------------------------------
@@ -383,14 +383,14 @@ async def test_emulator_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
         ("mcpd_lost", "The connection to mcpd has been lost"),
         ("restarting", "503 BIG-IP® - Configuration Utility restarting..."),
         ("not_registered", "not registered"),
-        ("hang", "no answer within 0.3s"),
+        ("hang", "no answer within 1.5s"),
     ],
 )
 async def test_transient_failure_keeps_last_good_snapshot_with_backoff(
     f5: F5, kind: str, expected: str
 ) -> None:
     clock = FakeClock(1_700_000_000.0)
-    source = F5Source(f5.client(timeout=0.3), clock)
+    source = F5Source(f5.client(timeout=1.5), clock)
     good = await source.snapshot(POOL, "vllm")
     assert (good.source, good.error, good.stale_since, len(good.members)) == ("f5", None, None, 2)
     assert good.fetched_at == clock.now

@@ -106,7 +106,7 @@ async def test_redis_outage_degrades_and_recovers(tmp_path: Path, nats_url: str,
             async def picks_a() -> bool:
                 return (await http.post(f"{url}/scheduler/select", json=body)).text == A
 
-            await wait_until(picks_a, 5, "selects from live events")
+            await wait_until(picks_a, 15, "selects from live events")
             valkey.stop()
 
             async def degraded() -> bool:
@@ -123,7 +123,7 @@ async def test_redis_outage_degrades_and_recovers(tmp_path: Path, nats_url: str,
             async def picks_b() -> bool:
                 return (await http.post(f"{url}/scheduler/select", json=body)).text == B
 
-            await wait_until(picks_b, 5, "selects follow new metrics during the outage")
+            await wait_until(picks_b, 15, "selects follow new metrics during the outage")
             valkey.start()
             await wait_until(healthy, 15, "healthy after Redis is back")
             # A fresh replica, started after the outage, warms up from Redis alone.

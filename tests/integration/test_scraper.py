@@ -141,16 +141,17 @@ async def test_wrong_path_is_http_404(scraper: MetricsScraper) -> None:
 
 
 async def test_slow_member_times_out_within_the_pool_timeout(scraper: MetricsScraper) -> None:
-    slow, fast = MetricsDouble(delay_s=30, waiting=1), MetricsDouble(waiting=2)
+    slow, fast = MetricsDouble(delay_s=60, waiting=1), MetricsDouble(waiting=2)
     async with serve_doubles([slow, fast]) as servers:
         started = time.monotonic()
-        batch = await scraper.scrape_pool(pool(timeout=0.5), VLLM,
+        batch = await scraper.scrape_pool(pool(timeout=3), VLLM,
                                           [member_of(server) for server in servers])
         elapsed = time.monotonic() - started
     slow_result, fast_result = batch.members
-    assert (slow_result.ok, slow_result.error) == (False, "timeout after 0.5s")
-    assert fast_result.ok and fast_result.waiting_queue == 2.0
-    assert 0.45 <= elapsed < 2.0
+    assert (slow_result.ok, slow_result.error) == (False, "timeout after 3s"), slow_result
+    assert fast_result.ok and fast_result.waiting_queue == 2.0, fast_result
+    # The round ends at the pool timeout, long before the slow member would answer.
+    assert 3 * 0.9 <= elapsed < 30, elapsed
 
 
 async def test_refused_connection(scraper: MetricsScraper) -> None:
@@ -304,13 +305,13 @@ async def test_many_members_are_scraped_concurrently(scraper: MetricsScraper) ->
         rounds: list[tuple[MetricsBatch, float]] = []
         for _ in range(2):  # the second round runs over kept-alive connections
             started = time.monotonic()
-            batch = await scraper.scrape_pool(pool(timeout=3), VLLM, members)
+            batch = await scraper.scrape_pool(pool(timeout=15), VLLM, members)
             rounds.append((batch, time.monotonic() - started))
     for batch, elapsed in rounds:
         assert len(batch.members) == 200
         assert all(m.ok for m in batch.members), {m.error for m in batch.members}
         assert [m.waiting_queue for m in batch.members[:4]] == [0.0, 1.0, 2.0, 3.0]
-        assert elapsed < 2.0  # one at a time would take 60 s
+        assert elapsed < 20, elapsed  # one at a time would take 60 s
     assert [d.scrapes for d in doubles] == [100, 100, 100, 100]
 
 
