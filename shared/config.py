@@ -90,12 +90,21 @@ class F5Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pool_fetch_interval: float = 10
     """Seconds between F5 member fetches."""
+    pool_fetch_backoff_max: float | None = None
+    """Longest wait, seconds, between F5 fetches while the F5 fails (default: twice
+    ``pool_fetch_interval``), so membership is current soon after the F5 answers again."""
     metrics_fetch_interval: float = 1000
     """MILLISECONDS between metric scrapes."""
     stale_after_intervals: float = 3
     """Metrics older than this many scrape intervals are stale and score 0."""
     state_ttl: float = 3600
     """Seconds Redis keeps the last snapshot and metrics of a pool."""
+
+    @property
+    def effective_pool_fetch_backoff_max(self) -> float:
+        if self.pool_fetch_backoff_max is not None:
+            return self.pool_fetch_backoff_max
+        return 2 * self.pool_fetch_interval
 
 
 class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -261,6 +270,8 @@ def validate(config: Config) -> None:
         raise ConfigError("global.prefix", "must be letters, digits, '-' or '_' only")
     s = config.scheduler
     _check_positive("scheduler.pool_fetch_interval", s.pool_fetch_interval)
+    if s.pool_fetch_backoff_max is not None:
+        _check_positive("scheduler.pool_fetch_backoff_max", s.pool_fetch_backoff_max)
     _check_positive("scheduler.metrics_fetch_interval", s.metrics_fetch_interval)
     _check_positive("scheduler.stale_after_intervals", s.stale_after_intervals)
     if config.f5 is not None and not 0 < config.f5.port < 65536:

@@ -52,6 +52,7 @@ class _Sources:
                 self.client = F5Client(config.f5, self.http)
                 self.source = F5Source(self.client)
         if self.source is not None:
+            self.source.max_backoff = config.scheduler.effective_pool_fetch_backoff_max
             out["f5"] = self.source
         return out
 

@@ -111,7 +111,8 @@ class F5Source:
         self._client = client
         self._clock = clock
         self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
+        self.max_backoff = max_backoff
+        """Longest retry delay; the collector keeps it at ``scheduler.pool_fetch_backoff_max``."""
         self._pools: dict[PoolIdent, _PoolState] = {}
 
     async def snapshot(self, pool: PoolConfig, engine_type: str | None = None) -> PoolSnapshot:
@@ -127,11 +128,11 @@ class F5Source:
         return self._fetched(pool, engine, state, members)
 
     def next_delay(self, pool: PoolConfig) -> float | None:
-        """Backoff after consecutive failures (1 s doubling to 60 s), None when healthy."""
+        """Delay after consecutive failures (1 s doubling to ``max_backoff``); None if healthy."""
         state = self._pools.get(pool.ident)
         if state is None or state.failures == 0:
             return None
-        return float(min(self._max_backoff, self._min_backoff * 2 ** (state.failures - 1)))
+        return float(min(self.max_backoff, self._min_backoff * 2 ** (state.failures - 1)))
 
     def forget(self, pool: PoolConfig) -> None:
         """Drop what is kept for a pool removed from the config."""
@@ -192,7 +193,7 @@ class F5Source:
         delay = self.next_delay(pool)
         if state.last_outcome != error:
             kept = "keeping the last good members" if state.last_good else "no members known yet"
-            log.warning("pool %s: F5 fetch failed (%s); %s, retry in %.0fs",
+            log.warning("pool %s: F5 fetch failed (%s); %s, retry in %gs",
                         _label(pool), error, kept, delay)
         else:
             log.debug("pool %s: F5 still failing (%d in a row)", _label(pool), state.failures)
