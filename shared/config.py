@@ -9,8 +9,11 @@ from typing import Literal
 
 import msgspec
 
+from shared.autoscaling import AutoscalingOverrides
 from shared.engines import BUILTIN_ENGINES, EngineMetricsSpec
+from shared.errors import BadRequest
 from shared.members import MemberAddressError, parse_member_key
+from shared.subjects import MODELS_PARTITION
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -116,7 +119,12 @@ class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     w_g: float = 0.0
     """Reserved."""
     type: str = "s1"
-    """Which scoring profile this mode uses (``s1``)."""
+    """Which scoring profile this mode uses: ``s1`` or ``least_load``."""
+
+
+MODE_TYPES = ("s1", "least_load")
+LEAST_LOAD = ModeConfig(name="least_load", type="least_load")
+"""The built-in mode of registered aliases: fewest in flight, then shortest queue."""
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,7 +167,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     source: Literal["f5", "static", "workers"] | None = None
     """f5 (default when an f5 section exists), static, or workers (registered instances)."""
     model: str | None = None
-    """``source: workers``: the model alias whose instances form the pool (default: name)."""
+    """The model alias this pool serves through the gateway (``source: workers``: the alias
+    whose instances form the pool; default: the pool name)."""
+    served_model_name: str | None = None
+    """The model name the pool's engines serve, when it differs from ``model``."""
     members: list[str] = []
     """``source: static`` only."""
     mode: str | None = None
@@ -172,6 +183,50 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         return (self.name, self.partition)
 
 
+class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The OpenAI-compatible gateway on the API service."""
+
+    max_ongoing_requests: int | None = None
+    """Concurrent requests per API process (default: env SERVE_MAX_ONGOING_REQUESTS or 100)."""
+    retries: int = 2
+    """Other instances tried when an engine fails before its first byte."""
+    first_byte_timeout_s: float = 120.0
+    """An engine that sends no first byte within this is abandoned for another."""
+    hold_queue_size: int = 100
+    """Requests held per alias and API process while an instance wakes or starts."""
+    hold_timeout_s: float = 120.0
+    """How long a held request waits before 503 with Retry-After."""
+    inflight_ttl_s: float = 900.0
+    """A routed request whose outcome is never reported stops counting after this."""
+    api_keys_env: str | None = None
+    """Environment variable with comma-separated keys required on /v1/* (unset: open)."""
+    models_mode: str | None = None
+    """The ``modes`` entry that routes registered aliases (default: built-in least_load)."""
+    models_metrics: MetricsConfig = msgspec.field(default_factory=lambda: MetricsConfig())
+    """How instances of registered aliases are scraped."""
+    models_fallback: FallbackConfig = msgspec.field(default_factory=lambda: FallbackConfig())
+    """Member thresholds for registered aliases' pools."""
+
+    def max_ongoing(self) -> int:
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        raw = os.environ.get("SERVE_MAX_ONGOING_REQUESTS", "")
+        return int(raw) if raw.isdigit() and int(raw) > 0 else 100
+
+    def api_keys(self) -> frozenset[str]:
+        if not self.api_keys_env:
+            return frozenset()
+        raw = os.environ.get(self.api_keys_env, "")
+        return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
+class AutoscalingConfig(AutoscalingOverrides, frozen=True, kw_only=True,
+                        forbid_unknown_fields=True):
+    """Autoscaler settings for every alias; ``models.<alias>`` overrides per alias."""
+
+    models: dict[str, AutoscalingOverrides] = {}
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     global_: GlobalConfig = msgspec.field(default_factory=GlobalConfig, name="global")
     f5: F5Config | None = None
@@ -180,6 +235,23 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pools: list[PoolConfig] = []
     engines: dict[str, EngineMetricsSpec] = {}
     """Extra engine types (or overrides of ``vllm``/``sglang``) as metric-name mappings."""
+    gateway: GatewayConfig = msgspec.field(default_factory=lambda: GatewayConfig())
+    autoscaling: AutoscalingConfig = msgspec.field(default_factory=lambda: AutoscalingConfig())
+
+    def implicit_pool(self, alias: str, engine: str) -> PoolConfig:
+        """The pool of a registered alias: its instances on active workers."""
+        g = self.gateway
+        return PoolConfig(name=alias, partition=MODELS_PARTITION, engine_type=engine,
+                          source="workers", model=alias, mode=g.models_mode,
+                          metrics=g.models_metrics, fallback=g.models_fallback)
+
+    def configured_alias(self, alias: str) -> PoolConfig | None:
+        """A configured pool that serves ``alias`` (it wins over a registered alias)."""
+        for pool in self.pools:
+            named = pool.model or (pool.name if self.pool_source(pool) == "workers" else None)
+            if named == alias:
+                return pool
+        return None
 
     def pool_source(self, pool: PoolConfig) -> str:
         if pool.source:
@@ -196,6 +268,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def mode_for(self, pool: PoolConfig) -> ModeConfig:
         if pool.mode is None:
+            if pool.partition == MODELS_PARTITION:
+                return LEAST_LOAD
             return self.modes[0] if self.modes else ModeConfig()
         for mode in self.modes:
             if mode.name == pool.mode:
@@ -281,8 +355,9 @@ def validate(config: Config) -> None:
         if mode.name in mode_names:
             raise ConfigError(f"modes[{i}].name", f"duplicate mode {mode.name!r}")
         mode_names.add(mode.name)
-        if mode.type != "s1":
-            raise ConfigError(f"modes[{i}].type", f"unknown scoring profile {mode.type!r}")
+        if mode.type not in MODE_TYPES:
+            raise ConfigError(f"modes[{i}].type", f"unknown scoring profile {mode.type!r} "
+                              f"(known: {', '.join(MODE_TYPES)})")
         for field in ("w_a", "w_b", "w_g"):
             if getattr(mode, field) < 0:
                 raise ConfigError(f"modes[{i}].{field}", "must be >= 0")
@@ -326,3 +401,33 @@ def validate(config: Config) -> None:
             value = getattr(fb, field)
             if value is not None and value < 0:
                 raise ConfigError(f"{at}.fallback.{field}", "must be >= 0")
+        if pool.partition == MODELS_PARTITION:
+            raise ConfigError(f"{at}.partition", f"partition {MODELS_PARTITION!r} is reserved "
+                              "for registered model aliases")
+    _validate_gateway(config, mode_names)
+    _validate_autoscaling(config.autoscaling)
+
+
+def _validate_gateway(config: Config, mode_names: set[str]) -> None:
+    g = config.gateway
+    if g.max_ongoing_requests is not None and g.max_ongoing_requests < 1:
+        raise ConfigError("gateway.max_ongoing_requests", "must be >= 1")
+    if not 0 <= g.retries <= 10:
+        raise ConfigError("gateway.retries", f"must be 0..10, got {g.retries}")
+    if g.hold_queue_size < 0:
+        raise ConfigError("gateway.hold_queue_size", "must be >= 0")
+    for name in ("first_byte_timeout_s", "hold_timeout_s", "inflight_ttl_s"):
+        _check_positive(f"gateway.{name}", getattr(g, name))
+    if g.models_mode is not None and g.models_mode not in mode_names:
+        raise ConfigError("gateway.models_mode", f"no mode named {g.models_mode!r} in modes")
+    if not g.models_metrics.path.startswith("/"):
+        raise ConfigError("gateway.models_metrics.path", "must start with '/'")
+
+
+def _validate_autoscaling(a: AutoscalingConfig) -> None:
+    for at, overrides in [("autoscaling", a), *((f"autoscaling.models.{alias}", o)
+                                                for alias, o in a.models.items())]:
+        try:
+            overrides.check(at)
+        except BadRequest as err:
+            raise ConfigError(err.field or at, err.message) from None

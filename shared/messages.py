@@ -138,6 +138,8 @@ class MemberStatus(msgspec.Struct, frozen=True, kw_only=True):
     asleep: bool = False
     excluded: str | None = None
     """Why selection skips this member (``unavailable: ...``, ``asleep: <signal>``), if it does."""
+    inflight: int = 0
+    """Requests routed to this member and not yet finished, fleet-wide."""
 
 
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,6 +179,8 @@ class LoadEvent(msgspec.Struct, frozen=True, kw_only=True):
     running_req: float
     cache_usage_avg: float
     at: float
+    inflight: dict[str, int] = {}
+    """Member key → requests routed there and not yet finished (every router's)."""
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MODELS_PARTITION = "@models"
+"""Partition of the implicit pools of registered aliases (no F5 partition contains '@')."""
+
 _ESCAPES = {"%": "%25", ".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09"}
 
 
@@ -48,6 +51,25 @@ class Subjects:
     @property
     def request_outcome(self) -> str:
         return f"{self.prefix}.request.outcome"
+
+    @property
+    def selection(self) -> str:
+        """Every routed request, so all scheduler replicas count it as in flight."""
+        return f"{self.prefix}.selection"
+
+    @property
+    def registry_changed(self) -> str:
+        """A model, worker or instance changed in the registry (re-read Redis now)."""
+        return f"{self.prefix}.registry.changed"
+
+    @property
+    def autoscaler_demand(self) -> str:
+        """A gateway holds requests for an alias with nothing awake (scale from zero)."""
+        return f"{self.prefix}.autoscaler.demand"
+
+    @property
+    def route(self) -> str:
+        return self.scheduler_endpoint("route")
 
     @property
     def scheduler_service(self) -> str:

@@ -31,6 +31,8 @@ class Collector:
         self.subjects = subjects
         self.scraper = scraper
         self.config = config
+        self.registered: dict[str, str] = {}
+        self.pools: list[PoolConfig] = list(config.pools)
         self.sleeping = sleeping
         self.asleep = AsleepTracker()
         self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
@@ -39,10 +41,21 @@ class Collector:
         self._enc = msgspec.json.Encoder()
         self._wake = asyncio.Event()
 
-    def apply_config(self, config: Config, sources: dict[str, MembershipSource]) -> None:
-        """Start, restart or stop membership tasks for pools whose config changed."""
+    def apply_config(self, config: Config, sources: dict[str, MembershipSource],
+                     registered: Mapping[str, str] | None = None) -> None:
+        """Start, restart or stop membership tasks for pools whose config changed.
+
+        ``registered``: alias → engine of every registered model; each alias no configured
+        pool serves gets its implicit pool (its instances on active workers).
+        """
         self.config = config
-        wanted = {p.ident: p for p in config.pools}
+        if registered is not None:
+            self.registered = dict(registered)
+        implicit = [config.implicit_pool(alias, engine)
+                    for alias, engine in sorted(self.registered.items())
+                    if config.configured_alias(alias) is None]
+        self.pools = [*config.pools, *implicit]
+        wanted = {p.ident: p for p in self.pools}
         for ident, (old_cfg, old_source, task) in list(self._tasks.items()):
             new_cfg = wanted.get(ident)
             new_source = sources.get(config.pool_source(new_cfg)) if new_cfg else None
@@ -87,7 +100,7 @@ class Collector:
         """Scrape every pool once and publish one batch per pool; returns members scraped."""
         sleeping = self.sleeping.current() if self.sleeping is not None else {}
         jobs = []
-        for pool in self.config.pools:
+        for pool in self.pools:
             snap = self.snapshots.get(pool.ident)
             if snap is None:
                 continue

@@ -17,6 +17,8 @@ from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
+from shared.model_registry import ModelRegistry
+from shared.registry_view import RegistryView
 from shared.runtime import run_service
 from shared.subjects import Subjects
 from shared.workers import WorkerRegistry
@@ -41,6 +43,13 @@ class _Sources:
         self.source: F5Source | None = None
         self.section: object = None
         self.static = StaticSource()
+
+    def current(self) -> dict[str, MembershipSource]:
+        """The sources as last built (no F5 client change)."""
+        out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers}
+        if self.source is not None:
+            out["f5"] = self.source
+        return out
 
     async def sources(self, config: Config) -> dict[str, MembershipSource]:
         out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers}
@@ -78,6 +87,21 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg, sleeping=sleeping)
         collector.apply_config(cfg, await sources.sources(cfg))
         watcher = ConfigWatcher(loaded)
+        models = ModelRegistry(registry.redis, prefix=cfg.global_.prefix)
+        view = RegistryView(models, registry)
+        applied: dict[str, str] = {}
+
+        def on_registry() -> None:
+            aliases = {alias: r.spec.engine for alias, r in view.models.items()}
+            if aliases != applied:
+                log.info("Registered aliases: %s", ", ".join(sorted(aliases)) or "none")
+                applied.clear()
+                applied.update(aliases)
+                collector.apply_config(collector.config, sources.current(), aliases)
+
+        view.listeners.append(on_registry)
+        changes = await nc.subscribe(Subjects(cfg.global_.prefix).registry_changed,
+                                     cb=view.on_event)
 
         async def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
             set_level(new.config.global_.effective_log_level)
@@ -85,6 +109,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
 
         watcher.subscribe(on_config)
         tasks = [asyncio.create_task(watcher.run(stop)),
+                 asyncio.create_task(view.run(stop)),
                  asyncio.create_task(sleeping.run(stop)),
                  asyncio.create_task(collector.run_scrapes(stop))]
         log.info("Collector running: %d pools, scrape every %d ms", len(cfg.pools),
@@ -95,6 +120,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await changes.unsubscribe()
             await collector.close()
             await sources.close()
             await registry.close()

@@ -38,7 +38,7 @@ class WorkersSource:
 
     Instances of a lost worker leave the pool. Sleeping ones stay members so pool status
     shows them; the collector marks them asleep (see SleepingInstances), so they leave
-    selection all the same.
+    selection all the same. Draining ones stay members, unavailable.
     """
 
     def __init__(self, registry: WorkerRegistry, clock: Callable[[], float] = time.time) -> None:
@@ -50,7 +50,8 @@ class WorkersSource:
         """The alias's instances now (empty with an error if Redis is unreachable)."""
         alias = pool.model or pool.name
         try:
-            instances = await self._registry.routable_instances(include_sleeping=True)
+            instances = [i for i in await self._registry.instances()
+                         if i.state in ("running", "sleeping", "draining") and i.url]
         except Exception as err:
             return PoolSnapshot(pool=pool.name, partition=pool.partition,
                                 engine_type=engine_type or pool.engine_type, source="workers",
@@ -62,8 +63,11 @@ class WorkersSource:
             if inst.model_alias != alias or address is None:
                 continue
             host, port = address
+            # A draining instance stays a member (its in-flight requests are still counted
+            # while they finish) but is unavailable: it takes no new ones.
             members.append(MemberInfo(key=member_key(host, port), host=host, port=port,
-                                      name=inst.alias, state=inst.state))
+                                      name=inst.alias, state=inst.state,
+                                      available=inst.state != "draining"))
         keys = frozenset(m.key for m in members)
         if self._last.get(pool.ident) != keys:
             log.info("Pool %s:%s from workers (model %s): %d instance(s) %s", pool.name,

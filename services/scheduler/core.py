@@ -9,17 +9,22 @@ from collections.abc import Callable
 
 from services.scheduler.analysis import analyze, simulate
 from services.scheduler.decide import Decision, decide, score_candidates
+from services.scheduler.inflight import InflightTracker, MemberIdent
 from services.scheduler.plugins.base import DecisionContext
 from services.scheduler.plugins.registry import PluginRegistry, Profile, build_profile
-from services.scheduler.view import ClusterView, PoolState
+from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
+from shared.members import url_host
 from shared.messages import (
     AnalyzeReply,
     MemberStatus,
+    PoolSnapshot,
     PoolStatus,
     SelectRequest,
     SimulateReply,
 )
+from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
+from shared.subjects import MODELS_PARTITION
 
 log = logging.getLogger("llmsched.scheduler")
 
@@ -29,23 +34,30 @@ class SchedulerCore:
 
     def __init__(self, config: Config, registry: PluginRegistry, *,
                  rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, replica: str = "") -> None:
         self.view = ClusterView()
         self.registry = registry
         self.rng = rng or random.Random()
         self.clock = clock
+        self.replica = replica
         self.config = config
+        self.inflight = InflightTracker()
         self._profiles: dict[tuple[str, str], Profile] = {}
         self._pool_cfg: dict[tuple[str, str], PoolConfig] = {}
+        self._implicit: dict[tuple[str, str], PoolConfig] = {}
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
-        """Rebuild profiles; drop pools that left the config."""
+        """Rebuild profiles; drop pools that left the config (registered aliases' pools stay)."""
         self.config = config
-        self._pool_cfg = {p.ident: p for p in config.pools}
+        self._implicit = {
+            ident: config.implicit_pool(ident[0], cfg.engine_type)
+            for ident, cfg in self._implicit.items() if config.configured_alias(ident[0]) is None
+        }
+        self._pool_cfg = {**self._implicit, **{p.ident: p for p in config.pools}}
         self._profiles = {
-            p.ident: build_profile(self.registry, config.mode_for(p), p.fallback)
-            for p in config.pools
+            ident: build_profile(self.registry, config.mode_for(p), p.fallback)
+            for ident, p in self._pool_cfg.items()
         }
         for ident in self.view.retain(set(self._pool_cfg)):
             log.info("Pool %s:%s left the config; dropped from the view", *ident)
@@ -54,6 +66,91 @@ class SchedulerCore:
 
     def pool_config(self, name: str, partition: str) -> PoolConfig | None:
         return self._pool_cfg.get((name, partition))
+
+    def accept_snapshot(self, snap: PoolSnapshot) -> bool:
+        """Whether this replica keeps ``snap``'s pool: configured, or a registered alias's."""
+        ident = (snap.pool, snap.partition)
+        if ident in self._pool_cfg:
+            return True
+        if snap.partition != MODELS_PARTITION or self.config.configured_alias(snap.pool):
+            return False
+        cfg = self.config.implicit_pool(snap.pool, snap.engine_type)
+        self._implicit[ident] = self._pool_cfg[ident] = cfg
+        mode = self.config.mode_for(cfg)
+        self._profiles[ident] = build_profile(self.registry, mode, cfg.fallback)
+        log.info("Registered alias %s: its instances form pool %s:%s (mode %s)", snap.pool,
+                 snap.pool, snap.partition, mode.name)
+        return True
+
+    # -- in-flight accounting ----------------------------------------------------------
+    def _member(self, ident: MemberIdent) -> MemberState | None:
+        pool = self.view.pools.get((ident[0], ident[1]))
+        return None if pool is None else pool.members.get(ident[2])
+
+    def _sync(self, ident: MemberIdent) -> None:
+        member = self._member(ident)
+        if member is not None:
+            member.inflight = self.inflight.count(ident)
+
+    def sync_pool(self, pool: PoolState) -> None:
+        """Copy the tracker's counts onto a pool's members (after a membership change)."""
+        for member in pool.members.values():
+            member.inflight = self.inflight.count((pool.name, pool.partition, member.key))
+
+    def apply_selection(self, event: SelectionEvent) -> None:
+        """Another replica routed a request: count it here too."""
+        if event.replica == self.replica:
+            return
+        ident = (event.pool, event.partition, event.member)
+        if self.inflight.add(event.request_id, ident, event.at, event.ttl_s):
+            self._sync(ident)
+
+    def apply_outcome(self, event: OutcomeEvent) -> None:
+        """A routed request finished (or failed): it no longer counts."""
+        entry = self.inflight.done(event.request_id, self.clock())
+        if entry is not None:
+            self._sync(entry.member)
+
+    def expire_inflight(self) -> int:
+        """Drop requests whose outcome never came; returns how many."""
+        dropped = self.inflight.expire(self.clock())
+        for ident in set(dropped):
+            self._sync(ident)
+        return len(dropped)
+
+    def route(self, req: RouteRequest) -> tuple[RouteReply, SelectionEvent | None]:
+        """The gateway's choice among all of a pool's members (minus those tried)."""
+        pool, profile, fallback = self._lookup(req.pool, req.partition)
+        if profile is None:
+            return RouteReply(answer="none", reason="pool_unknown"), None
+        if pool is None or not pool.members:
+            return RouteReply(answer="none", reason="pool_empty"), None
+        active = [m for m in pool.members.values() if m.exclusion() is None]
+        tried = set(req.exclude)
+        keys = [m.key for m in active if m.key not in tried]
+        ctx = self._ctx(req.pool, req.partition)
+        if fallback:
+            # pool_fallback asks for the caller's own load balancing; here the gateway is
+            # that balancer, so it takes the member with the fewest requests in flight.
+            chosen = _fewest_inflight([pool.members[k] for k in keys], self.rng)
+            decision = Decision(chosen.key, "pool_fallback") if chosen else Decision(
+                "none", "no_candidates")
+        else:
+            decision = decide(pool, keys, profile, ctx, pool_fallback=False)
+        pool.count(decision.answer)
+        member = pool.members.get(decision.answer)
+        if member is None:
+            return RouteReply(answer="none", reason=decision.reason, active=len(active)), None
+        now = self.clock()
+        ident = (pool.name, pool.partition, member.key)
+        self.inflight.add(req.request_id, ident, now, req.ttl_s)
+        member.inflight = self.inflight.count(ident)
+        event = SelectionEvent(request_id=req.request_id, pool=pool.name,
+                               partition=pool.partition, member=member.key,
+                               replica=self.replica, at=now, ttl_s=req.ttl_s)
+        url = f"http://{url_host(member.host)}:{member.port}"
+        return RouteReply(answer=member.key, reason=decision.reason, url=url,
+                          active=len(active)), event
 
     def _ctx(self, pool: str, partition: str) -> DecisionContext:
         return DecisionContext(pool=pool, partition=partition, now=self.clock(),
@@ -119,7 +216,7 @@ class SchedulerCore:
                 metrics_age_s=None if m.metrics_at is None else round(now - m.metrics_at, 3),
                 stale=not fresh, scrape_error=m.last_error,
                 selections=selections.get(m.key, 0),
-                asleep=m.asleep, excluded=m.exclusion(),
+                asleep=m.asleep, excluded=m.exclusion(), inflight=m.inflight,
             ))
         return PoolStatus(
             name=name, partition=partition, engine_type=pool.engine_type,
@@ -131,8 +228,15 @@ class SchedulerCore:
 
     def all_status(self) -> list[PoolStatus]:
         out = []
-        for cfg in self.config.pools:
+        for cfg in self._pool_cfg.values():
             status = self.pool_status(cfg.name, cfg.partition)
             if status is not None:
                 out.append(status)
         return out
+
+
+def _fewest_inflight(members: list[MemberState], rng: random.Random) -> MemberState | None:
+    if not members:
+        return None
+    low = min(m.inflight for m in members)
+    return rng.choice([m for m in members if m.inflight == low])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -18,6 +19,7 @@ from shared.messages import (
     StatusReply,
     StatusRequest,
 )
+from shared.routing import RouteRequest, SelectionEvent
 from shared.subjects import Subjects
 
 log = logging.getLogger("llmsched.scheduler.endpoints")
@@ -33,12 +35,15 @@ class SchedulerEndpoints:
     """Decodes requests, calls the core, encodes replies; errors become ServiceError."""
 
     def __init__(self, core: SchedulerCore, *, replica: str, config_version: str,
-                 store_ok: dict[str, bool]) -> None:
+                 store_ok: dict[str, bool],
+                 announce: Callable[[SelectionEvent], None] = lambda _event: None) -> None:
         self.core = core
+        self.announce = announce
         self.replica = replica
         self.config_version = config_version
         self._store_ok = store_ok
         self._select_dec = msgspec.json.Decoder(SelectRequest)
+        self._route_dec = msgspec.json.Decoder(RouteRequest)
         self._sim_dec = msgspec.json.Decoder(SimulateRequest)
         self._status_dec = msgspec.json.Decoder(StatusRequest)
         self._enc = msgspec.json.Encoder()
@@ -51,6 +56,17 @@ class SchedulerEndpoints:
         decision = self.core.select(body)
         await req.respond(self._enc.encode(SelectReply(answer=decision.answer,
                                                        reason=decision.reason)))
+
+    async def route(self, req: Request) -> None:
+        """The gateway's pick among a pool's members; the selection is announced to all."""
+        try:
+            body = self._route_dec.decode(req.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise _bad_request(err) from None
+        reply, event = self.core.route(body)
+        await req.respond(self._enc.encode(reply))
+        if event is not None:
+            self.announce(event)
 
     def _sim_body(self, req: Request) -> SimulateRequest:
         try:
@@ -102,6 +118,7 @@ async def start_service(nc: NATS, subjects: Subjects, endpoints: SchedulerEndpoi
     )
     group = service.add_group(name=subjects.scheduler_group, queue_group=subjects.scheduler_queue)
     await group.add_endpoint(name="select", handler=endpoints.select)
+    await group.add_endpoint(name="route", handler=endpoints.route)
     await group.add_endpoint(name="simulate", handler=endpoints.simulate)
     await group.add_endpoint(name="analyze", handler=endpoints.analyze)
     await group.add_endpoint(name="status", handler=endpoints.status)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import uuid
 import time
 
 import msgspec
@@ -24,6 +25,7 @@ from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.messages import LoadEvent, MetricsBatch, PoolSnapshot
+from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
 from shared.state import RedisStateStore
 from shared.subjects import RedisKeys, Subjects
@@ -42,18 +44,27 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 redis_url: str | None = None) -> None:
     """Run one scheduler replica until ``stop`` is set."""
     cfg = loaded.config
-    replica = f"{socket.gethostname()}-{os.getpid()}"
+    replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     subjects = Subjects(cfg.global_.prefix)
     keys = RedisKeys(cfg.global_.prefix)
-    core = SchedulerCore(cfg, default_registry())
+    core = SchedulerCore(cfg, default_registry(), replica=replica)
     health: dict[str, bool] = {"ok": True}
     store = RedisStateStore(redis_url, keys=keys)
     counts = RedisSelectionStore(redis_url)
     persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health,
                                counts=counts)
     watcher = ConfigWatcher(loaded)
+    nc = await connect_nats(f"scheduler-{replica}", nats_url)
+    sel_enc = msgspec.json.Encoder()
+
+    def announce(event: SelectionEvent) -> None:
+        # Fire and forget: nats-py buffers the publish; a lost one only costs the other
+        # replicas this request's count until its outcome (which they ignore) or expiry.
+        task = asyncio.ensure_future(nc.publish(subjects.selection, sel_enc.encode(event)))
+        task.add_done_callback(_ignore_result)
+
     endpoints = SchedulerEndpoints(core, replica=replica, config_version=loaded.version,
-                                   store_ok=health)
+                                   store_ok=health, announce=announce)
 
     def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
         core.apply_config(new.config)
@@ -61,7 +72,6 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         set_level(new.config.global_.effective_log_level)
 
     watcher.subscribe(on_config)
-    nc = await connect_nats(f"scheduler-{replica}", nats_url)
     snap_dec = msgspec.json.Decoder(PoolSnapshot)
     met_dec = msgspec.json.Decoder(MetricsBatch)
 
@@ -71,11 +81,12 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         except msgspec.DecodeError as err:
             log.warning("Dropping malformed pool snapshot on %s: %s", msg.subject, err)
             return
-        if core.pool_config(snap.pool, snap.partition) is None:
+        if not core.accept_snapshot(snap):
             return
         before = core.view.get(snap.pool, snap.partition)
         old_keys = set(before.members) if before else set()
         state = core.view.apply_snapshot(snap)
+        core.sync_pool(state)
         if set(state.members) != old_keys:
             log.info("Pool %s:%s membership: %d members (%d available)", snap.pool,
                      snap.partition, len(state.members),
@@ -99,12 +110,29 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 log.info("Pool %s:%s member %s awake: back in selection", batch.pool,
                          batch.partition, member.key)
 
+    sel_dec = msgspec.json.Decoder(SelectionEvent)
+    out_dec = msgspec.json.Decoder(OutcomeEvent)
+
+    async def on_selection(msg: Msg) -> None:
+        try:
+            core.apply_selection(sel_dec.decode(msg.data))
+        except msgspec.DecodeError as err:
+            log.warning("Dropping malformed selection event: %s", err)
+
+    async def on_outcome(msg: Msg) -> None:
+        try:
+            core.apply_outcome(out_dec.decode(msg.data))
+        except msgspec.DecodeError as err:
+            log.warning("Dropping malformed outcome event: %s", err)
+
     subs = [
         await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot),
         await nc.subscribe(subjects.member_metrics_all, cb=on_metrics),
+        await nc.subscribe(subjects.selection, cb=on_selection),
+        await nc.subscribe(subjects.request_outcome, cb=on_outcome),
     ]
     try:
-        restored = await warm_up(store, keys, core.view)
+        restored = await warm_up(store, keys, core.view, accept=core.accept_snapshot)
         log.info("Warmed up from the state store: %d pools", restored)
     except Exception as err:
         health["ok"] = False
@@ -116,6 +144,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     tasks = [
         asyncio.create_task(watcher.run(stop)),
         asyncio.create_task(_publish_load(nc, subjects, core, stop)),
+        asyncio.create_task(_expire_inflight(core, stop)),
     ]
     try:
         await stop.wait()
@@ -159,8 +188,22 @@ async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
                 cache_usage_avg=(sum(m.cache_usage or 0.0 for m in fresh) / len(fresh))
                 if fresh else 0.0,
                 at=now,
+                inflight={m.key: m.inflight for m in pool.members.values() if m.inflight},
             )
             try:
                 await nc.publish(subjects.load(pool.name), enc.encode(event))
             except Exception as err:
                 log.debug("Load event not published: %s", err)
+
+
+async def _expire_inflight(core: SchedulerCore, stop: asyncio.Event) -> None:
+    """Once a second: requests whose outcome never came stop counting at their expiry."""
+    while not await sleep_or_stop(stop, 1.0):
+        dropped = core.expire_inflight()
+        if dropped:
+            log.info("%d routed request(s) expired without an outcome report", dropped)
+
+
+def _ignore_result(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("Selection event not published: %s", task.exception())

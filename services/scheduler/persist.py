@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import msgspec
 
@@ -99,8 +100,9 @@ class StatePersister:
 
 
 async def warm_up(store: StateStore, keys: RedisKeys, view: ClusterView,
-                  timeout_s: float = 3.0) -> int:
-    """Load last snapshots and metrics from Redis; returns how many pools were restored."""
+                  timeout_s: float = 3.0,
+                  accept: Callable[[PoolSnapshot], bool] = lambda _snap: True) -> int:
+    """Load last snapshots (of pools ``accept`` keeps) and metrics; returns pools restored."""
     snap_dec = msgspec.json.Decoder(PoolSnapshot)
     met_dec = msgspec.json.Decoder(MetricsBatch)
     snaps = await asyncio.wait_for(store.get_pattern(keys.snapshot_pattern), timeout_s)
@@ -108,10 +110,13 @@ async def warm_up(store: StateStore, keys: RedisKeys, view: ClusterView,
     restored = 0
     for raw in snaps.values():
         try:
-            view.apply_snapshot(snap_dec.decode(raw))
-            restored += 1
+            snap = snap_dec.decode(raw)
         except msgspec.DecodeError as err:
             log.warning("Ignoring unreadable snapshot in the state store: %s", err)
+            continue
+        if accept(snap):
+            view.apply_snapshot(snap)
+            restored += 1
     for raw in metrics.values():
         try:
             view.apply_metrics(met_dec.decode(raw))

@@ -27,6 +27,8 @@ class MemberState:
     asleep: bool = False
     """The engine said it is asleep; it stays out of selection until a scrape says awake."""
     asleep_reason: str | None = None
+    inflight: int = 0
+    """Requests routed here and not yet finished, as every router replica counts them."""
 
     def fresh(self, now: float, stale_after_s: float) -> bool:
         """True when the values are present and younger than the staleness window."""

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.scheduler.plugins.base import DecisionContext, Filter, Picker, Scorer
+from services.scheduler.plugins.best import BestPicker
 from services.scheduler.plugins.kv_scorer import KVCacheScorer
+from services.scheduler.plugins.load_scorer import LoadScorer
 from services.scheduler.plugins.queue_scorer import QueueScorer
 from services.scheduler.plugins.threshold import ThresholdFilter
 from services.scheduler.plugins.weighted_random import WeightedRandomPicker
@@ -71,18 +73,27 @@ def default_registry() -> PluginRegistry:
     """The built-in plugins."""
     return PluginRegistry(
         filters={"threshold": ThresholdFilter},
-        scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer},
-        pickers={"weighted_random": WeightedRandomPicker},
+        scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer, "load": LoadScorer},
+        pickers={"weighted_random": WeightedRandomPicker, "best": BestPicker},
     )
 
 
 def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: FallbackConfig) -> Profile:
-    """The pool's profile: the seed-000 threshold filter wraps the mode's scoring (S1)."""
+    """The pool's profile: the seed-000 threshold filter wraps the mode's scoring.
+
+    ``s1``: queue and KV scorers, weighted random pick (seed 002). ``least_load``: the
+    load scorer, best pick (what the gateway uses for registered aliases by default).
+    """
     threshold = registry.filter(
         "threshold",
         running_req_threshold=fallback.member_running_req_threshold,
         waiting_queue_threshold=fallback.member_waiting_queue_threshold,
     )
+    if mode.type == "least_load":
+        # In-flight counts are the router's own: a member without fresh metrics still has one.
+        return Profile(name=mode.name, filters=(threshold,),
+                       scorers=((1.0, registry.scorer("load")),),
+                       picker=registry.picker("best"), require_fresh=False)
     if mode.type != "s1":
         raise ValueError(f"unknown scoring profile {mode.type!r}")
     return Profile(

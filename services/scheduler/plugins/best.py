@@ -1,0 +1,28 @@
+"""Best-score picker: the highest score, ties broken at random."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.scheduler.plugins.base import DecisionContext
+from services.scheduler.view import MemberState
+
+
+@dataclass(frozen=True, slots=True)
+class BestPicker:
+    """argmax over positive scores; a random one among equals so replicas don't herd."""
+
+    name: str = "best"
+    tolerance: float = 1e-9
+
+    def pick(self, ctx: DecisionContext, members: list[MemberState],
+             scores: list[float]) -> MemberState | None:
+        top = max(scores, default=0.0)
+        if top <= 0:
+            return None
+        best = [m for m, s in zip(members, scores, strict=True) if s >= top - self.tolerance]
+        return best[0] if len(best) == 1 else ctx.rng.choice(best)
+
+    def pick_many(self, ctx: DecisionContext, members: list[MemberState],
+                  scores: list[float], n: int) -> list[MemberState | None]:
+        return [self.pick(ctx, members, scores) for _ in range(n)]
