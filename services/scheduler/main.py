@@ -7,8 +7,8 @@ import contextlib
 import logging
 import os
 import socket
-import uuid
 import time
+import uuid
 
 import msgspec
 from nats.aio.client import Client as NATS
