@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -238,9 +238,55 @@ class WorkerRegistry:
         return [self._decode(v) for v in values if v is not None]
 
     async def instances(self, *, include_lost: bool = False) -> list[RoutableInstance]:
-        """Every instance of every active (or, on request, lost) worker."""
-        return [_routable(w, i) for w in await self.workers()
-                if w.state == "active" or include_lost for i in w.instances]
+        """Every instance of every active (or, on request, lost) worker.
+
+        An instance the autoscaler is draining reports state ``draining`` while it runs.
+        """
+        draining = await self.draining()
+        out = []
+        for w in await self.workers():
+            if w.state != "active" and not include_lost:
+                continue
+            for inst in w.instances:
+                item = _routable(w, inst)
+                if item.state == "running" and inst.url in draining:
+                    item = msgspec.structs.replace(item, state="draining")
+                out.append(item)
+        return out
+
+    # -- drain marks ------------------------------------------------------------------
+    @property
+    def draining_key(self) -> str:
+        """Redis hash: instance URL → time its drain mark lapses."""
+        return f"{self.prefix}:draining"
+
+    async def mark_draining(self, url: str, for_s: float) -> None:
+        """Take an instance out of routing for up to ``for_s`` (the autoscaler's drain)."""
+        await self.redis.hset(self.draining_key, url, str(self.clock() + for_s))
+
+    async def clear_draining(self, url: str) -> None:
+        """The instance may take requests again (or it went to sleep)."""
+        await self.redis.hdel(self.draining_key, url)
+
+    async def draining(self) -> set[str]:
+        """URLs of instances being drained now (lapsed marks are dropped)."""
+        raw = await self.redis.hgetall(self.draining_key)
+        now = self.clock()
+        live: set[str] = set()
+        lapsed: list[str] = []
+        for key, value in raw.items():
+            url = key.decode() if isinstance(key, bytes) else str(key)
+            try:
+                until = float(value)
+            except ValueError:
+                until = 0.0
+            if until > now:
+                live.add(url)
+            else:
+                lapsed.append(url)
+        if lapsed:
+            await self.redis.hdel(self.draining_key, *lapsed)
+        return live
 
     async def routable_instances(self, *, include_sleeping: bool = False
                                  ) -> list[RoutableInstance]:
@@ -270,13 +316,16 @@ class WorkerRegistry:
                             now - record.last_heartbeat, len(record.instances))
         return lost
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event,
+                  on_lost: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         """The lost-worker detector: check every ``check_interval_s`` until ``stop``."""
         failing = False
         while not stop.is_set():
             try:
-                await self.check()
+                lost = await self.check()
                 failing = False
+                if lost and on_lost is not None:
+                    await on_lost(lost)
             except (RedisError, OSError) as err:
                 if not failing:
                     log.warning("Worker registry check failed (Redis): %s", err)
@@ -288,3 +337,10 @@ class WorkerRegistry:
         """Close the Redis connection if the registry opened it."""
         if self._owned:
             await self.redis.aclose()
+
+
+def instance_signature(record: WorkerRecord | None) -> frozenset[tuple[str, str, str, int]]:
+    """What routing and scaling care about in a worker's instances (not load figures)."""
+    if record is None:
+        return frozenset()
+    return frozenset((i.alias, i.url, i.state, i.sleep_level) for i in record.instances)

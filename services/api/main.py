@@ -5,21 +5,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 
 import uvicorn
 
+from services.api.admin import admin_router
 from services.api.app import ApiState, create_app
 from services.api.fastpath import SelectFastPath
+from services.api.gateway.bus import NatsEvents, NatsRouter
+from services.api.gateway.catalog import Catalog
+from services.api.gateway.front import GatewayFront
+from services.api.gateway.hold import HoldQueues, HoldSettings
+from services.api.gateway.proxy import Gateway, GatewaySettings
+from services.api.gateway.upstream import Upstream
 from services.api.scheduler_client import SchedulerClient
 from services.api.workers import workers_router
+from shared.auth import AdminAuth
 from shared.bus import connect_nats
-from shared.config import LoadedConfig
+from shared.config import GatewayConfig, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.http_server import QuietServer, bind_socket, socket_from_fd
 from shared.logs import set_level
+from shared.model_registry import ModelRegistry
+from shared.registry_view import RegistryView, announce
 from shared.runtime import run_service
+from shared.scaling import ScalingLog
 from shared.state import RedisStateStore
 from shared.subjects import RedisKeys, Subjects
 from shared.workers import WorkerRegistry
@@ -59,14 +71,36 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     cfg = loaded.config
     nc = await connect_nats("api", nats_url)
     store = RedisStateStore(redis_url, keys=RedisKeys(cfg.global_.prefix))
-    client = SchedulerClient(nc, Subjects(cfg.global_.prefix),
-                             cfg.global_.select_timeout_ms / 1000.0)
+    subjects = Subjects(cfg.global_.prefix)
+    client = SchedulerClient(nc, subjects, cfg.global_.select_timeout_ms / 1000.0)
     state = ApiState(scheduler=client, config=cfg, config_version=loaded.version, store=store)
     state.set_config(cfg, loaded.version)
     watcher = ConfigWatcher(loaded)
+    registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix,
+                              lost_after_s=cfg.global_.worker_lost_after_s)
+    models = ModelRegistry(registry.redis, prefix=cfg.global_.prefix)
+    view = RegistryView(models, registry)
+    gateway_id = f"api-{socket.gethostname()}-{os.getpid()}"
+    events = NatsEvents(nc, subjects, gateway_id)
+    catalog = Catalog(cfg, lambda: view.models)
+    hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
+    upstream = Upstream()
+    gateway = Gateway(_gateway_settings(cfg.gateway), catalog, NatsRouter(client), upstream,
+                      events, hold)
+    view.listeners.append(hold.notify_all)
+
+    async def announce_change(kind: str, name: str, op: str) -> None:
+        await announce(nc, subjects.registry_changed, kind, name, op)
+
+    async def on_lost(worker_ids: list[str]) -> None:
+        for worker_id in worker_ids:
+            await announce_change("worker", worker_id, "lost")
 
     def on_config(old: LoadedConfig, new: LoadedConfig) -> None:
         state.set_config(new.config, new.version)
+        catalog.set_config(new.config)
+        gateway.settings = _gateway_settings(new.config.gateway)
+        hold.settings = _hold_settings(new.config.gateway)
         client.timeout_s = new.config.global_.select_timeout_ms / 1000.0
         set_level(new.config.global_.effective_log_level)
         g_old, g_new = old.config.global_, new.config.global_
@@ -75,11 +109,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             log.warning("api_host/api_port/prefix changes take effect after a restart")
 
     watcher.subscribe(on_config)
-    registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix,
-                              lost_after_s=cfg.global_.worker_lost_after_s)
+    admin = AdminAuth.from_env()
     fastapi_app = create_app(state)
-    fastapi_app.include_router(workers_router(registry))
-    app = SelectFastPath(fastapi_app, state)
+    fastapi_app.include_router(workers_router(registry, announce=announce_change))
+    fastapi_app.include_router(admin_router(models, view, ScalingLog(registry.redis,
+                                                                      cfg.global_.prefix),
+                                            client, announce_change, admin))
+    app = GatewayFront(SelectFastPath(fastapi_app, state), gateway, catalog,
+                       cfg.gateway.api_keys())
+    changes = await nc.subscribe(subjects.registry_changed, cb=view.on_event)
+    await view.refresh()
     if sock is None:
         sock = bind_socket(cfg.global_.api_host,
                            port if port is not None else cfg.global_.api_port)
@@ -88,7 +127,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                                         timeout_graceful_shutdown=GRACEFUL_S))
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     watch_task = asyncio.create_task(watcher.run(stop))
-    registry_task = asyncio.create_task(registry.run(stop))
+    registry_task = asyncio.create_task(registry.run(stop, on_lost))
+    view_task = asyncio.create_task(view.run(stop))
     host, bound = sock.getsockname()[:2]
     log.info("API listening on http://%s:%s", host, bound)
     try:
@@ -100,9 +140,12 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         server.should_exit = True
         with contextlib.suppress(Exception):
             await server_task
-        watch_task.cancel()
-        registry_task.cancel()
-        await asyncio.gather(watch_task, registry_task, return_exceptions=True)
+        for task in (watch_task, registry_task, view_task):
+            task.cancel()
+        await asyncio.gather(watch_task, registry_task, view_task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await changes.unsubscribe()
+        await upstream.close()
         await registry.close()
         with contextlib.suppress(Exception):
             await nc.drain()
@@ -118,3 +161,13 @@ async def stop_accepting(server: uvicorn.Server) -> None:
     for listener in server.servers:
         listener.close()
     await asyncio.sleep(ACCEPTED_GRACE_S)
+
+
+def _gateway_settings(g: GatewayConfig) -> GatewaySettings:
+    return GatewaySettings(max_ongoing=g.max_ongoing(), retries=g.retries,
+                           first_byte_timeout_s=g.first_byte_timeout_s,
+                           inflight_ttl_s=g.inflight_ttl_s)
+
+
+def _hold_settings(g: GatewayConfig) -> HoldSettings:
+    return HoldSettings(max_waiting=g.hold_queue_size, timeout_s=g.hold_timeout_s)

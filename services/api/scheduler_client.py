@@ -40,6 +40,10 @@ class SchedulerClient:
         self._ana_dec = msgspec.json.Decoder(AnalyzeReply)
         self._status_dec = msgspec.json.Decoder(StatusReply)
 
+    async def call(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
+        """One request-reply to the queue group; the reply's bytes."""
+        return await self._call(subject, payload, timeout_s)
+
     async def _call(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
         try:
             msg = await self.nc.request(subject, payload, timeout=timeout_s or self.timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -21,7 +22,15 @@ from shared.auth import AdminAuth
 from shared.decoding import decode_object
 from shared.errors import BadRequest, error_response
 from shared.openapi import errors, reply
-from shared.workers import HeartbeatRequest, RegisterRequest, WorkerRegistry
+from shared.workers import (
+    HeartbeatRequest,
+    RegisterRequest,
+    WorkerRegistry,
+    instance_signature,
+)
+
+Announce = Callable[[str, str, str], Awaitable[None]]
+"""(kind, name, op) → publish ``registry.changed``."""
 
 log = logging.getLogger("llmsched.api")
 
@@ -30,7 +39,12 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
-def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) -> APIRouter:
+async def _no_announce(_kind: str, _name: str, _op: str) -> None:
+    return None
+
+
+def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None,
+                   announce: Announce = _no_announce) -> APIRouter:
     """Worker registration and ``GET /admin/workers``; a key (or $LLMSCHED_ADMIN_KEY) guards all."""
     auth = AdminAuth.from_env() if admin_key is None else AdminAuth(admin_key or None)
     denied = auth.denied
@@ -50,6 +64,7 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
         try:
             body, _ = decode_object(await request.body(), RegisterRequest)
             record = await registry.register(body)
+            await announce("worker", record.worker_id, "register")
         except BadRequest as err:
             return err.response()
         except (RedisError, OSError) as err:
@@ -66,7 +81,10 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
             return refusal
         try:
             body, _ = decode_object(await request.body(), HeartbeatRequest, empty_ok=True)
+            before = instance_signature(await registry.get(worker_id))
             record = await registry.heartbeat(worker_id, body)
+            if record is not None and instance_signature(record) != before:
+                await announce("worker", worker_id, "instances")
         except BadRequest as err:
             return err.response()
         except (RedisError, OSError) as err:
@@ -83,6 +101,8 @@ def workers_router(registry: WorkerRegistry, *, admin_key: str | None = None) ->
             return refusal
         try:
             record = await registry.unregister(worker_id)
+            if record is not None:
+                await announce("worker", worker_id, "unregister")
         except (RedisError, OSError) as err:
             return unavailable(err)
         if record is None:

@@ -17,10 +17,11 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from services.api.workers import WorkerRegistry, workers_router
+from services.api.workers import workers_router
 from services.worker.instances import WorkerSettings
 from services.worker.main import Worker, WorkerOptions
 from shared.http_server import RunningServer, free_port, start_app
+from shared.workers import WorkerRegistry
 from tests.integration.system import REPO, wait_until
 
 FAKE = {"alias": "fake-model", "model_name": "__fake__", "fake": True,

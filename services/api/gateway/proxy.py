@@ -1,0 +1,316 @@
+"""One OpenAI request through the gateway: route, hold, proxy with retries, report the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from services.api.gateway.body import GatewayError, GatewayRequest, Kind, parse_request
+from services.api.gateway.hold import HoldQueues
+from services.api.gateway.upstream import Upstream, UpstreamFailed, UpstreamResponse
+from shared.routing import OutcomeEvent, RouteReply, RouteRequest
+
+log = logging.getLogger("llmsched.api.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+USAGE_TAIL_BYTES = 4096
+MAX_PARSED_BODY = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where requests for a model go."""
+
+    alias: str
+    pool: str
+    partition: str
+    managed: bool
+    """A registered alias whose instances the autoscaler can wake or start."""
+    served_model: str | None = None
+    """The model name the engines serve, when it differs from the alias."""
+
+
+class Resolver(Protocol):
+    """Model name → target (None: unknown model)."""
+
+    def resolve(self, model: str) -> Target | None: ...
+
+
+class Router(Protocol):
+    """The scheduler's route call (raises RouterUnavailable when no replica answers)."""
+
+    async def route(self, request: RouteRequest) -> RouteReply: ...
+
+
+class RouterUnavailable(Exception):
+    """No scheduler answered the route call."""
+
+
+class Events(Protocol):
+    """Fire-and-forget publication of outcomes."""
+
+    def outcome(self, event: OutcomeEvent) -> None: ...
+
+
+@dataclass
+class GatewaySettings:
+    """Knobs of the proxy hop."""
+
+    max_ongoing: int = 100
+    """Concurrent requests one API process serves (SERVE_MAX_ONGOING_REQUESTS)."""
+    retries: int = 2
+    """Other instances tried after a failure before the first byte."""
+    backoff_s: float = 0.05
+    """First pause between attempts; doubles each time (capped at 1 s)."""
+    first_byte_timeout_s: float = 120.0
+    """An engine that sends no first byte within this is abandoned for another."""
+    inflight_ttl_s: float = 900.0
+    """How long a routed request counts as in flight if its outcome is never reported."""
+
+
+class Gateway:
+    """Serves chat and completions requests for every API process's clients."""
+
+    def __init__(self, settings: GatewaySettings, resolver: Resolver, router: Router,
+                 upstream: Upstream, events: Events, hold: HoldQueues, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.router = router
+        self.upstream = upstream
+        self.events = events
+        self.hold = hold
+        self.clock = clock
+        self.wall = wall
+        self.ongoing = 0
+
+    async def handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send) -> None:
+        """Answer one request; errors before the answer starts are raised as GatewayError."""
+        request = parse_request(raw, kind)
+        target = self.resolver.resolve(request.model)
+        if target is None:
+            raise GatewayError(404, f"The model `{request.model}` does not exist.",
+                               param="model", code="model_not_found")
+        if self.ongoing >= self.settings.max_ongoing:
+            raise GatewayError(429, f"this gateway process already serves "
+                               f"{self.ongoing} requests (max_ongoing_requests); retry later",
+                               code="too_many_requests", retry_after=1)
+        self.ongoing += 1
+        try:
+            exchange = _Exchange(self, request, target, send)
+            work = asyncio.create_task(exchange.run())
+            watcher = asyncio.create_task(_wait_disconnect(receive))
+            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                watcher.cancel()
+                work.result()
+                return
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            log.info("Client of %s request %s went away after %.3fs; upstream cancelled",
+                     target.alias, exchange.base_id, self.clock() - exchange.started)
+        finally:
+            self.ongoing -= 1
+
+
+class _Exchange:
+    """The attempts of one client request."""
+
+    def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
+                 send: Send) -> None:
+        self.gw = gw
+        self.request = request
+        self.target = target
+        self.send = send
+        self.base_id = uuid.uuid4().hex[:16]
+        self.started = gw.clock()
+        self.tried: list[str] = []
+        self.last_error = ""
+        self.pending: tuple[str, str, int] | None = None
+        """The attempt routed but not yet reported: (request id, member, attempt)."""
+
+    async def run(self) -> None:
+        """Attempts until one engine answers; a cancelled exchange still reports its outcome."""
+        try:
+            await self._attempts()
+        except asyncio.CancelledError:
+            if self.pending is not None:
+                request_id, member, attempt = self.pending
+                self._report(request_id, member, attempt, status=0,
+                             error="client disconnected", final=True)
+            raise
+
+    async def _attempts(self) -> None:
+        gw = self.gw
+        attempt = 0
+        body = self.request.for_engine(self.target.served_model)
+        with contextlib.ExitStack() as held:
+            deadline: float | None = None
+            while True:
+                request_id = f"{self.base_id}-{attempt}"
+                self.pending = (request_id, "", attempt)
+                reply = await self._route(request_id)
+                self.pending = (request_id, reply.answer if reply.url else "", attempt)
+                if not reply.url:
+                    self.pending = None
+                    if self.target.managed and reply.active == 0 and not self.tried:
+                        if deadline is None:
+                            deadline = held.enter_context(gw.hold.enter(self.target.alias))
+                            log.info("Holding a request for %s: no active instance (%s)",
+                                     self.target.alias, reply.reason)
+                        await gw.hold.pause(self.target.alias, deadline)
+                        continue
+                    raise self._no_instance(reply)
+                if deadline is not None:
+                    held.close()
+                    deadline = None
+                member = reply.answer
+                try:
+                    upstream = await gw.upstream.open(
+                        reply.url + PATHS[self.request.kind], body,
+                        {"content-type": "application/json", "x-request-id": request_id},
+                        gw.settings.first_byte_timeout_s)
+                except UpstreamFailed as err:
+                    self._report(request_id, member, attempt, status=err.status,
+                                 error=err.message, final=False)
+                    self.tried.append(member)
+                    self.last_error = f"{member}: {err.message}"
+                    if attempt >= gw.settings.retries:
+                        raise GatewayError(
+                            502, f"no engine answered: {self.last_error} (after "
+                            f"{attempt + 1} attempts)", code="upstream_failed") from None
+                    log.info("Retrying %s request %s elsewhere: %s", self.target.alias,
+                             self.base_id, self.last_error)
+                    await asyncio.sleep(min(1.0, gw.settings.backoff_s * 2 ** attempt))
+                    attempt += 1
+                    continue
+                await self._relay(upstream, request_id, member, attempt)
+                return
+
+    async def _route(self, request_id: str) -> RouteReply:
+        try:
+            return await self.gw.router.route(RouteRequest(
+                pool=self.target.pool, partition=self.target.partition, request_id=request_id,
+                exclude=list(self.tried), prompt_chars=self.request.prompt_chars,
+                ttl_s=self.gw.settings.inflight_ttl_s))
+        except RouterUnavailable:
+            raise GatewayError(503, "no scheduler answered; retry shortly",
+                               code="scheduler_unavailable", retry_after=1) from None
+
+    def _no_instance(self, reply: RouteReply) -> GatewayError:
+        if self.tried:
+            return GatewayError(502, f"no engine answered: {self.last_error}; no other "
+                                "instance left to try", code="upstream_failed")
+        if reply.answer == "busy":
+            return GatewayError(503, f"every instance of `{self.target.alias}` is saturated; "
+                                "retry later", code="overloaded", retry_after=2)
+        return GatewayError(503, f"no instance of `{self.target.alias}` can take the request "
+                            f"now ({reply.reason or reply.answer})", code="no_instance",
+                            retry_after=2)
+
+    async def _relay(self, upstream: UpstreamResponse, request_id: str, member: str,
+                     attempt: int) -> None:
+        """Stream the engine's answer to the client chunk by chunk; report when done."""
+        gw = self.gw
+        send = self.send
+        ttft = gw.clock() - self.started
+        tail = bytearray(upstream.first)
+        parse_whole = not self.request.stream and upstream.status < 400
+        error: str | None = None
+        try:
+            await send({"type": "http.response.start", "status": upstream.status,
+                        "headers": upstream.headers})
+            if upstream.first:
+                await send({"type": "http.response.body", "body": upstream.first,
+                            "more_body": True})
+            async for chunk in upstream.rest():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail += chunk
+                if parse_whole:
+                    if len(tail) > MAX_PARSED_BODY:
+                        parse_whole = False
+                elif len(tail) > 2 * USAGE_TAIL_BYTES:
+                    del tail[:-USAGE_TAIL_BYTES]
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            upstream.close()
+        except asyncio.CancelledError:
+            error = "client disconnected"
+            upstream.abort()
+            raise
+        except Exception as err:  # the engine died mid-stream: the client sees a cut stream
+            error = f"stream broken: {type(err).__name__}: {err}"
+            upstream.abort()
+            log.warning("Request %s to %s broke after the first byte: %s", request_id, member,
+                        error)
+        finally:
+            prompt, completion = _usage(bytes(tail), whole=parse_whole)
+            self._report(request_id, member, attempt, status=upstream.status, error=error,
+                         ttft=ttft, e2e=gw.clock() - self.started, prompt_tokens=prompt,
+                         completion_tokens=completion, final=True)
+
+    def _report(self, request_id: str, member: str, attempt: int, *, status: int,
+                error: str | None, final: bool, ttft: float | None = None,
+                e2e: float | None = None, prompt_tokens: int | None = None,
+                completion_tokens: int | None = None) -> None:
+        self.pending = None
+        self.gw.events.outcome(OutcomeEvent(
+            request_id=request_id, pool=self.target.pool, partition=self.target.partition,
+            member=member, alias=self.target.alias, status=status, error=error,
+            ttft_s=ttft, e2e_s=e2e, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, retries=attempt, final=final,
+            stream=self.request.stream, at=self.gw.wall()))
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    """Return when the client closes its connection (the body was already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_WithUsage)
+
+
+def _usage(data: bytes, *, whole: bool) -> tuple[int | None, int | None]:
+    """Token counts from a JSON answer or the usage chunk at the end of an SSE stream."""
+    candidates = [data] if whole else []
+    if not whole:
+        at = data.rfind(b'"usage"')
+        if at < 0:
+            return None, None
+        start = data.rfind(b"data: ", 0, at)
+        end = data.find(b"\n", at)
+        if start < 0:
+            return None, None
+        candidates.append(data[start + 6:end if end > 0 else len(data)])
+    for candidate in candidates:
+        try:
+            usage = _usage_decoder.decode(candidate).usage
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if usage is not None:
+            return usage.prompt_tokens, usage.completion_tokens
+    return None, None
