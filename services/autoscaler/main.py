@@ -1,23 +1,39 @@
-"""Composition root of the autoscaler (for now: follows load events and logs them)."""
+"""Composition root of the autoscaler: wakes, starts, sleeps and unloads instances (SPEC §2.4)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 
+import httpx
 import msgspec
 from nats.aio.msg import Msg
 
+from services.autoscaler.executor import WorkerActions
+from services.autoscaler.lease import Lease
+from services.autoscaler.scaler import Scaler
+from shared.auth import admin_key_from_env
 from shared.bus import connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.messages import LoadEvent
+from shared.model_registry import ModelRegistry
+from shared.registry_view import RegistryView, announce
+from shared.routing import DemandEvent
 from shared.runtime import run_service
+from shared.scaling import ActionRecord, ScalingLog
 from shared.subjects import Subjects
+from shared.workers import WorkerRegistry
 
 log = logging.getLogger("llmsched.autoscaler")
+
+LEASE_TTL_S = 3.0
+"""A dead leader is replaced within this long (plus one tick)."""
 
 
 def run(loaded: LoadedConfig) -> int:
@@ -27,37 +43,67 @@ def run(loaded: LoadedConfig) -> int:
 
 async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | None = None,
                 redis_url: str | None = None) -> None:
-    """Subscribe to load events until ``stop``; scaling actions arrive with the worker plane."""
-    subjects = Subjects(loaded.config.global_.prefix)
-    watcher = ConfigWatcher(loaded)
-    watcher.subscribe(lambda _o, new: set_level(new.config.global_.effective_log_level))
+    """Scale registered aliases until ``stop``; only the lease holder acts."""
+    cfg = loaded.config
+    prefix = cfg.global_.prefix
+    subjects = Subjects(prefix)
+    name = f"autoscaler-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     nc = await connect_nats("autoscaler", nats_url)
-    decoder = msgspec.json.Decoder(LoadEvent)
-    last: dict[tuple[str, str], tuple[int, float, float]] = {}
+    registry = WorkerRegistry(redis_url, prefix=prefix)
+    models = ModelRegistry(registry.redis, prefix=prefix)
+    view = RegistryView(models, registry)
+    lease = Lease(registry.redis, f"{prefix}:autoscaler:leader", name, LEASE_TTL_S)
+    encode = msgspec.json.Encoder().encode
 
-    async def on_load(msg: Msg) -> None:
+    async def publish(record: ActionRecord) -> None:
+        await nc.publish(subjects.autoscaler_action, encode(record))
+
+    async def announce_change(kind: str, item: str, op: str) -> None:
+        await announce(nc, subjects.registry_changed, kind, item, op)
+
+    async with httpx.AsyncClient() as http:
+        scaler = Scaler(cfg, view, registry, ScalingLog(registry.redis, prefix),
+                        WorkerActions(http, admin_key_from_env()), publish, announce_change,
+                        name=name)
+        watcher = ConfigWatcher(loaded)
+
+        def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
+            scaler.config = new.config
+            set_level(new.config.global_.effective_log_level)
+
+        watcher.subscribe(on_config)
+        load_dec = msgspec.json.Decoder(LoadEvent)
+        demand_dec = msgspec.json.Decoder(DemandEvent)
+
+        async def on_load(msg: Msg) -> None:
+            try:
+                scaler.on_load(load_dec.decode(msg.data))
+            except msgspec.DecodeError as err:
+                log.warning("Dropping malformed load event: %s", err)
+
+        async def on_demand(msg: Msg) -> None:
+            try:
+                scaler.on_demand(demand_dec.decode(msg.data))
+            except msgspec.DecodeError as err:
+                log.warning("Dropping malformed demand event: %s", err)
+
+        subs = [await nc.subscribe(subjects.load_all, cb=on_load),
+                await nc.subscribe(subjects.autoscaler_demand, cb=on_demand),
+                await nc.subscribe(subjects.registry_changed, cb=view.on_event)]
+        tasks = [asyncio.create_task(watcher.run(stop)),
+                 asyncio.create_task(view.run(stop)),
+                 asyncio.create_task(scaler.run(stop, lease.hold))]
+        log.info("Autoscaler %s running (leader lease %s)", name, lease.key)
         try:
-            event = decoder.decode(msg.data)
-        except msgspec.DecodeError as err:
-            log.warning("Dropping malformed load event: %s", err)
-            return
-        summary = (event.available, round(event.waiting_queue, 1), round(event.running_req, 1))
-        ident = (event.name, event.partition)
-        level = logging.INFO if last.get(ident) != summary else logging.DEBUG
-        last[ident] = summary
-        log.log(level, "Load %s:%s available=%d/%d running=%.0f waiting=%.0f kv_avg=%.2f",
-                event.name, event.partition, event.available, event.members,
-                event.running_req, event.waiting_queue, event.cache_usage_avg)
-
-    sub = await nc.subscribe(subjects.load_all, cb=on_load)
-    watch = asyncio.create_task(watcher.run(stop))
-    log.info("Autoscaler following %s", subjects.load_all)
-    try:
-        await stop.wait()
-    finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await nc.drain()
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await lease.release()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            await registry.close()

@@ -272,6 +272,15 @@ class InstanceManager:
             engine = self._ready(inst)
             if inst.state == "sleeping" and inst.sleep_level >= level:
                 return inst
+            if inst.state == "sleeping":
+                # Deeper sleep: an engine asleep at level 1 keeps its weights in host memory;
+                # level 2 drops them, which only a sleep from awake does.
+                try:
+                    await self.control.wake(engine.url, inst.spec.engine)
+                except EngineCallError as err:
+                    raise BadRequest(None, f"engine refused wake-up before a deeper sleep: "
+                                     f"{err.message}", 502, "engine_error") from None
+                inst.state, inst.sleep_level = "running", 0
             previous = inst.state
             inst.state = "draining"
             self.on_change()

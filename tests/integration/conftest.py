@@ -78,3 +78,6 @@ async def make_stack(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
             await svc.stop()
         await stack.http.aclose()
         await stack.bus.close()
+
+
+from tests.integration.fleet import make_fleet  # noqa: E402,F401  (fixture)
