@@ -28,6 +28,9 @@ def run_service(name: str, loaded: LoadedConfig, serve: Serve) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         log.info("%s starting (config %s, version %s)", name, loaded.path, loaded.version)
+        # The import-time heap now, before anything is served: the pass at 3 s then only
+        # walks what start-up added, so it cannot stall requests past their budget.
+        freeze_heap()
         loop.call_later(3.0, freeze_heap)
         await serve(loaded, stop)
         log.info("%s stopped", name)
