@@ -36,6 +36,19 @@ LEASE_TTL_S = 3.0
 """A dead leader is replaced within this long (plus one tick)."""
 
 
+def log_load(event: LoadEvent, serving: dict[tuple[str, str], bool]) -> None:
+    """Load at DEBUG (it changes every tick); INFO when a pool gains or loses availability."""
+    log.debug("Load %s:%s available=%d/%d running=%.0f waiting=%.0f kv_avg=%.2f",
+              event.name, event.partition, event.available, event.members,
+              event.running_req, event.waiting_queue, event.cache_usage_avg)
+    ident = (event.name, event.partition)
+    available = event.available > 0
+    if serving.get(ident) != available:
+        serving[ident] = available
+        log.info("Pool %s:%s %s: %d of %d members available", event.name, event.partition,
+                 "available" if available else "unavailable", event.available, event.members)
+
+
 def run(loaded: LoadedConfig) -> int:
     """``llmsched autoscaler``."""
     return run_service("autoscaler", loaded, serve)
@@ -75,11 +88,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         load_dec = msgspec.json.Decoder(LoadEvent)
         demand_dec = msgspec.json.Decoder(DemandEvent)
 
+        serving: dict[tuple[str, str], bool] = {}  # pool → had an available member last time
+
         async def on_load(msg: Msg) -> None:
             try:
-                scaler.on_load(load_dec.decode(msg.data))
+                event = load_dec.decode(msg.data)
             except msgspec.DecodeError as err:
                 log.warning("Dropping malformed load event: %s", err)
+                return
+            log_load(event, serving)
+            scaler.on_load(event)
 
         async def on_demand(msg: Msg) -> None:
             try:
