@@ -304,11 +304,13 @@ async def test_hot_reload_rejects_a_broken_file(make_stack: StackFactory) -> Non
 
 async def test_two_replicas_share_the_load_and_agree(make_stack: StackFactory) -> None:
     stack = await make_stack([pool()], replicas=2, metrics_ms=FRESH_MS)
-    await ready(stack, [A, B], {A: (0, 0, 0.0), B: (10, 0, 1.0)})
-    got = await counts(stack, "p1", [A, B], 100)
-    assert got == Counter({A: 100})
 
     async def both_answer() -> bool:
         r = await stack.http.get(f"{stack.api_url}/health")
         return bool(r.json()["checks"]["scheduler_replicas"] == 2)
-    await wait_until(both_answer, 15, "two replicas answering PING")
+    # A replica answers PING only once it follows the bus: publish after both do, or the
+    # late one never sees this test's one-off snapshot and answers none.
+    await wait_until(both_answer, 30, "two replicas answering PING")
+    await ready(stack, [A, B], {A: (0, 0, 0.0), B: (10, 0, 1.0)})
+    got = await counts(stack, "p1", [A, B], 100)
+    assert got == Counter({A: 100})

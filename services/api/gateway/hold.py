@@ -44,6 +44,7 @@ class HoldQueues:
         self._demand = demand
         self._clock = clock
         self._lines: dict[str, _Line] = {}
+        self._pending: set[asyncio.Future[None]] = set()
 
     def waiting(self, alias: str) -> int:
         line = self._lines.get(alias)
@@ -67,6 +68,12 @@ class HoldQueues:
             line.waiting -= 1
             if line.waiting == 0 and self._lines.get(alias) is line:
                 del self._lines[alias]
+                if line.last_demand > float("-inf"):
+                    # Withdraw the demand at once: the requests are served (or refused) and
+                    # would otherwise count twice, held and in flight, for a few seconds.
+                    task = asyncio.ensure_future(self._demand(alias, 0))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
 
     async def pause(self, alias: str, deadline: float) -> None:
         """Signal demand (rate-limited) and wait one poll interval or until woken."""
