@@ -11,7 +11,9 @@ Run it as its own process so it does not share an event loop with the server::
     python bench/loadgen.py http://127.0.0.1:8080/scheduler/select \\
         --body '{"pool_name":"p1","members":["10.0.0.1:8000"]}' -c 32 -d 5 --warmup 1
 
-``--json`` prints one JSON object (what ``bench/select_bench.py`` reads).
+``--json`` prints one JSON object (what ``bench/select_bench.py`` reads). ``--sse`` reads each
+answer as a server-sent event stream and also times every event as its bytes arrive: time to the
+first event and the gaps between events (what ``bench/gateway_bench.py`` reads).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import sys
 import time
@@ -74,6 +77,10 @@ class Response:
     status: int
     body: bytes
     close: bool
+    events: tuple[int, ...] = ()
+    """SSE only: arrival time (perf_counter ns) of each ``data:`` event but ``[DONE]``."""
+    done: bool = False
+    """SSE only: the stream ended with ``data: [DONE]``."""
 
 
 class ResponseReader:
@@ -91,7 +98,7 @@ class ResponseReader:
         self._chunked = False
         self._close = False
 
-    def take(self, buf: bytearray) -> Response | None:
+    def take(self, buf: bytearray, now_ns: int = 0) -> Response | None:
         """A complete response removed from the front of ``buf``, or None if more is needed."""
         if self._body_start < 0 and not self._parse_head(buf):
             return None
@@ -155,6 +162,101 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
+_SIZE_LINE, _TRAILER, _CRLF = -1, -2, -3
+"""Chunked-body states of SseReader besides "n data bytes left in this chunk"."""
+
+
+class SseReader(ResponseReader):
+    """Like ResponseReader, but decodes the body as it arrives and timestamps each SSE event.
+
+    An event ends with a blank line (``\\n\\n``, as vLLM and OpenAI send them); the event's
+    time is when the read that completed it arrived, whatever the HTTP chunking around it.
+    """
+
+    __slots__ = ("_chunk_left", "_decoded", "_done", "_event_start", "_events", "_got")
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._decoded = bytearray()
+        self._event_start = 0
+        self._events: list[int] = []
+        self._done = False
+        self._chunk_left = _SIZE_LINE
+        self._got = 0
+
+    def take(self, buf: bytearray, now_ns: int = 0) -> Response | None:
+        if self._body_start < 0:
+            if not self._parse_head(buf):
+                return None
+            del buf[:self._body_start]
+            self._body_start = 0
+        if self._chunked:
+            complete = self._feed_chunked(buf)
+        else:
+            n = min(len(buf), self._length - self._got)
+            self._decoded += buf[:n]
+            del buf[:n]
+            self._got += n
+            complete = self._got >= self._length
+        self._scan(now_ns)
+        if not complete:
+            return None
+        response = Response(self._status, bytes(self._decoded), self._close,
+                            tuple(self._events), self._done)
+        self._reset()
+        return response
+
+    def _feed_chunked(self, buf: bytearray) -> bool:
+        """Move the chunk data in ``buf`` to the decoded body; True once the body ended."""
+        while True:
+            if self._chunk_left > 0:
+                if not buf:
+                    return False
+                n = min(len(buf), self._chunk_left)
+                self._decoded += buf[:n]
+                del buf[:n]
+                self._chunk_left -= n
+                if self._chunk_left:
+                    return False
+                self._chunk_left = _CRLF
+            if self._chunk_left == _CRLF:
+                if len(buf) < 2:
+                    return False
+                if buf[:2] != b"\r\n":
+                    raise ValueError(f"chunk data not followed by CRLF: {bytes(buf[:20])!r}")
+                del buf[:2]
+                self._chunk_left = _SIZE_LINE
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                return False
+            line = bytes(buf[:line_end])
+            del buf[:line_end + 2]
+            if self._chunk_left == _TRAILER:
+                if not line:
+                    return True
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise ValueError(f"bad chunk size line {line[:40]!r}") from None
+            self._chunk_left = size if size > 0 else _TRAILER
+
+    def _scan(self, now_ns: int) -> None:
+        """Timestamp every event the decoded body completed since the last call."""
+        data = self._decoded
+        while (end := data.find(b"\n\n", self._event_start)) >= 0:
+            event = bytes(data[self._event_start:end])
+            self._event_start = end + 2
+            payload = [line[5:].strip() for line in event.split(b"\n")
+                       if line.startswith(b"data:")]
+            if not payload:
+                continue  # a comment or a field-only event
+            if payload == [b"[DONE]"]:
+                self._done = True
+            else:
+                self._events.append(now_ns)
+
+
 @dataclass
 class LoadResult:
     """What one run measured; latencies in milliseconds, over the measured window only."""
@@ -178,12 +280,29 @@ class LoadResult:
     client_cpu_s: float
     """This process's CPU time during the window (near ``window_s`` = the client saturated)."""
     error_samples: list[str] = field(default_factory=list)
+    events: int = 0
+    """SSE only: events (``[DONE]`` excluded) of the successful streams."""
+    ttfe_p50_ms: float = 0.0
+    """SSE only: request sent → first event arrived."""
+    ttfe_p90_ms: float = 0.0
+    ttfe_p99_ms: float = 0.0
+    gap_p50_ms: float = 0.0
+    """SSE only: time between consecutive events of one stream."""
+    gap_p90_ms: float = 0.0
+    gap_p99_ms: float = 0.0
+    gap_max_ms: float = 0.0
+    gap_mean_ms: float = 0.0
 
     def summary(self) -> str:
-        return (f"{self.url} c={self.connections}: {self.rps:,.0f} req/s  p50 {self.p50_ms:.3f}"
+        line = (f"{self.url} c={self.connections}: {self.rps:,.0f} req/s  p50 {self.p50_ms:.3f}"
                 f" ms  p90 {self.p90_ms:.3f} ms  p99 {self.p99_ms:.3f} ms  max"
                 f" {self.max_ms:.3f} ms  errors {self.errors}  ({self.requests} in"
                 f" {self.window_s:.2f} s, client CPU {self.client_cpu_s:.2f} s)")
+        if self.events:
+            line += (f"\n  SSE: {self.events} events  first event p50 {self.ttfe_p50_ms:.3f} ms"
+                     f"  p99 {self.ttfe_p99_ms:.3f} ms  gap p50 {self.gap_p50_ms:.3f} ms"
+                     f"  p99 {self.gap_p99_ms:.3f} ms  max {self.gap_max_ms:.3f} ms")
+        return line
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -198,7 +317,7 @@ class Recorder:
     """Shared clock and tallies of all connections of one run."""
 
     def __init__(self, warmup_s: float, duration_s: float | None, max_requests: int | None,
-                 reject: Iterable[bytes] = ()) -> None:
+                 reject: Iterable[bytes] = (), expect_events: int | None = None) -> None:
         now = time.perf_counter_ns()
         self.started_ns = now
         self.window_start_ns = now + int(warmup_s * 1e9)
@@ -206,6 +325,10 @@ class Recorder:
                               if duration_s is not None else None)
         self.max_requests = max_requests
         self.reject = frozenset(reject)
+        self.expect_events = expect_events
+        self.ttfe_ns: list[int] = []
+        self.gaps_ns: list[int] = []
+        self.events = 0
         self.issued_in_window = 0
         self.latencies_ns: list[int] = []
         self.errors = 0
@@ -250,8 +373,25 @@ class Recorder:
             self.fail(end_ns, f"HTTP {response.status}: {response.body[:120]!r}")
         elif response.body in self.reject:
             self.fail(end_ns, f"rejected body {response.body[:120]!r}")
+        elif self.expect_events is not None and not self._stream_ok(start_ns, end_ns, response):
+            return
         else:
             self.latencies_ns.append(end_ns - start_ns)
+
+    def _stream_ok(self, start_ns: int, end_ns: int, response: Response) -> bool:
+        """Check an SSE answer (event count, ``[DONE]``) and keep its event timings."""
+        events = response.events
+        if not response.done or (self.expect_events and len(events) != self.expect_events):
+            self.fail(end_ns, f"stream of {len(events)} events, [DONE] "
+                      f"{'seen' if response.done else 'missing'} (expected "
+                      f"{self.expect_events or 'any number of'} events): "
+                      f"{response.body[-120:]!r}")
+            return False
+        if events:
+            self.events += len(events)
+            self.ttfe_ns.append(events[0] - start_ns)
+            self.gaps_ns.extend(b - a for a, b in itertools.pairwise(events))
+        return True
 
     def fail(self, end_ns: int, reason: str) -> None:
         if not self.in_window(end_ns):
@@ -264,14 +404,14 @@ class Recorder:
 class _Client(asyncio.Protocol):
     """One keep-alive connection sending ``request`` again as soon as each answer is in."""
 
-    def __init__(self, request: bytes, recorder: Recorder, finished: asyncio.Future[None]
-                 ) -> None:
+    def __init__(self, request: bytes, recorder: Recorder, finished: asyncio.Future[None],
+                 sse: bool = False) -> None:
         self.request = request
         self.recorder = recorder
         self.finished = finished
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.reader = ResponseReader()
+        self.reader = SseReader() if sse else ResponseReader()
         self.sent_ns = 0
         self.in_flight = False
 
@@ -290,17 +430,17 @@ class _Client(asyncio.Protocol):
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
+        end = time.perf_counter_ns()
         self.buf += data
         try:
-            response = self.reader.take(self.buf)
+            response = self.reader.take(self.buf, end)
         except ValueError as err:
             self.in_flight = False
-            self.recorder.fail(time.perf_counter_ns(), f"bad response: {err}")
+            self.recorder.fail(end, f"bad response: {err}")
             self.close()
             return
         if response is None:
             return
-        end = time.perf_counter_ns()
         self.in_flight = False
         self.recorder.done(self.sent_ns, end, response)
         if response.close:
@@ -323,13 +463,13 @@ class _Client(asyncio.Protocol):
 
 
 async def _connection(target: Target, request: bytes, recorder: Recorder,
-                      clients: list[_Client]) -> None:
+                      clients: list[_Client], sse: bool) -> None:
     loop = asyncio.get_running_loop()
     while not recorder.stopped:
         finished: asyncio.Future[None] = loop.create_future()
         try:
             _, client = await loop.create_connection(
-                functools.partial(_Client, request, recorder, finished), target.host,
+                functools.partial(_Client, request, recorder, finished, sse), target.host,
                 target.port)
         except OSError as err:
             recorder.fail(time.perf_counter_ns(), f"connect: {err}")
@@ -343,15 +483,21 @@ async def _connection(target: Target, request: bytes, recorder: Recorder,
 async def run_load(url: str, body: bytes, *, connections: int = 1, duration_s: float | None = 5,
                    max_requests: int | None = None, warmup_s: float = 0.0,
                    method: str = "POST", content_type: str = "application/json",
-                   reject: Iterable[bytes] = (), request_timeout_s: float = 10.0) -> LoadResult:
-    """Run the load in the current event loop and return the measurements."""
+                   reject: Iterable[bytes] = (), request_timeout_s: float = 10.0,
+                   sse: bool = False, expect_events: int | None = None) -> LoadResult:
+    """Run the load in the current event loop and return the measurements.
+
+    ``sse``: answers are event streams, timed event by event; a stream without ``[DONE]``, or
+    with other than ``expect_events`` events (when given), counts as an error.
+    """
     if duration_s is None and max_requests is None:
         raise ValueError("give a duration or a request count")
     target = Target.parse(url)
     request = build_request(target, body, method=method, content_type=content_type)
-    recorder = Recorder(warmup_s, duration_s, max_requests, reject)
+    recorder = Recorder(warmup_s, duration_s, max_requests, reject,
+                        (expect_events or 0) if sse else None)
     clients: list[_Client] = []
-    workers = [asyncio.create_task(_connection(target, request, recorder, clients))
+    workers = [asyncio.create_task(_connection(target, request, recorder, clients, sse))
                for _ in range(connections)]
     budget = warmup_s + (duration_s or 3600.0) + request_timeout_s
     _, pending = await asyncio.wait(workers, timeout=budget)
@@ -374,6 +520,7 @@ async def run_load(url: str, body: bytes, *, connections: int = 1, duration_s: f
               else recorder.last_end_ns)
     window_s = max((end_ns - recorder.window_start_ns) / 1e9, 1e-9)
     lat = sorted(recorder.latencies_ns)
+    ttfe, gaps = sorted(recorder.ttfe_ns), sorted(recorder.gaps_ns)
     ms = 1e-6
     return LoadResult(
         url=url, connections=connections, window_s=round(window_s, 4), requests=len(lat),
@@ -386,6 +533,15 @@ async def run_load(url: str, body: bytes, *, connections: int = 1, duration_s: f
         client_cpu_s=round(recorder.cpu_at_window_end - (recorder.cpu_at_window_start
                                                          or recorder.cpu_at_window_end), 4),
         error_samples=recorder.error_samples,
+        events=recorder.events,
+        ttfe_p50_ms=round(percentile(ttfe, 50) * ms, 4),
+        ttfe_p90_ms=round(percentile(ttfe, 90) * ms, 4),
+        ttfe_p99_ms=round(percentile(ttfe, 99) * ms, 4),
+        gap_p50_ms=round(percentile(gaps, 50) * ms, 4),
+        gap_p90_ms=round(percentile(gaps, 90) * ms, 4),
+        gap_p99_ms=round(percentile(gaps, 99) * ms, 4),
+        gap_max_ms=round((gaps[-1] if gaps else 0) * ms, 4),
+        gap_mean_ms=round((sum(gaps) / len(gaps) if gaps else 0) * ms, 4),
     )
 
 
@@ -438,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reject-body", action="append", default=[],
                         help="count a 200 with exactly this body as an error (repeatable)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request time-out")
+    parser.add_argument("--sse", action="store_true",
+                        help="answers are SSE streams: time each event, require [DONE]")
+    parser.add_argument("--expect-events", type=int, default=None,
+                        help="with --sse: a stream with another number of events is an error")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     duration = args.duration if args.duration is not None or args.requests else 5.0
@@ -449,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                               warmup_s=args.warmup, method=args.method,
                               content_type=args.content_type,
                               reject=[r.encode() for r in args.reject_body],
-                              request_timeout_s=args.timeout)
+                              request_timeout_s=args.timeout, sse=args.sse,
+                              expect_events=args.expect_events)
 
     result = run_fast(go())
     print(json.dumps(asdict(result)) if args.json else result.summary())
