@@ -1,8 +1,11 @@
-"""Demo traffic: keeps each engine busy at a concurrency that follows a slow wave.
+"""Demo traffic: keeps each target busy at a concurrency that follows a slow wave.
 
 ``python -m services.doubles.demo_load --targets URL,URL --model M --port P`` sends
-OpenAI chat requests to every target; ``PUT /_control {"target": 0, "concurrency": 30}``
-on port P pins one target's concurrency (``{"auto": true}`` returns it to the wave).
+OpenAI chat requests to every engine; ``--gateway URL --aliases a,b`` adds one target per
+model alias, sent through llmsched's gateway on a wave of its own (``--gateway-low/high/
+period``), so the autoscaler has something to follow. ``PUT /_control {"target": 0,
+"concurrency": 30}`` on port P pins one target's concurrency (``{"auto": true}`` returns it
+to the wave).
 """
 
 from __future__ import annotations
@@ -32,16 +35,20 @@ class Target:
 
     url: str
     phase: float
+    model: str = ""
+    low: int = 1
+    high: int = 12
+    period_s: float = 90.0
     pinned: int | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     sent: int = 0
     errors: int = 0
 
-    def wanted(self, now: float, period_s: float, low: int, high: int) -> int:
+    def wanted(self, now: float) -> int:
         if self.pinned is not None:
             return self.pinned
-        x = 0.5 + 0.5 * math.sin(2 * math.pi * (now / period_s + self.phase))
-        return round(low + (high - low) * x)
+        x = 0.5 + 0.5 * math.sin(2 * math.pi * (now / self.period_s + self.phase))
+        return round(self.low + (self.high - self.low) * x)
 
 
 class Control(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,19 +60,13 @@ class Control(msgspec.Struct, forbid_unknown_fields=True):
 class DemoLoad:
     """Adjusts one sender task per wanted concurrency slot, per target."""
 
-    def __init__(self, targets: list[str], model: str, *, period_s: float, low: int, high: int,
-                 max_tokens: int) -> None:
-        self.targets = [Target(url.rstrip("/"), i / max(1, len(targets)))
-                        for i, url in enumerate(targets)]
-        self.model = model
-        self.period_s = period_s
-        self.low = low
-        self.high = high
+    def __init__(self, targets: list[Target], *, max_tokens: int) -> None:
+        self.targets = targets
         self.max_tokens = max_tokens
         self.http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200))
 
     async def _sender(self, target: Target) -> None:
-        body = {"model": self.model, "max_tokens": self.max_tokens,
+        body = {"model": target.model, "max_tokens": self.max_tokens,
                 "messages": [{"role": "user", "content": "Tell me about load balancing."}]}
         while True:
             try:
@@ -81,7 +82,7 @@ class DemoLoad:
     def adjust(self) -> None:
         now = time.time()
         for t in self.targets:
-            want = t.wanted(now, self.period_s, self.low, self.high)
+            want = t.wanted(now)
             while len(t.tasks) < want:
                 t.tasks.append(asyncio.create_task(self._sender(t)))
             while len(t.tasks) > want:
@@ -102,8 +103,9 @@ class DemoLoad:
 
         @app.get("/_control")
         async def state() -> dict[str, object]:
-            return {"targets": [{"url": t.url, "concurrency": len(t.tasks), "pinned": t.pinned,
-                                 "sent": t.sent, "errors": t.errors} for t in self.targets]}
+            return {"targets": [{"url": t.url, "model": t.model, "concurrency": len(t.tasks),
+                                 "pinned": t.pinned, "sent": t.sent, "errors": t.errors}
+                                for t in self.targets]}
 
         @app.put("/_control")
         async def control(body: dict[str, object]) -> dict[str, object]:
@@ -124,17 +126,30 @@ class DemoLoad:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo_load", description=__doc__)
-    parser.add_argument("--targets", required=True, help="comma-separated engine base URLs")
+    parser.add_argument("--targets", default="", help="comma-separated engine base URLs")
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True, help="control port")
     parser.add_argument("--period", type=float, default=90.0, help="wave period, seconds")
     parser.add_argument("--low", type=int, default=1)
     parser.add_argument("--high", type=int, default=12)
     parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--gateway", help="llmsched API base URL for alias traffic")
+    parser.add_argument("--aliases", default="", help="comma-separated model aliases")
+    parser.add_argument("--gateway-period", type=float, default=240.0)
+    parser.add_argument("--gateway-low", type=int, default=0)
+    parser.add_argument("--gateway-high", type=int, default=6)
     args = parser.parse_args(argv)
     setup_logging("demo-load")
-    load = DemoLoad(args.targets.split(","), args.model, period_s=args.period, low=args.low,
-                    high=args.high, max_tokens=args.max_tokens)
+    engines = [u for u in args.targets.split(",") if u]
+    targets = [Target(url.rstrip("/"), i / max(1, len(engines)), model=args.model,
+                      low=args.low, high=args.high, period_s=args.period)
+               for i, url in enumerate(engines)]
+    aliases = [a for a in args.aliases.split(",") if a]
+    if args.gateway:
+        targets += [Target(args.gateway.rstrip("/"), i / max(1, len(aliases)), model=alias,
+                           low=args.gateway_low, high=args.gateway_high,
+                           period_s=args.gateway_period) for i, alias in enumerate(aliases)]
+    load = DemoLoad(targets, max_tokens=args.max_tokens)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -142,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         server = await start_app(load.app(), port=args.port)
-        print(f"demo load on {len(load.targets)} engines; control {server.url}/_control",
+        print(f"demo load on {len(load.targets)} targets; control {server.url}/_control",
               flush=True)
-        log.info("Demo load on %d engines (wave %g s, concurrency %d..%d); control %s/_control",
-                 len(load.targets), args.period, args.low, args.high, server.url)
+        log.info("Demo load on %d engines (wave %g s, concurrency %d..%d) and aliases %s through"
+                 " %s (wave %g s, %d..%d); control %s/_control", len(engines), args.period,
+                 args.low, args.high, ",".join(aliases) or "-", args.gateway or "-",
+                 args.gateway_period, args.gateway_low, args.gateway_high, server.url)
         try:
             await load.run(stop)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import urllib.request
 from typing import Any
 
@@ -13,6 +14,16 @@ DEMO_PARTITION = "Common"
 DEMO_F5_PASSWORD_ENV = "LLMSCHED_DEMO_F5_PASSWORD"
 DEMO_MODEL = "demo-model"
 DEMO_SPEEDS = (0.5, 1.0, 2.0)
+DEMO_SCALING = {"min_replicas": 1, "max_replicas": 3, "scale_interval_s": 5,
+                "down_after_s": 15, "drain_timeout_s": 10}
+DEMO_ALIASES: list[dict[str, Any]] = [
+    # The seed's fake model: no weights, a fixed answer after a delay, 2 at a time.
+    {"alias": "fake-model", "model_name": "__fake__", "fake": True, "fake_response": "FAKE_OK",
+     "fake_delay_ms": 1500, "fake_capacity": 2, "autoscaling": DEMO_SCALING},
+    # A simulated vLLM engine (a queueing model of an 8B model on one GPU).
+    {"alias": "chat", "model_name": "llama-3.1-8b-sim", "engine": "vllm", "max_num_seqs": 4,
+     "autoscaling": DEMO_SCALING},
+]
 
 DEMO_HEADER = """\
 # llmsched demo config, written by `llmsched up` on its first run and kept from then on:
@@ -82,4 +93,33 @@ def try_lines(api: str, members: list[str], load_control: str, admin_key_env: st
         "-H 'content-type: application/json' -d '{\"target\": 0, \"concurrency\": 40}'",
         "  # back to the automatic wave: -d '{\"target\": 0, \"auto\": true}'",
         f"  curl -s {api}/admin/workers{auth}",
+    ]
+
+
+def register_aliases(api: str, admin_key: str | None) -> list[str]:
+    """Register the demo's aliases (again: registration is idempotent); their names."""
+    for body in DEMO_ALIASES:
+        request = urllib.request.Request(
+            f"{api}/admin/models/register", data=json.dumps(body).encode(), method="POST",
+            headers={"content-type": "application/json", **bearer(admin_key)})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            resp.read()
+    return [str(body["alias"]) for body in DEMO_ALIASES]
+
+
+def gateway_lines(api: str, aliases: list[str], admin_key_env: str | None) -> list[str]:
+    """The OpenAI SDK against the gateway, ready to paste (this interpreter has openai)."""
+    auth = f" -H \"Authorization: Bearer ${admin_key_env}\"" if admin_key_env else ""
+    return [
+        "OpenAI gateway (aliases " + ", ".join(aliases) + "; the autoscaler follows the demo "
+        "wave):",
+        f"  {sys.executable} - <<'EOF'",
+        "from openai import OpenAI",
+        f'client = OpenAI(base_url="{api}/v1", api_key="unused")',
+        "print([m.id for m in client.models.list()])",
+        'r = client.chat.completions.create(model="chat", max_tokens=32,',
+        '                                   messages=[{"role": "user", "content": "Hello!"}])',
+        "print(r.choices[0].message.content)",
+        "EOF",
+        f"  curl -s {api}/admin/status{auth}   # instances by state, load, autoscaler actions",
     ]

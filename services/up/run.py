@@ -20,7 +20,9 @@ from services.up.demo import (
     DEMO_PARTITION,
     DEMO_POOL,
     DEMO_SPEEDS,
+    gateway_lines,
     instance_count,
+    register_aliases,
     start_demo_instances,
     try_lines,
 )
@@ -105,6 +107,8 @@ class Up:
         self.engines_lock = threading.Lock()
         host, port = api_socket.getsockname()[:2]
         self.api = f"http://{display_host(str(host))}:{port}"
+        self.engine_urls: list[str] = []
+        self.load_port = 0
 
     def request_stop(self, _sig: int, _frame: object) -> None:
         self.stop_requested.set()
@@ -129,6 +133,15 @@ class Up:
                 return 0
             say(f"llmsched up: the API did not become healthy; logs in {self.run / 'logs'}")
             return 1
+        if self.options.config is None:
+            try:
+                aliases = register_aliases(self.api, self.admin_key)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                say(f"llmsched up: registering the demo aliases failed: {_why(err)}")
+                return 1
+            self._start_demo_load(aliases)
+            key_env = ADMIN_KEY_ENV if self.admin_key else None
+            demo_lines += ["", *gateway_lines(self.api, aliases, key_env)]
         print("\n".join(self._summary(demo_lines)), flush=True)
         while not self.stop_requested.is_set():
             self.supervisor.poll()
@@ -194,9 +207,7 @@ class Up:
             f5_line = f"http://127.0.0.1:{f5_port}  (admin / ${DEMO_F5_PASSWORD_ENV})"
         else:
             f5_line = "not started (the config's f5 section does not point at this machine)"
-        self.supervisor.start(ChildSpec("demo-load", [
-            sys.executable, "-m", "services.doubles.demo_load", "--targets",
-            ",".join(engine_urls), "--model", DEMO_MODEL, "--port", str(load_port)]))
+        self.engine_urls, self.load_port = engine_urls, load_port
         key_env = ADMIN_KEY_ENV if self.admin_key else None
         return [
             f"  F5 emulator:        {f5_line}",
@@ -207,6 +218,13 @@ class Up:
             "",
             *try_lines(self.api, members, f"http://127.0.0.1:{load_port}/_control", key_env),
         ]
+
+    def _start_demo_load(self, aliases: list[str]) -> None:
+        """Traffic to the F5 pool's engines, and through the gateway to the aliases."""
+        self.supervisor.start(ChildSpec("demo-load", [
+            sys.executable, "-m", "services.doubles.demo_load", "--targets",
+            ",".join(self.engine_urls), "--model", DEMO_MODEL, "--port", str(self.load_port),
+            "--gateway", self.api, "--aliases", ",".join(aliases)]))
 
     def _restart_engines(self, worker: str, ports: list[int]) -> None:
         """A restarted worker has no engines: start the demo's again on the same ports."""

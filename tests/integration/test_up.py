@@ -56,6 +56,19 @@ def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             while "demo-worker" not in http.get(f"{api}/admin/workers").text:
                 assert time.monotonic() < deadline, "worker never registered"
                 time.sleep(0.3)
+        # The printed OpenAI SDK snippet works as pasted, through the gateway.
+        snippet = re.search(r"\n  (\S+) - <<'EOF'\n(.*?)\nEOF\n", out, re.S)
+        assert snippet is not None, out
+        python, code = snippet.group(1), snippet.group(2)
+        ran = subprocess.run([python, "-"], input=code, capture_output=True, text=True,
+                             timeout=120)
+        assert ran.returncode == 0, (ran.stdout, ran.stderr)
+        assert "chat" in ran.stdout and "fake-model" in ran.stdout, ran.stdout
+        with httpx.Client(timeout=10) as http:
+            status = http.get(f"{api}/admin/status").json()
+            aliases = {m["alias"]: m for m in status["models"]}
+            assert {"chat", "fake-model"} <= set(aliases), status
+            assert any(i["state"] == "ACTIVE" for i in aliases["chat"]["instances"]), status
         config = tmp_path / "run" / "config.yaml"
         config.write_text(config.read_text().replace("pool_fallback: false",
                                                       "pool_fallback: true"))
