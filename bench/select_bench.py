@@ -193,7 +193,7 @@ def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
         raw = pool.body()
 
         def handler(raw: bytes = raw) -> bytes:  # what the scheduler's select endpoint does
-            decision = core.select(request_dec.decode(raw))
+            decision, _event = core.select(request_dec.decode(raw))
             return encode(SelectReply(answer=decision.answer, reason=decision.reason))
 
         def api_codec(raw: bytes = raw) -> bytes:  # the API's validation and re-encoding
@@ -203,11 +203,11 @@ def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
             core.view.apply_metrics(fleet.metrics(pool))
 
         fresh_metrics()
-        check = core.select(req)
+        check, _event = core.select(req)
         if check.reason != "selected":
             raise BenchError(f"in-process select on {pool.name} answered {check}")
         def decide(req: SelectRequest = req) -> object:
-            return core.select(req)
+            return core.select(req)[0]
 
         decide_us = time_per_call_us(decide, plan.decide_s)
         fresh_metrics()
@@ -215,7 +215,7 @@ def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
         fresh_metrics()
         api_us = time_per_call_us(api_codec, plan.decide_s)
         fresh_metrics()
-        if core.select(req).reason != "selected":
+        if core.select(req)[0].reason != "selected":
             raise BenchError(f"in-process select on {pool.name} stopped selecting")
         results.append({
             "pool": pool.name, "members": pool.size, "body_bytes": len(raw),

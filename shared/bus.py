@@ -25,8 +25,12 @@ def nats_servers(url: str | None = None) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-async def connect_nats(name: str, url: str | None = None) -> NATS:
-    """Connect, retrying for ever (a service waits for its bus rather than dying)."""
+async def connect_nats(name: str, url: str | None = None, *, no_echo: bool = False) -> NATS:
+    """Connect, retrying for ever (a service waits for its bus rather than dying).
+
+    ``no_echo``: messages this connection publishes are not delivered to its own
+    subscriptions (a scheduler replica needs no copy of its own selections).
+    """
 
     async def on_disconnect() -> None:
         log.warning("NATS disconnected (%s)", name)
@@ -40,7 +44,8 @@ async def connect_nats(name: str, url: str | None = None) -> NATS:
     delay = 0.2
     while True:
         try:
-            return await _connect_once(name, url, on_disconnect, on_reconnect, on_error)
+            return await _connect_once(name, url, on_disconnect, on_reconnect, on_error,
+                                       no_echo)
         except (OSError, TimeoutError, nats.errors.NoServersError) as err:
             log.warning("NATS not reachable at %s (%s); retrying in %.1fs",
                         ",".join(nats_servers(url)), err, delay)
@@ -49,8 +54,10 @@ async def connect_nats(name: str, url: str | None = None) -> NATS:
 
 
 async def _connect_once(name: str, url: str | None, on_disconnect: Callback,
-                        on_reconnect: Callback, on_error: ErrorCallback) -> NATS:
+                        on_reconnect: Callback, on_error: ErrorCallback,
+                        no_echo: bool = False) -> NATS:
     return await nats.connect(
+        no_echo=no_echo,
         servers=nats_servers(url),
         name=name,
         allow_reconnect=True,

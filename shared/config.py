@@ -110,6 +110,63 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return 2 * self.pool_fetch_interval
 
 
+class PredictorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The greybox TTFT predictor (an online ridge regression of log TTFT per member)."""
+
+    min_samples: int = 20
+    """Observations a member needs before its predictions are trusted."""
+    forgetting: float = 0.995
+    """Weight the past keeps at each new observation."""
+    ridge: float = 1.0
+    max_residual: float = 0.8
+    """Trusted only while the recent RMS error of log(TTFT) stays below this."""
+    explore: float = 0.05
+    """Members predicted within this fraction of the best are picked at random among."""
+
+
+class CircuitConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A member whose requests fail leaves routing for a while."""
+
+    failures: int = 5
+    """Consecutive failed requests (no answer, or 5xx) that open the circuit."""
+    successes: int = 2
+    """Successful trial requests that close it again."""
+    open_s: float = 30.0
+    """How long an open circuit keeps the member out before a trial request."""
+
+
+class GreyboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The three layers of the greybox mode (SPEC §3): guard and admission, predictor, fallback."""
+
+    max_inflight: int | None = None
+    """Requests in flight per member before it is guarded (default: the engine's batch size,
+    learned from its running count when it queues, or the instance's registered capacity,
+    else ``default_max_inflight``)."""
+    default_max_inflight: int = 8
+    inflight_limit_factor: float = 1.0
+    """Multiplies the learned/registered batch size (1.0: no queue at the engine)."""
+    max_waiting: float | None = None
+    """Engine waiting queue past which a member is guarded (default: none)."""
+    max_kv_usage: float = 0.98
+    """KV usage past which a member is guarded until it falls below ``resume_kv_usage``."""
+    resume_kv_usage: float = 0.90
+    stale_policy: Literal["inflight_only", "exclude"] = "inflight_only"
+    """Members with stale metrics: routed on the router's own counts (default), or out."""
+    admission: bool = True
+    """Everything guarded: the gateway holds the request; select answers ``busy``."""
+    select_inflight_ttl_s: float = 30.0
+    """A select counts as in flight this long unless the iRule reports its outcome first."""
+    low_zone_inflight: int = -1
+    """Some candidate has at most this many in flight: low load, least load decides
+    (-1: the predictor decides at every load once trusted; 0: whenever a member is idle)."""
+    ttft_slo_ms: float | None = None
+    """Target TTFT: held requests that can still meet it go first (default: FIFO)."""
+    max_queue_wait_s: float = 1.0
+    """With ``ttft_slo_ms``: a request held this long goes first whatever its chance."""
+    predictor: PredictorConfig = msgspec.field(default_factory=lambda: PredictorConfig())
+    circuit: CircuitConfig = msgspec.field(default_factory=lambda: CircuitConfig())
+
+
 class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str = "s1"
     w_a: float = 0.5
@@ -119,10 +176,12 @@ class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     w_g: float = 0.0
     """Reserved."""
     type: str = "s1"
-    """Which scoring profile this mode uses: ``s1`` or ``least_load``."""
+    """Which scoring profile this mode uses: ``s1``, ``least_load`` or ``greybox``."""
+    greybox: GreyboxConfig = msgspec.field(default_factory=lambda: GreyboxConfig())
+    """Settings of a ``greybox`` mode."""
 
 
-MODE_TYPES = ("s1", "least_load")
+MODE_TYPES = ("s1", "least_load", "greybox")
 LEAST_LOAD = ModeConfig(name="least_load", type="least_load")
 """The built-in mode of registered aliases: fewest in flight, then shortest queue."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -21,6 +21,8 @@ class MemberInfo(msgspec.Struct, frozen=True, kw_only=True):
     """The F5 member name (``10.0.0.1:8000``, ``node-a:8000``) or the static entry."""
     state: str = ""
     session: str = ""
+    capacity: int = 0
+    """Concurrent requests the member is meant to serve, when its source knows (workers)."""
 
 
 class PoolSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,6 +142,9 @@ class MemberStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Why selection skips this member (``unavailable: ...``, ``asleep: <signal>``), if it does."""
     inflight: int = 0
     """Requests routed to this member and not yet finished, fleet-wide."""
+    greybox: dict[str, Any] | None = None
+    """Greybox pools: predicted TTFT, whether it is trusted, the guard's limit and verdict,
+    the circuit, and what the member's model learned."""
 
 
 class PoolStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,6 +41,9 @@ class SelectionEvent(msgspec.Struct, frozen=True, kw_only=True):
     replica: str
     at: float
     ttl_s: float
+    features: list[float] = []
+    """What the predictor saw of the member when the request was routed (greybox pools)."""
+    predicted_ttft_s: float | None = None
 
 
 class OutcomeEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -67,7 +67,8 @@ class WorkersSource:
             # while they finish) but is unavailable: it takes no new ones.
             members.append(MemberInfo(key=member_key(host, port), host=host, port=port,
                                       name=inst.alias, state=inst.state,
-                                      available=inst.state != "draining"))
+                                      available=inst.state != "draining",
+                                      capacity=inst.capacity))
         keys = frozenset(m.key for m in members)
         if self._last.get(pool.ident) != keys:
             log.info("Pool %s:%s from workers (model %s): %d instance(s) %s", pool.name,

@@ -6,12 +6,17 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from services.scheduler.analysis import analyze, simulate
 from services.scheduler.decide import Decision, decide, score_candidates
-from services.scheduler.inflight import InflightTracker, MemberIdent
+from services.scheduler.feedback import Feedback
+from services.scheduler.inflight import InflightTracker
 from services.scheduler.plugins.base import DecisionContext
+from services.scheduler.plugins.greybox_scorer import member_features
+from services.scheduler.plugins.guard import guard_reason, inflight_limit
 from services.scheduler.plugins.registry import PluginRegistry, Profile, build_profile
+from services.scheduler.predictor import PredictorSettings
 from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
 from shared.members import url_host
@@ -41,7 +46,8 @@ class SchedulerCore:
         self.clock = clock
         self.replica = replica
         self.config = config
-        self.inflight = InflightTracker()
+        self.feedback = Feedback(self.view, clock)
+        self._select_seq = 0
         self._profiles: dict[tuple[str, str], Profile] = {}
         self._pool_cfg: dict[tuple[str, str], PoolConfig] = {}
         self._implicit: dict[tuple[str, str], PoolConfig] = {}
@@ -55,10 +61,9 @@ class SchedulerCore:
             for ident, cfg in self._implicit.items() if config.configured_alias(ident[0]) is None
         }
         self._pool_cfg = {**self._implicit, **{p.ident: p for p in config.pools}}
-        self._profiles = {
-            ident: build_profile(self.registry, config.mode_for(p), p.fallback)
-            for ident, p in self._pool_cfg.items()
-        }
+        self._profiles = {}
+        for ident, pool in self._pool_cfg.items():
+            self._set_profile(ident, pool)
         for ident in self.view.retain(set(self._pool_cfg)):
             log.info("Pool %s:%s left the config; dropped from the view", *ident)
         s = config.scheduler
@@ -76,21 +81,26 @@ class SchedulerCore:
             return False
         cfg = self.config.implicit_pool(snap.pool, snap.engine_type)
         self._implicit[ident] = self._pool_cfg[ident] = cfg
-        mode = self.config.mode_for(cfg)
-        self._profiles[ident] = build_profile(self.registry, mode, cfg.fallback)
+        self._set_profile(ident, cfg)
         log.info("Registered alias %s: its instances form pool %s:%s (mode %s)", snap.pool,
-                 snap.pool, snap.partition, mode.name)
+                 snap.pool, snap.partition, self.config.mode_for(cfg).name)
         return True
 
-    # -- in-flight accounting ----------------------------------------------------------
-    def _member(self, ident: MemberIdent) -> MemberState | None:
-        pool = self.view.pools.get((ident[0], ident[1]))
-        return None if pool is None else pool.members.get(ident[2])
+    def _set_profile(self, ident: tuple[str, str], pool: PoolConfig) -> None:
+        mode = self.config.mode_for(pool)
+        self._profiles[ident] = build_profile(self.registry, mode, pool.fallback)
+        if mode.type == "greybox":
+            p = mode.greybox.predictor
+            self.feedback.configure(ident, PredictorSettings(
+                min_samples=p.min_samples, forgetting=p.forgetting, ridge=p.ridge,
+                max_residual=p.max_residual), mode.greybox.circuit)
+        else:
+            self.feedback.configure(ident, None, None)
 
-    def _sync(self, ident: MemberIdent) -> None:
-        member = self._member(ident)
-        if member is not None:
-            member.inflight = self.inflight.count(ident)
+    # -- in-flight accounting and learning (every replica applies every event) ---------
+    @property
+    def inflight(self) -> InflightTracker:
+        return self.feedback.inflight
 
     def sync_pool(self, pool: PoolState) -> None:
         """Copy the tracker's counts onto a pool's members (after a membership change)."""
@@ -98,25 +108,34 @@ class SchedulerCore:
             member.inflight = self.inflight.count((pool.name, pool.partition, member.key))
 
     def apply_selection(self, event: SelectionEvent) -> None:
-        """Another replica routed a request: count it here too."""
-        if event.replica == self.replica:
-            return
-        ident = (event.pool, event.partition, event.member)
-        if self.inflight.add(event.request_id, ident, event.at, event.ttl_s):
-            self._sync(ident)
+        """Another replica routed a request: count it here too (and what it was routed on)."""
+        self.feedback.selection(event, self.replica)
 
     def apply_outcome(self, event: OutcomeEvent) -> None:
-        """A routed request finished (or failed): it no longer counts."""
-        entry = self.inflight.done(event.request_id, self.clock())
-        if entry is not None:
-            self._sync(entry.member)
+        """A routed request finished (or failed): it leaves the count and teaches."""
+        self.feedback.outcome(event)
 
     def expire_inflight(self) -> int:
         """Drop requests whose outcome never came; returns how many."""
-        dropped = self.inflight.expire(self.clock())
-        for ident in set(dropped):
-            self._sync(ident)
-        return len(dropped)
+        return self.feedback.expire()
+
+    def _count_routed(self, pool: PoolState, member: MemberState, request_id: str,
+                      ttl_s: float, ctx: DecisionContext) -> SelectionEvent:
+        """Count a request this replica routed; the event tells the other replicas."""
+        now = self.clock()
+        features: tuple[float, ...] = ()
+        predicted: float | None = None
+        predictor = ctx.predictor
+        if predictor is not None:
+            features = member_features(member, ctx)
+            value, _trusted = predictor.predict((pool.name, pool.partition, member.key),
+                                                features)
+            predicted = value if value == value else None  # NaN: no model yet
+        self.feedback.routed(request_id, (pool.name, pool.partition, member.key), ttl_s,
+                             features, predicted, now)
+        return SelectionEvent(request_id=request_id, pool=pool.name, partition=pool.partition,
+                              member=member.key, replica=self.replica, at=now, ttl_s=ttl_s,
+                              features=list(features), predicted_ttft_s=predicted)
 
     def route(self, req: RouteRequest) -> tuple[RouteReply, SelectionEvent | None]:
         """The gateway's choice among all of a pool's members (minus those tried)."""
@@ -128,7 +147,7 @@ class SchedulerCore:
         active = [m for m in pool.members.values() if m.exclusion() is None]
         tried = set(req.exclude)
         keys = [m.key for m in active if m.key not in tried]
-        ctx = self._ctx(req.pool, req.partition)
+        ctx = self._ctx(req.pool, req.partition, prompt_tokens=req.prompt_chars / 4)
         if fallback:
             # pool_fallback asks for the caller's own load balancing; here the gateway is
             # that balancer, so it takes the member with the fewest requests in flight.
@@ -140,22 +159,19 @@ class SchedulerCore:
         pool.count(decision.answer)
         member = pool.members.get(decision.answer)
         if member is None:
-            return RouteReply(answer="none", reason=decision.reason, active=len(active)), None
-        now = self.clock()
-        ident = (pool.name, pool.partition, member.key)
-        self.inflight.add(req.request_id, ident, now, req.ttl_s)
-        member.inflight = self.inflight.count(ident)
-        event = SelectionEvent(request_id=req.request_id, pool=pool.name,
-                               partition=pool.partition, member=member.key,
-                               replica=self.replica, at=now, ttl_s=req.ttl_s)
+            return RouteReply(answer=decision.answer if decision.answer == "busy" else "none",
+                              reason=decision.reason, active=len(active)), None
+        event = self._count_routed(pool, member, req.request_id, req.ttl_s, ctx)
         url = f"http://{url_host(member.host)}:{member.port}"
         return RouteReply(answer=member.key, reason=decision.reason, url=url,
                           active=len(active)), event
 
-    def _ctx(self, pool: str, partition: str) -> DecisionContext:
+    def _ctx(self, pool: str, partition: str, prompt_tokens: float = 0.0) -> DecisionContext:
         return DecisionContext(pool=pool, partition=partition, now=self.clock(),
                                stale_after_s=self.stale_after_s, rng=self.rng,
-                               debug=log.isEnabledFor(logging.DEBUG))
+                               debug=log.isEnabledFor(logging.DEBUG),
+                               prompt_tokens=prompt_tokens,
+                               predictor=self.feedback.predictors.get((pool, partition)))
 
     def _lookup(self, pool: str, partition: str
                 ) -> tuple[PoolState | None, Profile | None, bool]:
@@ -165,17 +181,29 @@ class SchedulerCore:
             return None, None, False
         return self.view.pools.get(ident), self._profiles[ident], cfg.fallback.pool_fallback
 
-    def select(self, req: SelectRequest) -> Decision:
-        """One decision, counted in the pool's selection statistics."""
+    def select(self, req: SelectRequest) -> tuple[Decision, SelectionEvent | None]:
+        """One decision, counted in the pool's selection statistics.
+
+        A greybox pool also counts the selection as in flight (until the iRule reports
+        the outcome, or ``select_inflight_ttl_s`` passes): the event tells the replicas.
+        """
         pool, profile, fallback = self._lookup(req.pool_name, req.partition)
         if profile is None:
             log.debug("pool %s:%s answer none: not configured", req.pool_name, req.partition)
-            return Decision("none", "pool_unknown")
+            return Decision("none", "pool_unknown"), None
         ctx = self._ctx(req.pool_name, req.partition)
         decision = decide(pool, req.members, profile, ctx, pool_fallback=fallback)
-        if pool is not None:
-            pool.count(decision.answer)
-        return decision
+        if pool is None:
+            return decision, None
+        pool.count(decision.answer)
+        member = pool.members.get(decision.answer)
+        if member is None or ctx.predictor is None:
+            return decision, None
+        self._select_seq += 1
+        ttl = self.config.mode_for(self._pool_cfg[(pool.name, pool.partition)]
+                                   ).greybox.select_inflight_ttl_s
+        return decision, self._count_routed(pool, member, f"s-{self.replica}-"
+                                            f"{self._select_seq}", ttl, ctx)
 
     def simulate(self, req: SelectRequest, iterations: int) -> SimulateReply:
         pool, profile, fallback = self._lookup(req.pool_name, req.partition)
@@ -217,6 +245,7 @@ class SchedulerCore:
                 stale=not fresh, scrape_error=m.last_error,
                 selections=selections.get(m.key, 0),
                 asleep=m.asleep, excluded=m.exclusion(), inflight=m.inflight,
+                **self._greybox_status(cfg, m, ctx),
             ))
         return PoolStatus(
             name=name, partition=partition, engine_type=pool.engine_type,
@@ -225,6 +254,20 @@ class SchedulerCore:
             snapshot_age_s=round(now - pool.fetched_at, 3), source_error=pool.source_error,
             selections=selections, selections_scope=scope,
         )
+
+    def _greybox_status(self, cfg: PoolConfig, m: MemberState, ctx: DecisionContext
+                        ) -> dict[str, Any]:
+        """Prediction, guard and circuit of a member of a greybox pool (empty otherwise)."""
+        mode = self.config.mode_for(cfg)
+        if mode.type != "greybox" or ctx.predictor is None:
+            return {}
+        ident = (cfg.name, cfg.partition, m.key)
+        ttft, trusted = ctx.predictor.predict(ident, member_features(m, ctx))
+        return {"greybox": {
+            "predicted_ttft_s": None if ttft != ttft else round(ttft, 4),
+            "trusted": trusted, "limit": inflight_limit(m, mode.greybox),
+            "guard": guard_reason(m, ctx, mode.greybox), "circuit": m.circuit,
+            "model": ctx.predictor.describe(ident)}}
 
     def all_status(self) -> list[PoolStatus]:
         out = []

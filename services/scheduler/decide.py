@@ -13,6 +13,7 @@ log = logging.getLogger("llmsched.scheduler.decide")
 
 NONE = "none"
 FALLBACK = "fallback"
+BUSY = "busy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,11 @@ def decide(pool: PoolState | None, requested: list[str], profile: Profile,
         return Decision(FALLBACK, "pool_fallback")
     scored = score_candidates(pool, requested, profile, ctx)
     if scored.reason != "scored":
+        if scored.reason == "all_filtered" and profile.admission:
+            if ctx.debug:
+                log.debug("pool %s:%s answer busy: every candidate past its limits",
+                          ctx.pool, ctx.partition)
+            return Decision(BUSY, "all_guarded")
         if ctx.debug:
             log.debug("pool %s:%s answer none: %s", ctx.pool, ctx.partition, scored.reason)
         return Decision(NONE, scored.reason)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -36,7 +36,7 @@ class SchedulerEndpoints:
 
     def __init__(self, core: SchedulerCore, *, replica: str, config_version: str,
                  store_ok: dict[str, bool],
-                 announce: Callable[[SelectionEvent], None] = lambda _event: None) -> None:
+                 announce: Callable[[SelectionEvent], Awaitable[None]] | None = None) -> None:
         self.core = core
         self.announce = announce
         self.replica = replica
@@ -53,9 +53,11 @@ class SchedulerEndpoints:
             body = self._select_dec.decode(req.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             raise _bad_request(err) from None
-        decision = self.core.select(body)
+        decision, event = self.core.select(body)
         await req.respond(self._enc.encode(SelectReply(answer=decision.answer,
                                                        reason=decision.reason)))
+        if event is not None and self.announce is not None:
+            await self.announce(event)
 
     async def route(self, req: Request) -> None:
         """The gateway's pick among a pool's members; the selection is announced to all."""
@@ -65,8 +67,8 @@ class SchedulerEndpoints:
             raise _bad_request(err) from None
         reply, event = self.core.route(body)
         await req.respond(self._enc.encode(reply))
-        if event is not None:
-            self.announce(event)
+        if event is not None and self.announce is not None:
+            await self.announce(event)
 
     def _sim_body(self, req: Request) -> SimulateRequest:
         try:

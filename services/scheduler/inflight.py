@@ -41,6 +41,9 @@ class InflightTracker:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._entries
+
     def add(self, request_id: str, member: MemberIdent, now: float, ttl_s: float) -> bool:
         """Count a routed request; False when already known or already reported done."""
         if request_id in self._entries:

@@ -54,14 +54,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health,
                                counts=counts)
     watcher = ConfigWatcher(loaded)
-    nc = await connect_nats(f"scheduler-{replica}", nats_url)
+    nc = await connect_nats(f"scheduler-{replica}", nats_url, no_echo=True)
     sel_enc = msgspec.json.Encoder()
 
-    def announce(event: SelectionEvent) -> None:
-        # Fire and forget: nats-py buffers the publish; a lost one only costs the other
-        # replicas this request's count until its outcome (which they ignore) or expiry.
-        task = asyncio.ensure_future(nc.publish(subjects.selection, sel_enc.encode(event)))
-        task.add_done_callback(_ignore_result)
+    async def announce(event: SelectionEvent) -> None:
+        # A buffered publish (nats-py's flusher writes it); a lost one only costs the other
+        # replicas this request's count until its outcome or expiry.
+        try:
+            await nc.publish(subjects.selection, sel_enc.encode(event))
+        except Exception as err:
+            log.debug("Selection event not published: %s", err)
 
     endpoints = SchedulerEndpoints(core, replica=replica, config_version=loaded.version,
                                    store_ok=health, announce=announce)
@@ -203,7 +205,3 @@ async def _expire_inflight(core: SchedulerCore, stop: asyncio.Event) -> None:
         if dropped:
             log.info("%d routed request(s) expired without an outcome report", dropped)
 
-
-def _ignore_result(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("Selection event not published: %s", task.exception())

@@ -29,6 +29,20 @@ class MemberState:
     asleep_reason: str | None = None
     inflight: int = 0
     """Requests routed here and not yet finished, as every router replica counts them."""
+    capacity_hint: int = 0
+    """Concurrent requests the member is known to serve (a registered instance's capacity)."""
+    running_cap: float = 0.0
+    """The engine's batch size as learned from its metrics (0: not yet known): set to the
+    running count when requests wait in two scrapes in a row; raised by one when the engine
+    runs that many and nobody waits (so a low first guess does not stick)."""
+    queued_last_scrape: bool = False
+    kv_guarded: bool = False
+    """Guarded for KV usage (until it falls below the resume level)."""
+    circuit: str = "closed"
+    """closed, open (out of routing until ``open_until``) or half_open (one trial at a time)."""
+    consecutive_failures: int = 0
+    trial_successes: int = 0
+    open_until: float = 0.0
 
     def fresh(self, now: float, stale_after_s: float) -> bool:
         """True when the values are present and younger than the staleness window."""
@@ -64,12 +78,26 @@ class MemberState:
             self.last_error = m.error or "scrape failed"
             return self.asleep != was_asleep
         self.last_error = None
+        self._learn_batch_size(m)
         self.waiting_queue = m.waiting_queue
         self.running_req = m.running_req
         self.cache_usage = m.cache_usage
         self.metrics_at = m.scraped_at
         self.extra = dict(m.extra)
         return self.asleep != was_asleep
+
+    def _learn_batch_size(self, m: MemberMetrics) -> None:
+        running, waiting = m.running_req or 0.0, m.waiting_queue or 0.0
+        if waiting > 0:
+            # Waiting twice in a row at the same running count: that is the batch size
+            # (a single wait may only be a step's token budget taken by a long prefill).
+            if self.queued_last_scrape and running >= 1 and running == self.running_req:
+                self.running_cap = running
+            self.queued_last_scrape = True
+            return
+        self.queued_last_scrape = False
+        if self.running_cap and running >= self.running_cap:
+            self.running_cap = running + 1  # it runs all it was given: it may take more
 
     def to_metrics(self) -> MemberMetrics:
         """The last good values, for the durable copy."""
@@ -159,8 +187,9 @@ class ClusterView:
     def _member(info: MemberInfo, old: MemberState | None) -> MemberState:
         if old is None:
             return MemberState(key=info.key, host=info.host, port=info.port,
-                               available=info.available)
+                               available=info.available, capacity_hint=info.capacity)
         old.host, old.port, old.available = info.host, info.port, info.available
+        old.capacity_hint = info.capacity
         return old
 
     def apply_metrics(self, batch: MetricsBatch,

@@ -50,8 +50,12 @@ class NatsEvents:
         self._encode = msgspec.json.Encoder().encode
         self._pending: set[asyncio.Future[None]] = set()
 
-    def outcome(self, event: OutcomeEvent) -> None:
-        self._publish(self.subjects.request_outcome, self._encode(event))
+    async def outcome(self, event: OutcomeEvent) -> None:
+        """nats-py only appends to its buffer here; its flusher writes in the background."""
+        try:
+            await self.nc.publish(self.subjects.request_outcome, self._encode(event))
+        except Exception as err:  # bus down: the scheduler's expiry covers the lost outcome
+            log.debug("Outcome event not published: %s", err)
 
     async def demand(self, alias: str, waiting: int) -> None:
         event = DemandEvent(alias=alias, waiting=waiting, gateway=self.gateway_id,

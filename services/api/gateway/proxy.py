@@ -60,9 +60,9 @@ class RouterUnavailable(Exception):
 
 
 class Events(Protocol):
-    """Fire-and-forget publication of outcomes."""
+    """Publication of outcomes (a buffered publish: it does not wait for the bus)."""
 
-    def outcome(self, event: OutcomeEvent) -> None: ...
+    async def outcome(self, event: OutcomeEvent) -> None: ...
 
 
 @dataclass
@@ -110,21 +110,22 @@ class Gateway:
                                f"{self.ongoing} requests (max_ongoing_requests); retry later",
                                code="too_many_requests", retry_after=1)
         self.ongoing += 1
+        exchange = _Exchange(self, request, target, send)
+        # The exchange runs in this task; one watcher cancels it if the client goes away.
+        this = asyncio.current_task()
+        assert this is not None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_cancel_on_disconnect(receive, this, gone, exchange))
         try:
-            exchange = _Exchange(self, request, target, send)
-            work = asyncio.create_task(exchange.run())
-            watcher = asyncio.create_task(_wait_disconnect(receive))
-            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                watcher.cancel()
-                work.result()
-                return
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await exchange.run()
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # a shutdown, not the client
+            this.uncancel()
             log.info("Client of %s request %s went away after %.3fs; upstream cancelled",
                      target.alias, exchange.base_id, self.clock() - exchange.started)
         finally:
+            watcher.cancel()
             self.ongoing -= 1
 
 
@@ -141,6 +142,8 @@ class _Exchange:
         self.started = gw.clock()
         self.tried: list[str] = []
         self.last_error = ""
+        self.answered = False
+        """The last body message was handed to the server (no cancelling after that)."""
         self.pending: tuple[str, str, int] | None = None
         """The attempt routed but not yet reported: (request id, member, attempt)."""
 
@@ -151,7 +154,7 @@ class _Exchange:
         except asyncio.CancelledError:
             if self.pending is not None:
                 request_id, member, attempt = self.pending
-                self._report(request_id, member, attempt, status=0,
+                await self._report(request_id, member, attempt, status=0,
                              error="client disconnected", final=True)
             raise
 
@@ -186,7 +189,7 @@ class _Exchange:
                         {"content-type": "application/json", "x-request-id": request_id},
                         gw.settings.first_byte_timeout_s)
                 except UpstreamFailed as err:
-                    self._report(request_id, member, attempt, status=err.status,
+                    await self._report(request_id, member, attempt, status=err.status,
                                  error=err.message, final=False)
                     self.tried.append(member)
                     self.last_error = f"{member}: {err.message}"
@@ -246,6 +249,7 @@ class _Exchange:
                         parse_whole = False
                 elif len(tail) > 2 * USAGE_TAIL_BYTES:
                     del tail[:-USAGE_TAIL_BYTES]
+            self.answered = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             upstream.close()
         except asyncio.CancelledError:
@@ -259,16 +263,16 @@ class _Exchange:
                         error)
         finally:
             prompt, completion = _usage(bytes(tail), whole=parse_whole)
-            self._report(request_id, member, attempt, status=upstream.status, error=error,
+            await self._report(request_id, member, attempt, status=upstream.status, error=error,
                          ttft=ttft, e2e=gw.clock() - self.started, prompt_tokens=prompt,
                          completion_tokens=completion, final=True)
 
-    def _report(self, request_id: str, member: str, attempt: int, *, status: int,
+    async def _report(self, request_id: str, member: str, attempt: int, *, status: int,
                 error: str | None, final: bool, ttft: float | None = None,
                 e2e: float | None = None, prompt_tokens: int | None = None,
                 completion_tokens: int | None = None) -> None:
         self.pending = None
-        self.gw.events.outcome(OutcomeEvent(
+        await self.gw.events.outcome(OutcomeEvent(
             request_id=request_id, pool=self.target.pool, partition=self.target.partition,
             member=member, alias=self.target.alias, status=status, error=error,
             ttft_s=ttft, e2e_s=e2e, prompt_tokens=prompt_tokens,
@@ -276,10 +280,18 @@ class _Exchange:
             stream=self.request.stream, at=self.gw.wall()))
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    """Return when the client closes its connection (the body was already read)."""
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any],
+                                gone: asyncio.Event, exchange: _Exchange) -> None:
+    """Cancel ``task`` when the client closes its connection before the answer is complete.
+
+    The server also reports a disconnect once the response is complete; that one is not
+    the client leaving, and cancelling then would hit whatever the task awaits next.
+    """
     while (await receive())["type"] != "http.disconnect":
         pass
+    if not exchange.answered:
+        gone.set()
+        task.cancel()
 
 
 class _Usage(msgspec.Struct):

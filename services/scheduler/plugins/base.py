@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.scheduler.predictor import TtftPredictor
 from services.scheduler.view import MemberState
 
 
@@ -19,6 +20,10 @@ class DecisionContext:
     stale_after_s: float
     rng: random.Random
     debug: bool = False
+    prompt_tokens: float = 0.0
+    """The request's prompt length, estimated (gateway: from its text; select: unknown, 0)."""
+    predictor: TtftPredictor | None = None
+    """The pool's TTFT predictor (greybox)."""
 
 
 class Filter(Protocol):

@@ -8,6 +8,8 @@ from typing import Any
 
 from services.scheduler.plugins.base import DecisionContext, Filter, Picker, Scorer
 from services.scheduler.plugins.best import BestPicker
+from services.scheduler.plugins.greybox_scorer import GreyboxScorer
+from services.scheduler.plugins.guard import GuardFilter
 from services.scheduler.plugins.kv_scorer import KVCacheScorer
 from services.scheduler.plugins.load_scorer import LoadScorer
 from services.scheduler.plugins.queue_scorer import QueueScorer
@@ -26,6 +28,8 @@ class Profile:
     scorers: tuple[tuple[float, Scorer], ...]
     picker: Picker
     require_fresh: bool = True
+    admission: bool = False
+    """When the filters leave nobody, answer ``busy`` (admission control) instead of none."""
 
     def filter(self, ctx: DecisionContext, members: list[MemberState]) -> list[MemberState]:
         for f in self.filters:
@@ -72,8 +76,9 @@ class PluginRegistry:
 def default_registry() -> PluginRegistry:
     """The built-in plugins."""
     return PluginRegistry(
-        filters={"threshold": ThresholdFilter},
-        scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer, "load": LoadScorer},
+        filters={"threshold": ThresholdFilter, "guard": GuardFilter},
+        scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer, "load": LoadScorer,
+                 "greybox": GreyboxScorer},
         pickers={"weighted_random": WeightedRandomPicker, "best": BestPicker},
     )
 
@@ -83,12 +88,20 @@ def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: Fallback
 
     ``s1``: queue and KV scorers, weighted random pick (seed 002). ``least_load``: the
     load scorer, best pick (what the gateway uses for registered aliases by default).
+    ``greybox``: guard filter (admission when it leaves nobody), predicted TTFT or least
+    load, best pick among near-equals (SPEC §3).
     """
     threshold = registry.filter(
         "threshold",
         running_req_threshold=fallback.member_running_req_threshold,
         waiting_queue_threshold=fallback.member_waiting_queue_threshold,
     )
+    if mode.type == "greybox":
+        g = mode.greybox
+        return Profile(name=mode.name, filters=(threshold, registry.filter("guard", settings=g)),
+                       scorers=((1.0, registry.scorer("greybox", settings=g)),),
+                       picker=registry.picker("best", tolerance=g.predictor.explore),
+                       require_fresh=False, admission=g.admission)
     if mode.type == "least_load":
         # In-flight counts are the router's own: a member without fresh metrics still has one.
         return Profile(name=mode.name, filters=(threshold,),

@@ -1,0 +1,142 @@
+"""Routers for the virtual-time harness: textbook baselines and llmsched's own plugin profiles.
+
+The plugin routers run the scheduler's real code (services/scheduler: profiles, plugins,
+the decision order) on member states fed from the harness's scrapes and outcomes, as the
+scheduler feeds them from the collector and the gateway.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from bench.routing.harness import HOLD, REJECT, Snapshot
+from services.api.gateway.admission import next_to_serve
+from services.enginesim.virtual import TraceRequest
+from services.scheduler.core import SchedulerCore
+from services.scheduler.plugins.registry import default_registry
+from shared.config import Config, ModeConfig, PoolConfig, SchedulerConfig
+from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
+from shared.routing import OutcomeEvent, RouteRequest
+
+POOL, PARTITION = "bench", "Common"
+
+
+class RoundRobin:
+    name = "round-robin"
+
+    def __init__(self, engines: int) -> None:
+        self.engines = engines
+        self._next = 0
+
+    def observe(self, snapshots: Sequence[Snapshot], now: float) -> None:
+        return None
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        engine = self._next % self.engines
+        self._next += 1
+        return engine
+
+    def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
+        return None
+
+
+class RandomRouter(RoundRobin):
+    name = "random"
+
+    def __init__(self, engines: int, seed: int = 0) -> None:
+        super().__init__(engines)
+        self.rng = random.Random(seed)
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        return self.rng.randrange(self.engines)
+
+
+class LeastInFlight(RoundRobin):
+    """The client-side baseline: fewest of its own requests in flight (random among ties)."""
+
+    name = "least-in-flight"
+
+    def __init__(self, engines: int, seed: int = 0) -> None:
+        super().__init__(engines)
+        self.inflight = [0] * engines
+        self.rng = random.Random(seed)
+
+    def pick(self) -> int:
+        low = min(self.inflight)
+        return self.rng.choice([i for i, n in enumerate(self.inflight) if n == low])
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        engine = self.pick()
+        self.inflight[engine] += 1
+        return engine
+
+    def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
+        self.inflight[engine] -= 1
+
+
+class PowerOfTwo(LeastInFlight):
+    """Two engines at random, the one with fewer in flight."""
+
+    name = "power-of-two"
+
+    def pick(self) -> int:
+        a, b = self.rng.sample(range(self.engines), 2) if self.engines > 1 else (0, 0)
+        return a if self.inflight[a] <= self.inflight[b] else b
+
+
+class CoreRouter:
+    """llmsched's scheduler core (a mode of SCHEDULER profiles) fed like the real services.
+
+    Scrapes arrive as metrics batches, routing is the ``route`` call the gateway makes,
+    outcomes are the gateway's outcome events; held requests are ordered as the gateway's
+    admission line orders them.
+    """
+
+    def __init__(self, name: str, mode: ModeConfig, engines: int, *,
+                 scrape_interval: float, seed: int = 0) -> None:
+        self.name = name
+        self.now = 0.0
+        self.keys = [f"10.0.0.{i + 1}:8000" for i in range(engines)]
+        config = Config(
+            scheduler=SchedulerConfig(metrics_fetch_interval=scrape_interval * 1000),
+            modes=[mode],
+            pools=[PoolConfig(name=POOL, engine_type="vllm", source="static",
+                              members=self.keys, mode=mode.name)])
+        self.mode = mode
+        self.core = SchedulerCore(config, default_registry(), rng=random.Random(seed),
+                                  clock=lambda: self.now, replica="bench")
+        self.core.view.apply_snapshot(PoolSnapshot(
+            pool=POOL, partition=PARTITION, engine_type="vllm", source="static",
+            members=[MemberInfo(key=k, host=k.split(":")[0], port=8000) for k in self.keys],
+            fetched_at=0.0))
+        self.answers: dict[str, int] = {}
+
+    def observe(self, snapshots: Sequence[Snapshot], now: float) -> None:
+        self.now = now
+        self.core.view.apply_metrics(MetricsBatch(
+            pool=POOL, partition=PARTITION, round_started_at=now,
+            members=[MemberMetrics(key=self.keys[s.engine], scraped_at=s.at, ok=True,
+                                   waiting_queue=float(s.waiting), running_req=float(s.running),
+                                   cache_usage=s.kv_usage) for s in snapshots]))
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        self.now = now
+        reply, _event = self.core.route(RouteRequest(
+            pool=POOL, partition=PARTITION, request_id=str(index),
+            prompt_chars=item.input_tokens * 4, ttl_s=1e9))
+        self.answers[reply.reason] = self.answers.get(reply.reason, 0) + 1
+        if not reply.url:
+            return HOLD if reply.answer == "busy" or reply.active else REJECT
+        return self.keys.index(reply.answer)
+
+    def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
+        self.now = now
+        self.core.apply_outcome(OutcomeEvent(
+            request_id=str(index), pool=POOL, partition=PARTITION, member=self.keys[engine],
+            status=200, ttft_s=ttft, e2e_s=e2e))
+
+    def next_held(self, arrivals: Sequence[float], now: float) -> int:
+        g = self.mode.greybox
+        slo = None if g.ttft_slo_ms is None else g.ttft_slo_ms / 1000
+        return next_to_serve(arrivals, now, slo_s=slo, max_wait_s=g.max_queue_wait_s)

@@ -1,0 +1,165 @@
+"""What routed requests teach the scheduler: in-flight counts, TTFTs, failures.
+
+Every replica applies every selection (with the features it was routed on) and every
+outcome, so all replicas hold the same in-flight counts, the same predictor and the same
+circuit states. Each request's TTFT is joined with the state it was routed on; the
+joined records are kept (bounded) for export.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.scheduler.inflight import InflightTracker, MemberIdent
+from services.scheduler.predictor import FEATURES, PredictorSettings, TtftPredictor
+from services.scheduler.view import ClusterView, MemberState
+from shared.config import CircuitConfig
+from shared.routing import OutcomeEvent, SelectionEvent
+
+log = logging.getLogger("llmsched.scheduler.feedback")
+
+RECORDS_KEPT = 5000
+"""Joined records kept per pool for export."""
+
+
+@dataclass(slots=True)
+class Routed:
+    """A routed request waiting for its outcome."""
+
+    member: MemberIdent
+    features: tuple[float, ...]
+    predicted: float | None
+    at: float
+
+
+class Feedback:
+    """In-flight tracker, predictors per pool, circuit breakers and joined records."""
+
+    def __init__(self, view: ClusterView, clock: Callable[[], float]) -> None:
+        self.view = view
+        self.clock = clock
+        self.inflight = InflightTracker()
+        self.predictors: dict[tuple[str, str], TtftPredictor] = {}
+        self.circuits: dict[tuple[str, str], CircuitConfig] = {}
+        self.records: dict[tuple[str, str], deque[dict[str, Any]]] = {}
+        self._routed: dict[str, Routed] = {}
+
+    # -- configuration -------------------------------------------------------------------
+    def configure(self, pool: tuple[str, str], predictor: PredictorSettings | None,
+                  circuit: CircuitConfig | None) -> None:
+        """A greybox pool learns and breaks circuits; other pools only count in flight."""
+        if predictor is None:
+            self.predictors.pop(pool, None)
+        else:
+            old = self.predictors.get(pool)
+            if old is None or old.settings != predictor:
+                fresh = TtftPredictor(predictor)
+                if old is not None:
+                    fresh.models = old.models
+                self.predictors[pool] = fresh
+        if circuit is None:
+            self.circuits.pop(pool, None)
+        else:
+            self.circuits[pool] = circuit
+
+    # -- members ---------------------------------------------------------------------------
+    def member(self, ident: MemberIdent) -> MemberState | None:
+        pool = self.view.pools.get((ident[0], ident[1]))
+        return None if pool is None else pool.members.get(ident[2])
+
+    def sync(self, ident: MemberIdent) -> None:
+        member = self.member(ident)
+        if member is not None:
+            member.inflight = self.inflight.count(ident)
+
+    # -- events ----------------------------------------------------------------------------
+    def routed(self, request_id: str, ident: MemberIdent, ttl_s: float,
+               features: tuple[float, ...] = (), predicted: float | None = None,
+               at: float | None = None) -> bool:
+        """Count a routed request (this replica's or another's); False when already known."""
+        now = self.clock() if at is None else at
+        if not self.inflight.add(request_id, ident, now, ttl_s):
+            return False
+        if features:
+            self._routed[request_id] = Routed(ident, features, predicted, now)
+        self.sync(ident)
+        return True
+
+    def selection(self, event: SelectionEvent, own_replica: str) -> None:
+        if event.replica == own_replica:
+            return
+        self.routed(event.request_id, (event.pool, event.partition, event.member), event.ttl_s,
+                    tuple(event.features), event.predicted_ttft_s, event.at)
+
+    def outcome(self, event: OutcomeEvent) -> None:
+        """A request ended: it leaves the count, teaches the predictor, feeds the breaker."""
+        now = self.clock()
+        if event.request_id:
+            entry = self.inflight.done(event.request_id, now)
+        else:  # an outcome report without an id (the F5 iRule): the member's oldest request
+            entry = self.inflight.done_oldest((event.pool, event.partition, event.member))
+        ident = entry.member if entry is not None else (event.pool, event.partition,
+                                                        event.member)
+        if entry is not None:
+            self.sync(ident)
+        routed = self._routed.pop(entry.request_id, None) if entry is not None else None
+        ok = 200 <= event.status < 400 and event.error is None
+        if routed is not None and ok and event.ttft_s is not None:
+            self._learn(ident, routed, event, now)
+        if event.final or not ok:
+            self._breaker(ident, ok, now)
+
+    def _learn(self, ident: MemberIdent, routed: Routed, event: OutcomeEvent,
+               now: float) -> None:
+        pool = (ident[0], ident[1])
+        predictor = self.predictors.get(pool)
+        if predictor is None or event.ttft_s is None:
+            return
+        predictor.learn(ident, routed.features, event.ttft_s)
+        records = self.records.setdefault(pool, deque(maxlen=RECORDS_KEPT))
+        records.append({"at": round(routed.at, 3), "member": ident[2],
+                        "ttft_s": round(event.ttft_s, 4),
+                        "predicted_ttft_s": None if routed.predicted is None
+                        else round(routed.predicted, 4),
+                        "e2e_s": None if event.e2e_s is None else round(event.e2e_s, 4),
+                        **{name: round(v, 4) for name, v in zip(FEATURES[1:],
+                                                                routed.features[1:],
+                                                                strict=True)}})
+
+    def _breaker(self, ident: MemberIdent, ok: bool, now: float) -> None:
+        settings = self.circuits.get((ident[0], ident[1]))
+        member = self.member(ident)
+        if settings is None or member is None:
+            return
+        if ok:
+            member.consecutive_failures = 0
+            if member.circuit == "half_open":
+                member.trial_successes += 1
+                if member.trial_successes >= settings.successes:
+                    member.circuit = "closed"
+                    log.info("Pool %s:%s member %s circuit closed after %d good requests",
+                             ident[0], ident[1], ident[2], member.trial_successes)
+            return
+        member.consecutive_failures += 1
+        opening = (member.circuit == "half_open"
+                   or (member.circuit == "closed"
+                       and member.consecutive_failures >= settings.failures))
+        if opening:
+            member.circuit, member.open_until = "open", now + settings.open_s
+            log.warning("Pool %s:%s member %s circuit open for %.0fs after %d failed "
+                        "request(s)", ident[0], ident[1], ident[2], settings.open_s,
+                        member.consecutive_failures)
+
+    def expire(self) -> int:
+        """Requests whose outcome never came stop counting; returns how many."""
+        now = self.clock()
+        dropped = self.inflight.expire(now)
+        for ident in set(dropped):
+            self.sync(ident)
+        if len(self._routed) > len(self.inflight) + 1000:
+            self._routed = {k: v for k, v in self._routed.items() if k in self.inflight}
+        return len(dropped)
