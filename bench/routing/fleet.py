@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
-from bench.routing.harness import run
+from bench.routing.harness import HOLD, run
 from bench.routing.routers import LeastInFlight
 from bench.routing.trace import TraceSpec, generate
 from services.enginesim.config import EngineConfig
+from services.enginesim.virtual import TraceRequest
 
 HETERO_SPEEDS = (0.5, 1.0, 1.0, 2.0)
 
@@ -21,26 +23,39 @@ def fleet(speeds: Sequence[float] = HETERO_SPEEDS, *, max_num_seqs: int = 4,
             for i, speed in enumerate(speeds)]
 
 
-def capacity(engines: Sequence[EngineConfig], spec: TraceSpec, *,
-             duration_s: float = 120.0) -> float:
-    """Completed requests per second when every engine is kept saturated.
+class _Saturate(LeastInFlight):
+    """Keeps twice the batch size in flight on one engine (closed loop): it never idles."""
 
-    Each engine alone is offered the trace's mix at a rate far above what it serves;
-    its throughput over the run is its capacity; the fleet's is the sum.
+    name = "saturate"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(1)
+        self.limit = limit
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        if self.inflight[0] >= self.limit:
+            return HOLD
+        self.inflight[0] += 1
+        return 0
+
+
+def capacity(engines: Sequence[EngineConfig], spec: TraceSpec, *, requests: int = 600) -> float:
+    """Completed requests per second of the fleet when every engine is kept busy.
+
+    Each engine alone works through ``requests`` of the trace's mix, all there at once and
+    twice its batch size in flight; its capacity is how many it completed per second; the
+    fleet's is the sum.
     """
+    mix = generate(dataclasses.replace(spec, kind="steady", rate=1000.0,
+                                       duration_s=requests / 1000.0, seed=spec.seed + 1000))
+    burst = [dataclasses.replace(item, arrival_s=0.0) for item in mix]
     total = 0.0
     for cfg in engines:
-        flood = dataclasses.replace(spec, kind="steady", rate=200.0, duration_s=duration_s / 4,
-                                    seed=spec.seed + 1000)
-        trace = generate(flood)
-        result = run(trace, [cfg], LeastInFlight(1), scrape_interval=1.0,
+        result = run(burst, [cfg], _Saturate(2 * cfg.max_num_seqs), scrape_interval=1.0,
                      hold_timeout_s=1e9)
-        done = [o for o in result.outcomes if not o.refused and o.e2e < float("inf")]
-        if not done:
-            continue
-        # Throughput while saturated: completions over the time the last one took.
-        end = max(o.arrival + o.e2e for o in done)
-        total += len(done) / end
+        ends = [o.arrival + o.e2e for o in result.outcomes if math.isfinite(o.e2e)]
+        if ends:
+            total += len(ends) / max(ends)
     return total
 
 

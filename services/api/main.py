@@ -9,11 +9,14 @@ import os
 import socket
 import sys
 
+import msgspec
 import uvicorn
+from nats.aio.msg import Msg
 
 from services.api.admin import admin_router
 from services.api.app import ApiState, create_app
 from services.api.fastpath import SelectFastPath
+from services.api.gateway.admission import AdmissionLines, LineSettings
 from services.api.gateway.bus import NatsEvents, NatsRouter
 from services.api.gateway.catalog import Catalog
 from services.api.gateway.front import GatewayFront
@@ -24,7 +27,7 @@ from services.api.scheduler_client import SchedulerClient
 from services.api.workers import workers_router
 from shared.auth import AdminAuth
 from shared.bus import connect_nats
-from shared.config import GatewayConfig, LoadedConfig
+from shared.config import Config, GatewayConfig, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.http_server import QuietServer, bind_socket, socket_from_fd
 from shared.logs import set_level
@@ -85,8 +88,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     catalog = Catalog(cfg, lambda: view.models)
     hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
     upstream = Upstream()
+    admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
     gateway = Gateway(_gateway_settings(cfg.gateway), catalog, NatsRouter(client), upstream,
-                      events, hold)
+                      events, hold, admission)
     view.listeners.append(hold.notify_all)
 
     async def announce_change(kind: str, name: str, op: str) -> None:
@@ -118,6 +122,15 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     app = GatewayFront(SelectFastPath(fastapi_app, state), gateway, catalog,
                        cfg.gateway.api_keys())
     changes = await nc.subscribe(subjects.registry_changed, cb=view.on_event)
+    ended = msgspec.json.Decoder(_PoolOf)
+
+    async def on_outcome(msg: Msg) -> None:
+        if admission.busy:  # only while requests wait in a line: a slot may be free now
+            with contextlib.suppress(msgspec.DecodeError):
+                done = ended.decode(msg.data)
+                admission.freed((done.pool, done.partition))
+
+    outcomes = await nc.subscribe(subjects.request_outcome, cb=on_outcome)
     await view.refresh()
     if sock is None:
         sock = bind_socket(cfg.global_.api_host,
@@ -145,6 +158,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         await asyncio.gather(watch_task, registry_task, view_task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await changes.unsubscribe()
+            await outcomes.unsubscribe()
         await upstream.close()
         await registry.close()
         with contextlib.suppress(Exception):
@@ -171,3 +185,20 @@ def _gateway_settings(g: GatewayConfig) -> GatewaySettings:
 
 def _hold_settings(g: GatewayConfig) -> HoldSettings:
     return HoldSettings(max_waiting=g.hold_queue_size, timeout_s=g.hold_timeout_s)
+
+
+class _PoolOf(msgspec.Struct):
+    pool: str
+    partition: str
+
+
+def _line_settings(config: Config, pool: tuple[str, str]) -> LineSettings:
+    """The admission line of ``pool``: the gateway's bounds, the pool's greybox order."""
+    cfg = next((p for p in config.pools if p.ident == pool), None)
+    if cfg is None:
+        cfg = config.implicit_pool(pool[0], "vllm")
+    g = config.mode_for(cfg).greybox
+    return LineSettings(max_waiting=config.gateway.hold_queue_size,
+                        timeout_s=config.gateway.hold_timeout_s,
+                        slo_s=None if g.ttft_slo_ms is None else g.ttft_slo_ms / 1000,
+                        max_wait_s=g.max_queue_wait_s)

@@ -32,10 +32,12 @@ class MemberState:
     capacity_hint: int = 0
     """Concurrent requests the member is known to serve (a registered instance's capacity)."""
     running_cap: float = 0.0
-    """The engine's batch size as learned from its metrics (0: not yet known): set to the
-    running count when requests wait in two scrapes in a row; raised by one when the engine
-    runs that many and nobody waits (so a low first guess does not stick)."""
+    """The engine's batch size as learned from its metrics (0: not yet known): the running
+    count when requests waited in two scrapes in a row (at least 2); until that happens,
+    raised by one whenever the engine runs that many and nobody waits."""
     queued_last_scrape: bool = False
+    cap_confirmed: bool = False
+    """The batch size was seen saturated (requests waited); no more probing above it."""
     kv_guarded: bool = False
     """Guarded for KV usage (until it falls below the resume level)."""
     circuit: str = "closed"
@@ -89,14 +91,16 @@ class MemberState:
     def _learn_batch_size(self, m: MemberMetrics) -> None:
         running, waiting = m.running_req or 0.0, m.waiting_queue or 0.0
         if waiting > 0:
-            # Waiting twice in a row at the same running count: that is the batch size
-            # (a single wait may only be a step's token budget taken by a long prefill).
-            if self.queued_last_scrape and running >= 1 and running == self.running_req:
-                self.running_cap = running
+            # Waiting twice in a row at the same running count: that is the batch size (a
+            # single wait may only be a step's token budget taken by a long prefill).
+            if self.queued_last_scrape and running >= 2 and running == self.running_req:
+                if running > self.running_cap or not self.cap_confirmed:
+                    self.running_cap = running
+                self.cap_confirmed = True
             self.queued_last_scrape = True
             return
         self.queued_last_scrape = False
-        if self.running_cap and running >= self.running_cap:
+        if not self.cap_confirmed and self.running_cap and running >= self.running_cap:
             self.running_cap = running + 1  # it runs all it was given: it may take more
 
     def to_metrics(self) -> MemberMetrics:

@@ -104,12 +104,15 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
 
     async def factory(*, pools: list[dict[str, Any]] | None = None, schedulers: int = 1,
                       autoscalers: int = 1, autoscaling: dict[str, Any] | None = None,
-                      gateway: dict[str, Any] | None = None, worker: bool = True) -> Fleet:
+                      gateway: dict[str, Any] | None = None, worker: bool = True,
+                      modes: list[dict[str, Any]] | None = None) -> Fleet:
         extra: dict[str, Any] = {"autoscaling": {"scale_interval_s": 0.5, "cooldown_s": 0.5,
                                                  "down_after_s": 1.0, "drain_timeout_s": 10,
                                                  **(autoscaling or {})}}
         if gateway:
             extra["gateway"] = gateway
+        if modes:
+            extra["modes"] = modes
         path = write_config(tmp_path / "config.yaml", prefix, pools or [], metrics_ms=200,
                             extra=extra)
         loaded = load(path)

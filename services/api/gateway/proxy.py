@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from services.api.gateway.admission import AdmissionLines, Ticket
 from services.api.gateway.body import GatewayError, GatewayRequest, Kind, parse_request
 from services.api.gateway.hold import HoldQueues
 from services.api.gateway.upstream import Upstream, UpstreamFailed, UpstreamResponse
@@ -85,7 +86,8 @@ class Gateway:
     """Serves chat and completions requests for every API process's clients."""
 
     def __init__(self, settings: GatewaySettings, resolver: Resolver, router: Router,
-                 upstream: Upstream, events: Events, hold: HoldQueues, *,
+                 upstream: Upstream, events: Events, hold: HoldQueues,
+                 admission: AdmissionLines | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -94,6 +96,7 @@ class Gateway:
         self.upstream = upstream
         self.events = events
         self.hold = hold
+        self.admission = admission
         self.clock = clock
         self.wall = wall
         self.ongoing = 0
@@ -162,8 +165,10 @@ class _Exchange:
         gw = self.gw
         attempt = 0
         body = self.request.for_engine(self.target.served_model)
-        with contextlib.ExitStack() as held:
+        pool = (self.target.pool, self.target.partition)
+        with contextlib.ExitStack() as held, contextlib.ExitStack() as admitted:
             deadline: float | None = None
+            ticket: Ticket | None = None
             while True:
                 request_id = f"{self.base_id}-{attempt}"
                 self.pending = (request_id, "", attempt)
@@ -171,6 +176,13 @@ class _Exchange:
                 self.pending = (request_id, reply.answer if reply.url else "", attempt)
                 if not reply.url:
                     self.pending = None
+                    if reply.answer == "busy" and gw.admission is not None:
+                        # Every member is past its limits: wait in the pool's line (late
+                        # binding: the first member to free a slot takes the next in line).
+                        if ticket is None:
+                            ticket = admitted.enter_context(gw.admission.enter(pool))
+                        await gw.admission.wait_turn(pool, ticket)
+                        continue
                     if self.target.managed and reply.active == 0 and not self.tried:
                         if deadline is None:
                             deadline = held.enter_context(gw.hold.enter(self.target.alias))
@@ -182,6 +194,9 @@ class _Exchange:
                 if deadline is not None:
                     held.close()
                     deadline = None
+                if ticket is not None:
+                    admitted.close()  # out of the line: the next one may try at once
+                    ticket = None
                 member = reply.answer
                 try:
                     upstream = await gw.upstream.open(
