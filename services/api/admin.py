@@ -65,7 +65,7 @@ def admin_router(models: ModelRegistry, view: RegistryView, scaling: ScalingLog,
         except (RedisError, OSError) as err:
             return _unavailable(err)
         await announce("model", spec.alias, "register")
-        view.kick()
+        await view.refresh()  # this process serves the alias as soon as it answers
         return _json({"alias": spec.alias, "created": created, "ignored_fields": ignored,
                       "model": record.public()}, 201 if created else 200)
 
@@ -82,7 +82,7 @@ def admin_router(models: ModelRegistry, view: RegistryView, scaling: ScalingLog,
             return error_response(404, f"model {alias!r} is not registered", "alias",
                                   "model_not_found")
         await announce("model", alias, "delete")
-        view.kick()
+        await view.refresh()
         return _json({"alias": alias, "deleted": True})
 
     @router.get("/admin/models", summary="Every registered model alias",

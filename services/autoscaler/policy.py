@@ -139,6 +139,16 @@ def decide(view: AliasView, settings: ScalingSettings, memory: AliasMemory, now:
     else:
         memory.low_since = None
     cooling = now - memory.last_action_at < settings.cooldown and not urgent
+    stranded = sorted((i for i in view.instances if i.state in SLEEP_ORDER and i.inflight),
+                      key=lambda i: (-i.inflight, i.name))
+    if stranded:
+        # Requests reached it just as it fell asleep (an engine queues them while asleep):
+        # only a wake serves them, whatever the load.
+        inst = stranded[0]
+        memory.last_action_at = now
+        return Decision(Action("wake", view.alias, inst.name, inst.worker_id,
+                               reason=f"{inst.inflight} request(s) wait on {inst.name} "
+                               f"({inst.state})"), load, summary, memory)
 
     wants_up = load > settings.load_high or len(active) < settings.min_replicas
     if wants_up:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from services.autoscaler.executor import ActionFailed, WorkerActions, pick_worker
 from services.autoscaler.policy import (
+    SLEEP_ORDER,
     Action,
     AliasMemory,
     AliasView,
@@ -172,11 +173,14 @@ class Scaler:
                 if state.draining:
                     self._maybe_call_off(alias, now)
                 continue
-            if alias not in urgent and now < state.next_at:
-                continue
             settings = self.settings(alias)
+            view, _fresh = self.alias_view(alias, now)
+            stranded = any(i.inflight for i in view.instances if i.state in SLEEP_ORDER)
+            if alias not in urgent and not stranded and now < state.next_at:
+                continue
             state.next_at = now + settings.scale_interval_s
-            self.evaluate(alias, settings, now, urgent=alias in urgent)
+            # Requests sent to an instance that fell asleep wait there: wake it now.
+            self.evaluate(alias, settings, now, urgent=alias in urgent or stranded)
 
     def evaluate(self, alias: str, settings: ScalingSettings, now: float, *,
                  urgent: bool) -> None:
@@ -331,6 +335,7 @@ class Scaler:
         name = placed.summary.alias
         if action.kind == "wake":
             await self.actions.wake(url, name)
+            await self._undrain(placed)
         elif action.kind == "undrain":
             await self._undrain(placed)
         elif action.kind == "sleep" and placed.summary.state == "running":
@@ -349,6 +354,7 @@ class Scaler:
         called_off = asyncio.Event()
         state = self._aliases.setdefault(alias, _AliasState())
         state.draining[name] = called_off
+        asleep = False
         try:
             drained = await self._drain(placed, timeout_s, called_off)
             if called_off.is_set():
@@ -357,9 +363,13 @@ class Scaler:
                 log.warning("Instance %s still has requests in flight after the %.0fs drain; "
                             "it sleeps anyway", name, timeout_s)
             await self.actions.sleep(placed.worker.worker_url, name, level)
+            asleep = True
         finally:
             state.draining.pop(name, None)
-            await self._undrain(placed)
+            if not asleep:
+                await self._undrain(placed)
+        # The drain mark stays while it sleeps (until the worker's heartbeat says so, the
+        # mark is what keeps requests away); a wake clears it.
 
     async def _drain(self, placed: _Placed, timeout_s: float, called_off: asyncio.Event
                      ) -> bool:

@@ -63,11 +63,11 @@ class WorkersSource:
             if inst.model_alias != alias or address is None:
                 continue
             host, port = address
-            # A draining instance stays a member (its in-flight requests are still counted
-            # while they finish) but is unavailable: it takes no new ones.
+            # Draining and sleeping instances stay members (in-flight requests still count,
+            # status shows them) but are unavailable at once: no wait for a scrape to say so.
             members.append(MemberInfo(key=member_key(host, port), host=host, port=port,
                                       name=inst.alias, state=inst.state,
-                                      available=inst.state != "draining",
+                                      available=inst.state == "running",
                                       capacity=inst.capacity))
         keys = frozenset(m.key for m in members)
         if self._last.get(pool.ident) != keys:

@@ -123,3 +123,9 @@ def test_rising_load_keeps_a_draining_instance() -> None:
                            inst("m-r3", "SLEEP_1")))
     d = decide(view, S, AliasMemory(), now=100)
     assert d.action is not None and (d.action.kind, d.action.instance) == ("undrain", "m-r2")
+
+
+def test_requests_stranded_on_a_sleeping_instance_wake_it_whatever_the_load() -> None:
+    view = AliasView("m", (inst("m", "ACTIVE", 0), inst("m-r2", "SLEEP_1", 2)))
+    d = decide(view, S, AliasMemory(last_action_at=99.9), now=100)
+    assert d.action is not None and (d.action.kind, d.action.instance) == ("wake", "m-r2")
