@@ -76,3 +76,11 @@ class DemandEvent(msgspec.Struct, frozen=True, kw_only=True):
     waiting: int
     gateway: str
     at: float
+
+
+class RecordsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask a scheduler replica for a pool's joined records (TTFT + routing state)."""
+
+    pool_name: str
+    partition: str = "Common"
+    limit: int = 1000

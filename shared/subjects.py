@@ -72,6 +72,10 @@ class Subjects:
         return self.scheduler_endpoint("route")
 
     @property
+    def records(self) -> str:
+        return self.scheduler_endpoint("records")
+
+    @property
     def scheduler_service(self) -> str:
         """The nats.micro service name (letters, digits, dashes and underscores only)."""
         return f"{self.prefix}-scheduler"

@@ -23,6 +23,7 @@ from services.api.gateway.front import GatewayFront
 from services.api.gateway.hold import HoldQueues, HoldSettings
 from services.api.gateway.proxy import Gateway, GatewaySettings
 from services.api.gateway.upstream import Upstream
+from services.api.records import records_router
 from services.api.scheduler_client import SchedulerClient
 from services.api.workers import workers_router
 from shared.auth import AdminAuth
@@ -116,6 +117,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     admin = AdminAuth.from_env()
     fastapi_app = create_app(state)
     fastapi_app.include_router(workers_router(registry, announce=announce_change))
+    fastapi_app.include_router(records_router(client))
     fastapi_app.include_router(admin_router(models, view, ScalingLog(registry.redis,
                                                                       cfg.global_.prefix),
                                             client, announce_change, admin))

@@ -269,6 +269,13 @@ class SchedulerCore:
             "guard": guard_reason(m, ctx, mode.greybox), "circuit": m.circuit,
             "model": ctx.predictor.describe(ident)}}
 
+    def records(self, pool: str, partition: str, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` joined records of a pool, oldest first."""
+        kept = self.feedback.records.get((pool, partition))
+        if not kept or limit <= 0:
+            return []
+        return list(kept)[-limit:]
+
     def all_status(self) -> list[PoolStatus]:
         out = []
         for cfg in self._pool_cfg.values():

@@ -19,7 +19,7 @@ from shared.messages import (
     StatusReply,
     StatusRequest,
 )
-from shared.routing import RouteRequest, SelectionEvent
+from shared.routing import RecordsRequest, RouteRequest, SelectionEvent
 from shared.subjects import Subjects
 
 log = logging.getLogger("llmsched.scheduler.endpoints")
@@ -44,6 +44,7 @@ class SchedulerEndpoints:
         self._store_ok = store_ok
         self._select_dec = msgspec.json.Decoder(SelectRequest)
         self._route_dec = msgspec.json.Decoder(RouteRequest)
+        self._records_dec = msgspec.json.Decoder(RecordsRequest)
         self._sim_dec = msgspec.json.Decoder(SimulateRequest)
         self._status_dec = msgspec.json.Decoder(StatusRequest)
         self._enc = msgspec.json.Encoder()
@@ -69,6 +70,17 @@ class SchedulerEndpoints:
         await req.respond(self._enc.encode(reply))
         if event is not None and self.announce is not None:
             await self.announce(event)
+
+    async def records(self, req: Request) -> None:
+        """The pool's recent TTFTs joined with the state they were routed on (JSON lines)."""
+        try:
+            body = self._records_dec.decode(req.data or b"{}")
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise _bad_request(err) from None
+        if self.core.pool_config(body.pool_name, body.partition) is None:
+            raise ServiceError("404", f"pool {body.pool_name}:{body.partition} is unknown")
+        rows = self.core.records(body.pool_name, body.partition, body.limit)
+        await req.respond(b"".join(self._enc.encode(row) + b"\n" for row in rows))
 
     def _sim_body(self, req: Request) -> SimulateRequest:
         try:
@@ -121,6 +133,7 @@ async def start_service(nc: NATS, subjects: Subjects, endpoints: SchedulerEndpoi
     group = service.add_group(name=subjects.scheduler_group, queue_group=subjects.scheduler_queue)
     await group.add_endpoint(name="select", handler=endpoints.select)
     await group.add_endpoint(name="route", handler=endpoints.route)
+    await group.add_endpoint(name="records", handler=endpoints.records)
     await group.add_endpoint(name="simulate", handler=endpoints.simulate)
     await group.add_endpoint(name="analyze", handler=endpoints.analyze)
     await group.add_endpoint(name="status", handler=endpoints.status)

@@ -66,6 +66,13 @@ async def test_requests_wait_for_a_free_member_and_are_all_served(
         assert member["greybox"]["limit"] == 1, member
         assert member["inflight"] == 0, member
     assert status["selections"].get("busy", 0) > 0, status["selections"]
+    r = await fleet.http.get(f"{fleet.api}/pools/gb-pool/Common/records?limit=100")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson", r.text
+    rows = [line for line in r.text.splitlines() if line]
+    assert len(rows) == 6, r.text
+    assert '"ttft_s"' in rows[0] and '"inflight"' in rows[0], rows[0]
+    r = await fleet.http.get(f"{fleet.api}/pools/gb-pool/Common/records?limit=0")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit", r.text
 
 
 async def test_a_full_line_answers_429_with_retry_after(
@@ -80,3 +87,62 @@ async def test_a_full_line_answers_429_with_retry_after(
     refused = next(r for r in results if r.status_code == 429)
     assert int(refused.headers["retry-after"]) >= 1, refused.headers
     assert refused.json()["error"]["code"] == "queue_full", refused.text
+
+
+async def _faults(url: str, **patch: Any) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(f"{url}/_sim/faults", json=patch)
+        assert r.status_code == 200, r.text
+
+
+async def _status(fleet: Fleet) -> dict[str, Any]:
+    r = await fleet.http.get(f"{fleet.api}/pools/gb-pool/Common/status")
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+async def test_a_failing_member_is_circuit_broken_and_comes_back(
+        make_fleet: MakeFleet, engines: list[RunningEngine]) -> None:
+    fleet = await _fleet(make_fleet, engines, queue=50, max_inflight=4)
+    bad, bad_key = engines[0], engines[0].url.split("//", 1)[1]
+    await _faults(bad.url, error_rate=1.0)
+    async with httpx.AsyncClient(timeout=120) as http:
+        async def opened() -> bool:
+            # Each failure before the first byte is retried elsewhere: the client sees 200.
+            r = await http.post(f"{fleet.api}/v1/chat/completions", json=_chat(4))
+            assert r.status_code == 200, r.text
+            members = {m["key"]: m for m in (await _status(fleet))["members"]}
+            return bool(members[bad_key]["greybox"]["circuit"] == "open")
+        try:
+            await wait_until(opened, 60, "the failing member's circuit open")
+        except AssertionError as err:
+            raise AssertionError(f"{err}: {await _status(fleet)}") from None
+        await _faults(bad.url, error_rate=0.0)
+        # Closed again after the open interval and successful trials (open_s is 30 by default).
+        async def closed() -> bool:
+            await http.post(f"{fleet.api}/v1/chat/completions", json=_chat(4))
+            members = {m["key"]: m for m in (await _status(fleet))["members"]}
+            return bool(members[bad_key]["greybox"]["circuit"] == "closed")
+        await wait_until(closed, 90, "the member back after its circuit closed")
+
+
+async def test_a_member_whose_metrics_fail_keeps_its_share(
+        make_fleet: MakeFleet, engines: list[RunningEngine]) -> None:
+    """No death spiral onto or away from it: the router's own counts still route it."""
+    fleet = await _fleet(make_fleet, engines, queue=50, max_inflight=2)
+    dark = engines[0].url.split("//", 1)[1]
+    await _faults(engines[0].url, metrics_error_rate=1.0)
+
+    async def stale() -> bool:
+        members = {m["key"]: m for m in (await _status(fleet))["members"]}
+        return bool(members[dark]["stale"])
+    await wait_until(stale, 20, "the member's metrics stale")
+    before = {m["key"]: m["selections"] for m in (await _status(fleet))["members"]}
+    async with httpx.AsyncClient(timeout=120) as http:
+        results = await asyncio.gather(*(http.post(f"{fleet.api}/v1/chat/completions",
+                                                   json=_chat(30)) for _ in range(16)))
+    assert [r.status_code for r in results] == [200] * 16, [r.text[:200] for r in results]
+    after = {m["key"]: m["selections"] for m in (await _status(fleet))["members"]}
+    share = (after[dark] - before.get(dark, 0)) / 16
+    assert 0.2 <= share <= 0.8, f"the dark member took {share:.0%} of 16 requests: {after}"
