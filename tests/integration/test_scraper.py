@@ -299,17 +299,24 @@ async def test_every_member_yields_one_result_in_order(scraper: MetricsScraper) 
 
 async def test_many_members_are_scraped_concurrently(scraper: MetricsScraper) -> None:
     doubles = [MetricsDouble(delay_s=0.3, waiting=i) for i in range(4)]
-    async with serve_doubles(doubles) as servers:
+    # The second round runs over connections kept alive from the first: the servers keep
+    # them longer than a slow first round can take (uvicorn's default, 5 s, races with it).
+    servers = [await start_double(double, timeout_keep_alive=120) for double in doubles]
+    try:
         members = [MemberInfo(key=f"10.1.{i // 250}.{i % 250}:8000", host="127.0.0.1",
                               port=servers[i % 4].port) for i in range(200)]
         rounds: list[tuple[MetricsBatch, float]] = []
-        for _ in range(2):  # the second round runs over kept-alive connections
+        for _ in range(2):
             started = time.monotonic()
             batch = await scraper.scrape_pool(pool(timeout=15), VLLM, members)
             rounds.append((batch, time.monotonic() - started))
-    for batch, elapsed in rounds:
+    finally:
+        for server in servers:
+            await server.stop()
+    for index, (batch, elapsed) in enumerate(rounds):
         assert len(batch.members) == 200
-        assert all(m.ok for m in batch.members), {m.error for m in batch.members}
+        assert all(m.ok for m in batch.members), (
+            f"round {index + 1} ({elapsed:.1f}s)", {m.error for m in batch.members})
         assert [m.waiting_queue for m in batch.members[:4]] == [0.0, 1.0, 2.0, 3.0]
         assert elapsed < 20, elapsed  # one at a time would take 60 s
     assert [d.scrapes for d in doubles] == [100, 100, 100, 100]
