@@ -96,8 +96,13 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     pool_fetch_backoff_max: float | None = None
     """Longest wait, seconds, between F5 fetches while the F5 fails (default: twice
     ``pool_fetch_interval``), so membership is current soon after the F5 answers again."""
-    metrics_fetch_interval: float = 1000
-    """MILLISECONDS between metric scrapes."""
+    metrics_fetch_interval: float | None = None
+    """MILLISECONDS between metric scrapes (unset: ``fast_scrape_interval`` for pools of up to
+    ``fast_scrape_max_members`` members, 1000 for larger ones)."""
+    fast_scrape_interval: float = 100
+    """MILLISECONDS between scrapes of a small pool when ``metrics_fetch_interval`` is unset."""
+    fast_scrape_max_members: int = 16
+    """Pools this small are scraped at ``fast_scrape_interval`` by default (10 Hz)."""
     stale_after_intervals: float = 3
     """Metrics older than this many scrape intervals are stale and score 0."""
     state_ttl: float = 3600
@@ -312,6 +317,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 return pool
         return None
 
+    def scrape_interval_s(self, members: int) -> float:
+        """Seconds between scrapes of a pool of ``members`` members."""
+        s = self.scheduler
+        if s.metrics_fetch_interval is not None:
+            return s.metrics_fetch_interval / 1000.0
+        if members <= s.fast_scrape_max_members:
+            return s.fast_scrape_interval / 1000.0
+        return 1.0
+
+    def stale_after_s(self, members: int) -> float:
+        """Metrics of a pool of ``members`` older than this are stale."""
+        return self.scrape_interval_s(members) * self.scheduler.stale_after_intervals
+
     def pool_source(self, pool: PoolConfig) -> str:
         if pool.source:
             return pool.source
@@ -405,7 +423,11 @@ def validate(config: Config) -> None:
     _check_positive("scheduler.pool_fetch_interval", s.pool_fetch_interval)
     if s.pool_fetch_backoff_max is not None:
         _check_positive("scheduler.pool_fetch_backoff_max", s.pool_fetch_backoff_max)
-    _check_positive("scheduler.metrics_fetch_interval", s.metrics_fetch_interval)
+    if s.metrics_fetch_interval is not None:
+        _check_positive("scheduler.metrics_fetch_interval", s.metrics_fetch_interval)
+    _check_positive("scheduler.fast_scrape_interval", s.fast_scrape_interval)
+    if s.fast_scrape_max_members < 0:
+        raise ConfigError("scheduler.fast_scrape_max_members", "must be >= 0")
     _check_positive("scheduler.stale_after_intervals", s.stale_after_intervals)
     if config.f5 is not None and not 0 < config.f5.port < 65536:
         raise ConfigError("f5.port", f"must be a TCP port 1..65535, got {config.f5.port}")

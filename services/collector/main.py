@@ -112,8 +112,11 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                  asyncio.create_task(view.run(stop)),
                  asyncio.create_task(sleeping.run(stop)),
                  asyncio.create_task(collector.run_scrapes(stop))]
-        log.info("Collector running: %d pools, scrape every %d ms", len(cfg.pools),
-                 cfg.scheduler.metrics_fetch_interval)
+        log.info("Collector running: %d configured pools, scrape every %s", len(cfg.pools),
+                 f"{cfg.scheduler.metrics_fetch_interval:g} ms"
+                 if cfg.scheduler.metrics_fetch_interval is not None else
+                 f"{cfg.scheduler.fast_scrape_interval:g} ms (pools of up to "
+                 f"{cfg.scheduler.fast_scrape_max_members} members), 1 s (larger ones)")
         try:
             await stop.wait()
         finally:

@@ -66,8 +66,8 @@ class SchedulerCore:
             self._set_profile(ident, pool)
         for ident in self.view.retain(set(self._pool_cfg)):
             log.info("Pool %s:%s left the config; dropped from the view", *ident)
-        s = config.scheduler
-        self.stale_after_s = s.metrics_fetch_interval / 1000.0 * s.stale_after_intervals
+        self.stale_after_s = config.stale_after_s(0)
+        """The staleness window of small pools (each pool's own comes from its size)."""
 
     def pool_config(self, name: str, partition: str) -> PoolConfig | None:
         return self._pool_cfg.get((name, partition))
@@ -167,8 +167,10 @@ class SchedulerCore:
                           active=len(active)), event
 
     def _ctx(self, pool: str, partition: str, prompt_tokens: float = 0.0) -> DecisionContext:
+        state = self.view.pools.get((pool, partition))
+        stale_after = self.config.stale_after_s(len(state.members) if state else 0)
         return DecisionContext(pool=pool, partition=partition, now=self.clock(),
-                               stale_after_s=self.stale_after_s, rng=self.rng,
+                               stale_after_s=stale_after, rng=self.rng,
                                debug=log.isEnabledFor(logging.DEBUG),
                                prompt_tokens=prompt_tokens,
                                predictor=self.feedback.predictors.get((pool, partition)))
@@ -235,7 +237,7 @@ class SchedulerCore:
         by_key = dict(zip((m.key for m in scored.members), scored.scores, strict=True))
         members = []
         for m in pool.members.values():
-            fresh = m.fresh(now, self.stale_after_s)
+            fresh = m.fresh(now, ctx.stale_after_s)
             members.append(MemberStatus(
                 ip=m.host, port=m.port, key=m.key, available=m.available,
                 score=round(by_key.get(m.key, 0.0), 6),

@@ -175,13 +175,14 @@ async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
     """One load event per pool every evaluation tick (the metrics interval, at least 1 s)."""
     enc = msgspec.json.Encoder()
     while True:
-        period = max(1.0, core.config.scheduler.metrics_fetch_interval / 1000.0)
+        period = 1.0
         if await sleep_or_stop(stop, period):
             return
         now = time.time()
         for pool in list(core.view.pools.values()):
             serving = [m for m in pool.members.values() if m.available and not m.asleep]
-            fresh = [m for m in serving if m.fresh(now, core.stale_after_s)]
+            stale_after = core.config.stale_after_s(len(pool.members))
+            fresh = [m for m in serving if m.fresh(now, stale_after)]
             event = LoadEvent(
                 name=pool.name, partition=pool.partition, members=len(pool.members),
                 available=len(serving),

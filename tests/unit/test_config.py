@@ -30,7 +30,10 @@ def test_seed_fallback_example_loads_with_defaults() -> None:
     assert cfg.global_.effective_log_level == "DEBUG"
     assert cfg.pools[1].fallback.member_waiting_queue_threshold is None
     assert cfg.pools[2].fallback.pool_fallback is True
-    assert cfg.global_.interval == 60 and cfg.scheduler.metrics_fetch_interval == 1000
+    assert cfg.global_.interval == 60 and cfg.scheduler.metrics_fetch_interval is None
+    # Unset: the seed's 1000 ms for large pools, 10 Hz for small ones.
+    assert cfg.scrape_interval_s(17) == 1.0 and cfg.scrape_interval_s(16) == 0.1
+    assert cfg.stale_after_s(4) == 0.1 * cfg.scheduler.stale_after_intervals
 
 
 @pytest.mark.parametrize(("text", "path", "fragment"), [
