@@ -9,13 +9,15 @@ from typing import Annotated
 import msgspec
 from fastapi import FastAPI, Path, Request, Response
 
-from services.api.fastpath import ACCESS_LOGGER, UNAVAILABLE, select_response
+from services.api.fastpath import ACCESS_LOGGER, UNAVAILABLE, outcome_response, select_response
 from services.api.health import health_router
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
 from services.api.schemas import (
     ANALYZE,
     MAX_ANALYZE,
     MAX_SIMULATE,
+    OUTCOME_BODY,
+    OUTCOME_RESPONSES,
     SCHEMAS,
     SELECT_BODY,
     SELECT_RESPONSES,
@@ -85,6 +87,14 @@ def create_app(state: ApiState) -> FastAPI:
     async def select(request: Request) -> Response:
         # Served by SelectFastPath in front of this app; kept for /docs and direct use.
         status, headers, body = await select_response(state, await request.body(), encode)
+        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
+
+    @app.post("/scheduler/outcome", status_code=202, response_class=Response,
+              openapi_extra=OUTCOME_BODY, responses=OUTCOME_RESPONSES,
+              summary="Report how one selected request ended (the F5 iRule, fire-and-forget)")
+    async def outcome(request: Request) -> Response:
+        # Served by SelectFastPath in front of this app; kept for /docs and direct use.
+        status, headers, body = await outcome_response(state, await request.body(), encode)
         return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 
     @app.get("/pools/status", summary="Status of every pool",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 
 from services.api.health import HealthReply, LiveReply
-from services.api.validation import MAX_MEMBERS
+from services.api.validation import MAX_MEMBERS, OutcomeReport
 from shared.messages import AnalyzeReply, PoolStatus, SimulateReply
 from shared.openapi import body, errors, merge, query
 from shared.workers import HeartbeatRequest, InstanceSummary, RegisterRequest
@@ -76,18 +76,26 @@ class WorkersReply(msgspec.Struct, kw_only=True):
     workers: list[WorkerView]
 
 
-SCHEMAS: list[type[Any]] = [SelectBody, PoolsReply, PoolStatus, SimulateReply, AnalyzeReply,
-                            HealthReply, LiveReply, RegisterRequest, HeartbeatRequest,
-                            RegisterReply, HeartbeatReply, UnregisterReply, WorkersReply]
+SCHEMAS: list[type[Any]] = [SelectBody, OutcomeReport, PoolsReply, PoolStatus, SimulateReply,
+                            AnalyzeReply, HealthReply, LiveReply, RegisterRequest,
+                            HeartbeatRequest, RegisterReply, HeartbeatReply, UnregisterReply,
+                            WorkersReply]
 """Every msgspec type the API's OpenAPI document refers to."""
 
 SELECT_EXAMPLE = {"pool_name": "llm_pool", "partition": "Common",
                   "members": ["10.10.10.10:8001", "10.10.10.10:8002"]}
 SELECT_BODY = body(SelectBody, example=SELECT_EXAMPLE)
 SELECT_RESPONSES = {
-    200: {"description": "`ip:port` of the chosen member, `none` or `fallback`",
+    200: {"description": "`ip:port` of the chosen member, `none`, `fallback`, or `busy` (a pool"
+                         " with admission control: every candidate is past its limits)",
           "content": {"text/plain": {"schema": {"type": "string"}}}},
     **errors(400, 413, 500, 503, e500="The scheduler failed internally")}
+OUTCOME_BODY = body(OutcomeReport, example={
+    "pool_name": "llm_pool", "partition": "Common", "member": "10.10.10.10:8001",
+    "status": 200, "ttft_ms": 182.0})
+OUTCOME_RESPONSES = {
+    202: {"description": "Published to the scheduler replicas (empty body)"},
+    **errors(400, 413, 503, e503="The message bus is down: the outcome was not recorded")}
 
 
 def iterations(default: int, maximum: int) -> dict[str, Any]:

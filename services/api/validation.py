@@ -3,33 +3,63 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated, TypeVar
 
 import msgspec
 
 from shared.errors import BadRequest
+from shared.members import MemberAddressError, parse_member_key
 from shared.messages import SelectRequest
 
 MAX_MEMBERS = 10_000
 MAX_BODY_BYTES = 1 << 20
 INVALID = "invalid_body"
 
+T = TypeVar("T")
+
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
+MAX_OUTCOME_BYTES = 1 << 16
+"""An outcome report is a few hundred bytes; anything this large is not one."""
+MAX_REPORTED_MS = 86_400_000.0
+"""A reported duration past a day is a broken clock, not a request."""
+
+SELECT_SHAPE = "{pool_name, partition, members}"
+OUTCOME_SHAPE = "{pool_name, partition, member, status, ttft_ms}"
+
+Millis = Annotated[float, msgspec.Meta(ge=0, le=MAX_REPORTED_MS)]
+
+
+class OutcomeReport(msgspec.Struct, kw_only=True):
+    """How one request the F5 sent to a member ended (``POST /scheduler/outcome``)."""
+
+    pool_name: Annotated[str, msgspec.Meta(min_length=1)]
+    partition: Annotated[str, msgspec.Meta(min_length=1)] = "Common"
+    member: Annotated[str, msgspec.Meta(
+        min_length=1, description="The member key select answered: `ip:port`, `[v6]:port`")]
+    status: Annotated[int, msgspec.Meta(
+        ge=0, le=599, description="HTTP status the engine answered; 0 when it answered"
+        " nothing (refused, reset, timed out)")]
+    ttft_ms: Annotated[Millis | None, msgspec.Meta(
+        description="Milliseconds from sending the request to the member to its first token"
+        " (the shipped iRule sends the time to the response headers)")] = None
+    e2e_ms: Annotated[Millis | None, msgspec.Meta(
+        description="Milliseconds from sending the request to the end of the response")] = None
+
 
 _select_decoder = msgspec.json.Decoder(SelectRequest)
+_outcome_decoder = msgspec.json.Decoder(OutcomeReport)
 
 
-def decode_select(raw: bytes) -> SelectRequest:
-    """Validate a select body (pool_name, partition, members)."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest(None, f"body larger than {MAX_BODY_BYTES} bytes", 413,
-                         "body_too_large")
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, limit: int, shape: str) -> T:
+    """``raw`` as the decoder's type, or a BadRequest naming the field at fault."""
+    if len(raw) > limit:
+        raise BadRequest(None, f"body larger than {limit} bytes", 413, "body_too_large")
     if not raw.strip():
-        raise BadRequest(None, "body is empty; expected JSON {pool_name, partition, members}",
-                         code=INVALID)
+        raise BadRequest(None, f"body is empty; expected JSON {shape}", code=INVALID)
     try:
-        body = _select_decoder.decode(raw)
+        return decoder.decode(raw)
     except msgspec.ValidationError as err:
         text = str(err)
         missing = _MISSING.search(text)
@@ -42,10 +72,15 @@ def decode_select(raw: bytes) -> SelectRequest:
         if field:
             message = f"{field}: {message}"
         elif text.startswith("Expected `object`"):
-            message = "body must be a JSON object {pool_name, partition, members}"
+            message = f"body must be a JSON object {shape}"
         raise BadRequest(field, message, code=INVALID) from None
     except msgspec.DecodeError as err:
         raise BadRequest(None, f"body is not valid JSON: {err}", code=INVALID) from None
+
+
+def decode_select(raw: bytes) -> SelectRequest:
+    """Validate a select body (pool_name, partition, members)."""
+    body = _decode(_select_decoder, raw, MAX_BODY_BYTES, SELECT_SHAPE)
     if not body.pool_name:
         raise BadRequest("pool_name", "pool_name must not be empty", code=INVALID)
     if not body.partition:
@@ -53,6 +88,19 @@ def decode_select(raw: bytes) -> SelectRequest:
     if len(body.members) > MAX_MEMBERS:
         raise BadRequest("members", f"at most {MAX_MEMBERS} members per request",
                          code=INVALID)
+    return body
+
+
+def decode_outcome(raw: bytes) -> OutcomeReport:
+    """Validate an outcome report (the member must be a member key, the status 0 or HTTP)."""
+    body = _decode(_outcome_decoder, raw, MAX_OUTCOME_BYTES, OUTCOME_SHAPE)
+    try:
+        parse_member_key(body.member)
+    except MemberAddressError as err:
+        raise BadRequest("member", str(err), code=INVALID) from None
+    if 0 < body.status < 100:
+        raise BadRequest("status", f"status must be 0 (no answer) or an HTTP status 100..599,"
+                         f" got {body.status}", code=INVALID)
     return body
 
 
