@@ -6,15 +6,24 @@
 # (connect/send/recv/close) are real Tcl sockets, so the iRule really talks
 # HTTP to the API. Runs RULE_INIT, applies the overrides below to static::
 # variables, then CLIENT_ACCEPTED and HTTP_REQUEST (and LB_FAILED on request),
-# and prints the load-balancing decision on stdout:
+# and, with -response, HTTP_REQUEST_SEND and HTTP_RESPONSE as BIG-IP would when
+# the request went to a server. It prints the load-balancing decision on stdout:
 #
 #   pool /Common/demo-pool member 127.0.0.1 9001     a member was chosen
 #   pool /Common/demo-pool                           the pool's own LB decides
 #   none                                             the iRule chose nothing
 #
 # With -lb-failed 1 a second line tells what LB_FAILED did
-# ("LB::reselect pool /Common/demo-pool" or "no reselect").
-# Log lines, the requests sent and "harness: sideband_open=N" go to stderr.
+# ("LB::reselect pool /Common/demo-pool" or "no reselect"). Then, when the
+# rule answered the client itself (HTTP::respond, no server involved):
+#
+#   respond 503                                      the status
+#   respond-header Retry-After 2                     one line per header
+#   respond-body {"error": ...}                      the content
+#
+# and "http_response 200" when HTTP_RESPONSE ran.
+# Log lines, the requests sent, "harness: events ..." (the events the rule
+# defines, in order) and "harness: sideband_open=N" go to stderr.
 #
 # Options (each also read from the environment variable in brackets):
 #   -api HOST:PORT            static::llmsched_api            [LLMSCHED_API]
@@ -29,6 +38,14 @@
 #   -path PATH                HTTP::path / HTTP::uri (default /v1/chat/completions)
 #   -set NAME VALUE           any other static::NAME
 #   -lb-failed 0|1            fire LB_FAILED after HTTP_REQUEST
+#   -response STATUS          a server answered STATUS: fire HTTP_REQUEST_SEND
+#                             and HTTP_RESPONSE (not when the rule responded
+#                             itself or chose no pool)
+#   -response-after MS        the answer's headers come MS milliseconds after
+#                             the request was sent (the clock is advanced, no
+#                             waiting)
+#   -response-api HOST:PORT   static::llmsched_api from HTTP_RESPONSE on, as if
+#                             the API moved or died while the server worked
 #
 # Exit status: 0 when the iRule ran, 1 when it raised a Tcl error (which on
 # BIG-IP would reset the client connection), 2 for bad arguments.
@@ -48,6 +65,12 @@ namespace eval ::h {
     array set conns {}
     variable next_conn 0
     variable wake 0
+    variable response ""
+    variable response_after 0
+    variable response_api ""
+    variable skew_ms 0
+    variable responded {}
+    variable fired {}
 }
 namespace eval ::static {}
 namespace eval ::LB {}
@@ -120,11 +143,52 @@ proc ::LB::reselect {args} {
     set ::h::reselect [concat [list LB::reselect] $args]
 }
 
+proc ::HTTP::respond {status args} {
+    # HTTP::respond STATUS ?content BODY? ?noserver? ?NAME VALUE ...?
+    if {[llength $::h::responded]} {
+        error "harness: HTTP::respond called twice"
+    }
+    set content ""
+    set headers {}
+    for {set i 0} {$i < [llength $args]} {incr i} {
+        set a [lindex $args $i]
+        if {$a eq "content"} {
+            incr i
+            set content [lindex $args $i]
+        } elseif {$a eq "noserver"} {
+        } else {
+            incr i
+            if {$i >= [llength $args]} {
+                error "harness: HTTP::respond header $a has no value"
+            }
+            lappend headers $a [lindex $args $i]
+        }
+    }
+    set ::h::responded [list $status $headers $content]
+}
+
+proc ::HTTP::status {args} {
+    if {$::h::response eq ""} {
+        error "harness: HTTP::status outside HTTP_RESPONSE"
+    }
+    return $::h::response
+}
+
 proc ::HTTP::path {args} { return [lindex [split $::h::path "?"] 0] }
 proc ::HTTP::uri {args} { return $::h::path }
 proc ::HTTP::method {args} { return "POST" }
 proc ::HTTP::host {args} { return "llm.example.com" }
 proc ::IP::client_addr {args} { return "192.0.2.50" }
+
+# `clock clicks -milliseconds` runs -response-after ahead once the server
+# "answers"; everything else is Tcl's own clock.
+rename clock ::h::tcl_clock
+proc clock {args} {
+    if {$args eq "clicks -milliseconds"} {
+        return [expr {[::h::tcl_clock clicks -milliseconds] + $::h::skew_ms}]
+    }
+    return [eval [list ::h::tcl_clock] $args]
+}
 
 # ---------------------------------------------------------------- sideband
 
@@ -302,6 +366,9 @@ proc ::h::main {argv} {
             -debug { lappend ::h::overrides llmsched_debug $v; incr i }
             -path { set ::h::path $v; incr i }
             -lb-failed { set ::h::lb_failed $v; incr i }
+            -response { set ::h::response_status $v; incr i }
+            -response-after { set ::h::response_after $v; incr i }
+            -response-api { set ::h::response_api $v; incr i }
             -set {
                 lappend ::h::overrides $v [lindex $argv [expr {$i + 2}]]
                 incr i 2
@@ -321,12 +388,29 @@ proc ::h::main {argv} {
         puts "error: loading $irule: $err"
         exit 1
     }
+    puts stderr "harness: events [join $::h::order { }]"
     set code 0
-    foreach event {RULE_INIT CLIENT_ACCEPTED HTTP_REQUEST LB_FAILED} {
-        if {![info exists ::h::events($event)]} {
+    foreach event {RULE_INIT CLIENT_ACCEPTED HTTP_REQUEST LB_FAILED HTTP_REQUEST_SEND
+                   HTTP_RESPONSE} {
+        if {$event eq "LB_FAILED" && !$::h::lb_failed} {
             continue
         }
-        if {$event eq "LB_FAILED" && !$::h::lb_failed} {
+        if {$event eq "HTTP_REQUEST_SEND" || $event eq "HTTP_RESPONSE"} {
+            # Only a request BIG-IP sent to a server gets a server's answer.
+            if {![info exists ::h::response_status] || [llength $::h::responded]
+                    || $::h::decision eq "none"} {
+                continue
+            }
+        }
+        if {$event eq "HTTP_RESPONSE"} {
+            set ::h::skew_ms $::h::response_after
+            set ::h::response $::h::response_status
+            if {$::h::response_api ne ""} {
+                set ::static::llmsched_api $::h::response_api
+            }
+            lappend ::h::fired "http_response $::h::response"
+        }
+        if {![info exists ::h::events($event)]} {
             continue
         }
         # Each event body runs at global level, so variables persist from one
@@ -348,6 +432,17 @@ proc ::h::main {argv} {
         puts $::h::decision
         if {$::h::lb_failed} {
             puts $::h::reselect
+        }
+        if {[llength $::h::responded]} {
+            foreach {status headers content} $::h::responded break
+            puts "respond $status"
+            foreach {name value} $headers {
+                puts "respond-header $name $value"
+            }
+            puts "respond-body $content"
+        }
+        foreach line $::h::fired {
+            puts $line
         }
     }
     puts stderr "harness: sideband_open=[array size ::h::conns]"

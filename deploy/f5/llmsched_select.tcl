@@ -8,6 +8,12 @@
 # the pool's own load-balancing method decides, so the virtual server keeps
 # working without llmsched.
 #
+# "busy" (a greybox pool with admission control: every member is past its
+# limits) answers the client 503 with Retry-After instead of sending the
+# request anywhere. After a request went to the member llmsched picked, the
+# response's status and time are reported (POST /scheduler/outcome,
+# fire-and-forget) so llmsched counts it as finished and learns from it.
+#
 # Attach to an HTTP virtual server whose default pool is the LLM pool (with a
 # OneConnect profile so every request gets its own decision). See README.md.
 # Plain Tcl 8.4 iRule syntax; no procs, so it runs on any BIG-IP v11.0+.
@@ -37,6 +43,16 @@ when RULE_INIT {
     set static::llmsched_debug 0
     # 1: log failures to reach the API (local0.warn); 0: quiet.
     set static::llmsched_log_errors 1
+    # Seconds in the Retry-After of the 503 answered when llmsched says "busy".
+    set static::llmsched_busy_retry_after_s 2
+    # 1: report each picked request's status and time to its response headers
+    # (only greybox pools use them); 0: never.
+    set static::llmsched_report_outcomes 1
+    # Path of the outcome report.
+    set static::llmsched_outcome_path "/scheduler/outcome"
+    # Milliseconds to connect for a report, and again to hand it to TCP; the
+    # response to the client waits for these, never for the API's answer.
+    set static::llmsched_outcome_timeout_ms 20
 }
 
 when CLIENT_ACCEPTED {
@@ -47,6 +63,8 @@ when CLIENT_ACCEPTED {
 
 when HTTP_REQUEST {
     set llmsched_picked ""
+    set llmsched_report ""
+    set llmsched_busy 0
     set llmsched_pool ""
     if { [info exists llmsched_default_pool] && $llmsched_default_pool ne "" } {
         set llmsched_pool $llmsched_default_pool
@@ -220,7 +238,10 @@ when HTTP_REQUEST {
         # The answer must be one of the members we sent, and up right now.
         set llmsched_idx [lsearch -exact $llmsched_keys $llmsched_answer]
         if { $llmsched_idx < 0 } {
-            if { $llmsched_answer eq "none" || $llmsched_answer eq "fallback" } {
+            if { $llmsched_answer eq "busy" } {
+                set llmsched_busy 1
+                set llmsched_reason "API answered busy"
+            } elseif { $llmsched_answer eq "none" || $llmsched_answer eq "fallback" } {
                 set llmsched_reason "API answered $llmsched_answer"
             } else {
                 set llmsched_reason "API answered an unknown member '[string range $llmsched_answer 0 63]'"
@@ -236,6 +257,12 @@ when HTTP_REQUEST {
         }
         set llmsched_picked [list $llmsched_addr $llmsched_port]
         set llmsched_reason "$llmsched_answer in [expr {[clock clicks -milliseconds] - $llmsched_t0}] ms"
+        if { $static::llmsched_report_outcomes } {
+            # The report's head; HTTP_RESPONSE adds the status and the time
+            # (its braces escaped: an unbalanced one would end this event).
+            set llmsched_report "\{\"pool_name\":\"[string map $llmsched_esc $llmsched_pool_name]\",\"partition\":\"[string map $llmsched_esc $llmsched_part]\",\"member\":\"[string map $llmsched_esc $llmsched_answer]\""
+            set llmsched_sent_ms [clock clicks -milliseconds]
+        }
         break
     }
 
@@ -248,6 +275,14 @@ when HTTP_REQUEST {
         if { $static::llmsched_debug } {
             log local0.debug "llmsched: $llmsched_pool -> $llmsched_reason"
         }
+    } elseif { $llmsched_busy } {
+        # Every member is past its limits: tell the client to come back rather
+        # than queue the request on a saturated engine. No pool, no member.
+        if { $static::llmsched_debug } {
+            log local0.debug "llmsched: $llmsched_pool -> 503 busy"
+        }
+        HTTP::respond 503 content "{\"error\": {\"message\": \"Every server of this model is at its limit; retry in $static::llmsched_busy_retry_after_s s.\", \"type\": \"service_unavailable_error\", \"param\": null, \"code\": \"overloaded\"}}" Content-Type "application/json" Retry-After $static::llmsched_busy_retry_after_s Connection "close"
+        return
     } else {
         # Reset any member chosen for an earlier request on this connection.
         pool $llmsched_pool
@@ -269,5 +304,45 @@ when LB_FAILED {
         }
         set llmsched_picked ""
         LB::reselect pool $llmsched_pool
+    }
+}
+
+when HTTP_REQUEST_SEND {
+    # The request leaves for the member llmsched picked: its time starts now.
+    if { [info exists llmsched_report] && $llmsched_report ne "" } {
+        set llmsched_sent_ms [clock clicks -milliseconds]
+    }
+}
+
+when HTTP_RESPONSE {
+    # Report the status and the milliseconds from sending the request to these
+    # response headers (the whole answer when it is not streamed, only its start
+    # when it is). Fire-and-forget: the API's answer is never read, and a failure
+    # costs one warning at most. Not after LB_FAILED: the pool chose that member.
+    if { [info exists llmsched_report] && $llmsched_report ne "" && $llmsched_picked ne "" } {
+        set llmsched_out "$llmsched_report,\"status\":[HTTP::status],\"ttft_ms\":[expr {[clock clicks -milliseconds] - $llmsched_sent_ms}]\}"
+        set llmsched_report ""
+        set llmsched_out_request "POST $static::llmsched_outcome_path HTTP/1.1\r\nHost: $static::llmsched_host\r\nContent-Type: application/json\r\nContent-Length: [string length $llmsched_out]\r\nConnection: close\r\n\r\n$llmsched_out"
+        set llmsched_out_conn ""
+        set llmsched_out_status ""
+        set llmsched_out_err ""
+        if { [catch {connect -timeout $static::llmsched_outcome_timeout_ms -idle $static::llmsched_idle_s -status llmsched_out_status $static::llmsched_api} llmsched_out_conn] || $llmsched_out_conn eq "" } {
+            set llmsched_out_err "no connection to $static::llmsched_api ($llmsched_out_status$llmsched_out_conn)"
+        } else {
+            set llmsched_out_sent ""
+            if { [catch {send -timeout $static::llmsched_outcome_timeout_ms -status llmsched_out_sent $llmsched_out_conn $llmsched_out_request} llmsched_out_err] || $llmsched_out_sent ne "sent" } {
+                set llmsched_out_err "send failed: $llmsched_out_sent $llmsched_out_err"
+            } else {
+                set llmsched_out_err ""
+            }
+            catch {close $llmsched_out_conn}
+        }
+        if { $llmsched_out_err ne "" } {
+            if { $static::llmsched_log_errors } {
+                log local0.warn "llmsched: $llmsched_pool outcome not reported ($llmsched_out_err)"
+            }
+        } elseif { $static::llmsched_debug } {
+            log local0.debug "llmsched: $llmsched_pool reported $llmsched_out"
+        }
     }
 }

@@ -9,12 +9,14 @@ whatever a scenario needs (a member, ``none``, ``fallback``, 500, a hang, odd
 framings) -- failure modes the real API does not produce on demand. The last section
 runs the same iRule against the real API and scheduler (the ``make_stack`` fixture:
 real NATS/Redis) for the answers that need real decisions: a member pick, IPv6 and
-route-domain keys, ``fallback`` and ``none``.
+route-domain keys, ``fallback`` and ``none``, and on a greybox pool ``busy`` and the
+outcome reports that end a pick's in-flight count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -33,7 +35,9 @@ import pytest
 
 from shared.members import MemberAddressError, parse_member_key
 from shared.messages import SelectRequest
+from shared.routing import OutcomeEvent
 from tests.integration.conftest import Stack, StackFactory
+from tests.integration.system import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 IRULE = REPO / "deploy" / "f5" / "llmsched_select.tcl"
@@ -47,6 +51,7 @@ TIMEOUT_MS = 10_000
 """Sideband send + answer time-out passed to the harness, milliseconds."""
 RUN_TIMEOUT = 60.0
 """Hard bound on one harness run, seconds (a stand-in ``hang`` lasts this long at most)."""
+RUN_TIMEOUT_MS = int(RUN_TIMEOUT * 1000)
 
 THREE = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
 KEYS = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
@@ -77,6 +82,8 @@ class SelectApiStandIn:
     before answering, ``hang`` never answers, ``framing`` is ``length``
     (Content-Length, what uvicorn sends), ``chunked`` or ``close`` (read to EOF),
     ``split`` sends the head and the body in two writes ``split`` seconds apart.
+    ``POST /scheduler/outcome`` is recorded and answered 202 (never, with
+    ``outcome_hang``).
     """
 
     answer: str | Callable[[SelectRequest], str] = "none"
@@ -85,6 +92,7 @@ class SelectApiStandIn:
     hang: bool = False
     framing: str = "length"
     split: float = 0.0
+    outcome_hang: bool = False
     received: list[Received] = field(default_factory=list)
     _release: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
@@ -123,7 +131,22 @@ class SelectApiStandIn:
             self._server.shutdown()
             self._server.server_close()
 
+    def paths(self) -> list[str]:
+        return [r.path for r in self.received]
+
+    def wait_for(self, count: int, what: str, seen: object,
+                 timeout_s: float = RUN_TIMEOUT) -> None:
+        """Until ``count`` requests arrived (the iRule does not wait for its reports)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.received) >= count, (
+            f"no {what} within {timeout_s}s; got {self.paths()}\n{seen}")
+
     def respond(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        if handler.path == "/scheduler/outcome":
+            self._accept_outcome(handler)
+            return
         status, text = self._decide(handler, body)
         if self.hang:
             self._release.wait(RUN_TIMEOUT)
@@ -153,6 +176,16 @@ class SelectApiStandIn:
         out.flush()
         handler.close_connection = True
 
+    def _accept_outcome(self, handler: BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        if self.outcome_hang:
+            self._release.wait(RUN_TIMEOUT)
+            return
+        # The iRule has closed its end already; answering may meet a reset.
+        with contextlib.suppress(OSError):
+            handler.wfile.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            handler.wfile.flush()
+
     def _decide(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str]:
         if handler.path != "/scheduler/select":
             return 404, "not found"
@@ -181,6 +214,15 @@ def select_api() -> Iterator[SelectApiStandIn]:
 
 
 @dataclass
+class Responded:
+    """What the rule answered the client itself (``HTTP::respond``)."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+
+
+@dataclass
 class Decision:
     line: str
     """First stdout line: ``pool P member A N`` or ``pool P``."""
@@ -189,6 +231,9 @@ class Decision:
     stderr: str
     elapsed: float
     returncode: int
+    responded: Responded | None = None
+    http_response: int | None = None
+    """The status HTTP_RESPONSE ran with (None: the event did not run)."""
 
     def __str__(self) -> str:
         """Everything the harness said: the message of a failed assertion."""
@@ -200,6 +245,15 @@ class Decision:
         match = re.search(r"sideband_open=(\d+)", self.stderr)
         assert match, self
         return int(match.group(1))
+
+    @property
+    def events(self) -> list[str]:
+        match = re.search(r"^harness: events (.*)$", self.stderr, flags=re.M)
+        assert match, self
+        return match.group(1).split()
+
+    def warnings(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("log local0.warn")]
 
 
 def tclsh() -> str:
@@ -216,28 +270,51 @@ def harness_argv(
     connect_timeout: int = CONNECT_TIMEOUT_MS,
     timeout: int = TIMEOUT_MS,
     lb_failed: bool = False,
+    response: int | None = None,
+    response_after: int = 0,
+    response_api: str | None = None,
+    outcome_timeout: int = CONNECT_TIMEOUT_MS,
     irule: Path = IRULE,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
     argv = [tclsh(), str(HARNESS), "-api", api, "-pool", pool,
-            "-connect-timeout", str(connect_timeout), "-timeout", str(timeout), "-debug", "1"]
+            "-connect-timeout", str(connect_timeout), "-timeout", str(timeout), "-debug", "1",
+            "-set", "llmsched_outcome_timeout_ms", str(outcome_timeout)]
     for member in members:
         argv += ["-member", " ".join(str(part) for part in member)]
     if lb_failed:
         argv += ["-lb-failed", "1"]
+    if response is not None:
+        argv += ["-response", str(response), "-response-after", str(response_after)]
+    if response_api is not None:
+        argv += ["-response-api", response_api]
     return [*argv, *extra, str(irule)]
 
 
 def _decision(stdout: str, stderr: str, elapsed: float, returncode: int) -> Decision:
     lines = stdout.splitlines()
-    return Decision(
+    decision = Decision(
         line=lines[0] if lines else "",
-        reselect=lines[1] if len(lines) > 1 else None,
+        reselect=next((x for x in lines[1:] if x.startswith(("LB::reselect", "no reselect"))),
+                      None),
         stdout=stdout,
         stderr=stderr,
         elapsed=elapsed,
         returncode=returncode,
     )
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        word, _, rest = line.partition(" ")
+        if word == "respond":
+            decision.responded = Responded(int(rest), headers, "")
+        elif word == "respond-header":
+            name, _, value = rest.partition(" ")
+            headers[name] = value
+        elif word == "respond-body" and decision.responded is not None:
+            decision.responded.body = rest
+        elif word == "http_response":
+            decision.http_response = int(rest)
+    return decision
 
 
 def run_irule(api: str, members: list[Any], **kwargs: Any) -> Decision:
@@ -465,6 +542,133 @@ def test_virtual_without_pool_is_left_alone(select_api: SelectApiStandIn) -> Non
     assert select_api.received == [], decision
 
 
+# --------------------------------------------------------------------------- busy and reports
+
+
+def assert_busy_503(decision: Decision, retry_after: str) -> None:
+    """The client got the overload answer, and BIG-IP was told to send nothing anywhere."""
+    assert decision.returncode == 0, decision
+    assert decision.line == "none", decision  # no `pool` command: no member, no pool LB
+    assert decision.responded is not None, decision
+    assert decision.http_response is None, decision
+    assert decision.open_sideband == 0, decision
+    answer = decision.responded
+    assert answer.status == 503, decision
+    assert answer.headers.get("Retry-After") == retry_after, decision
+    assert answer.headers.get("Content-Type") == "application/json", decision
+    error = json.loads(answer.body)["error"]
+    assert {k: v for k, v in error.items() if k != "message"} == {
+        "type": "service_unavailable_error", "param": None, "code": "overloaded"}, decision
+    assert retry_after in error["message"], decision
+
+
+@pytest.mark.parametrize("retry_after", [None, "7"])
+def test_busy_answers_503_without_the_pool(select_api: SelectApiStandIn,
+                                           retry_after: str | None) -> None:
+    select_api.answer = "busy"
+    extra = () if retry_after is None else ("-set", "llmsched_busy_retry_after_s", retry_after)
+    decision = run_irule(select_api.address, THREE, response=200, extra=extra)
+    assert_busy_503(decision, retry_after or "2")
+    assert decision.warnings() == [], decision
+    assert "-> 503 busy" in decision.stderr, decision
+    assert select_api.paths() == ["/scheduler/select"], decision  # nothing to report
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_outcome_is_reported_after_a_pick(select_api: SelectApiStandIn, status: int) -> None:
+    select_api.answer = "127.0.0.1:9002"
+    after_ms = 250
+    decision = run_irule(select_api.address, THREE, response=status, response_after=after_ms)
+    assert_member(decision, "127.0.0.1", 9002)
+    assert decision.http_response == status, decision
+    assert decision.open_sideband == 0, decision
+    assert decision.warnings() == [], decision
+    select_api.wait_for(2, "outcome report", decision)
+    assert select_api.paths() == ["/scheduler/select", "/scheduler/outcome"], decision
+    report = select_api.received[1]
+    assert report.headers["content-type"] == "application/json", report
+    assert int(report.headers["content-length"]) == len(report.body), report
+    body = report.json()
+    ttft = body.pop("ttft_ms")
+    assert body == {"pool_name": "demo-pool", "partition": "Common",
+                    "member": "127.0.0.1:9002", "status": status}, (body, decision)
+    # At least the time the server took; less than the whole run (a clock gone wrong).
+    assert after_ms <= ttft <= after_ms + decision.elapsed * 1000 + 1, (ttft, decision)
+
+
+def test_reported_member_is_the_llmsched_key(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "[fd00::8]:8003"
+    members = [("10.1.1.5%2", 8001), ("fd00::8%3", 8003)]
+    decision = run_irule(select_api.address, members, pool="/Tenant_A/app1/llm-pool-1",
+                         response=200)
+    assert_member(decision, "fd00::8%3", 8003, "/Tenant_A/app1/llm-pool-1")
+    select_api.wait_for(2, "outcome report", decision)
+    body = select_api.received[1].json()
+    assert (body["pool_name"], body["partition"], body["member"]) == (
+        "llm-pool-1", "Tenant_A", "[fd00::8]:8003"), (body, decision)
+
+
+def test_reports_can_be_turned_off(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, THREE, response=200,
+                         extra=("-set", "llmsched_report_outcomes", "0"))
+    assert_member(decision, "127.0.0.1", 9001)
+    assert decision.http_response == 200, decision
+    assert decision.open_sideband == 0, decision
+    assert select_api.paths() == ["/scheduler/select"], decision
+
+
+@pytest.mark.parametrize("answer", ["none", "fallback", "127.0.0.1:9004"])
+def test_no_report_when_the_pool_chose(select_api: SelectApiStandIn, answer: str) -> None:
+    select_api.answer = answer
+    decision = run_irule(select_api.address, THREE, response=200)
+    assert_pool_lb(decision)
+    assert decision.http_response == 200, decision
+    assert select_api.paths() == ["/scheduler/select"], decision
+
+
+def test_no_report_after_lb_failed(select_api: SelectApiStandIn) -> None:
+    # The pool reselected: the answer is another member's, not the one llmsched picked.
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, THREE, lb_failed=True, response=200)
+    assert decision.reselect == f"LB::reselect pool {POOL}", decision
+    assert decision.http_response == 200, decision
+    assert decision.open_sideband == 0, decision
+    assert select_api.paths() == ["/scheduler/select"], decision
+
+
+@pytest.mark.parametrize("log_errors", ["1", "0"])
+def test_dead_api_does_not_break_the_response(select_api: SelectApiStandIn,
+                                              log_errors: str) -> None:
+    select_api.answer = "127.0.0.1:9003"
+    decision = run_irule(select_api.address, THREE, response=200,
+                         response_api=f"127.0.0.1:{closed_port()}",
+                         extra=("-set", "llmsched_log_errors", log_errors, "-debug", "0"))
+    assert_member(decision, "127.0.0.1", 9003)
+    assert decision.http_response == 200, decision
+    assert decision.open_sideband == 0, decision
+    warnings = decision.warnings()
+    if log_errors == "1":
+        assert len(warnings) == 1, decision
+        assert "outcome not reported (no connection to" in warnings[0], decision
+    else:
+        assert warnings == [], decision
+    assert select_api.paths() == ["/scheduler/select"], decision
+
+
+def test_report_never_waits_for_the_api(select_api: SelectApiStandIn) -> None:
+    # The API takes the report and never answers: the response goes on regardless.
+    select_api.answer = "127.0.0.1:9001"
+    select_api.outcome_hang = True
+    decision = run_irule(select_api.address, THREE, response=200, timeout=RUN_TIMEOUT_MS,
+                         outcome_timeout=RUN_TIMEOUT_MS)
+    assert_member(decision, "127.0.0.1", 9001)
+    assert decision.warnings() == [], decision
+    assert decision.open_sideband == 0, decision
+    assert decision.elapsed < RUN_TIMEOUT / 2, decision
+    select_api.wait_for(2, "outcome report", decision)
+
+
 # --------------------------------------------------------------------------- the rule itself
 
 
@@ -485,6 +689,11 @@ def test_rule_init_defaults_are_sane() -> None:
     assert 0 < int(statics["llmsched_connect_timeout_ms"]) <= 1000
     assert 0 < int(statics["llmsched_timeout_ms"]) <= 1000
     assert statics["llmsched_partition"] == '"Common"'
+    assert statics["llmsched_busy_retry_after_s"] == "2"
+    assert statics["llmsched_report_outcomes"] == "1"
+    assert statics["llmsched_outcome_path"] == '"/scheduler/outcome"'
+    # The client's response waits for a report's connect and send: keep them short.
+    assert 0 < int(statics["llmsched_outcome_timeout_ms"]) <= 100
 
 
 # Commands and syntax newer than Tcl 8.4, or disabled inside iRules.
@@ -509,7 +718,15 @@ def test_rule_uses_only_tcl_84_irule_syntax() -> None:
         match = re.search(pattern, code)
         assert match is None, f"{why}: {match.group(0)!r}" if match else ""
     events = re.findall(r"^when\s+(\w+)", code, flags=re.M)
-    assert events == ["RULE_INIT", "CLIENT_ACCEPTED", "HTTP_REQUEST", "LB_FAILED"]
+    assert events == ["RULE_INIT", "CLIENT_ACCEPTED", "HTTP_REQUEST", "LB_FAILED",
+                      "HTTP_REQUEST_SEND", "HTTP_RESPONSE"]
+
+
+def test_tcl_sees_every_event_of_the_rule() -> None:
+    # An unbalanced brace inside a string swallows the events after it into one body.
+    written = re.findall(r"^when\s+(\w+)", IRULE.read_text(), flags=re.M)
+    decision = run_irule(f"127.0.0.1:{closed_port()}", THREE)
+    assert decision.events == written, decision
 
 
 def test_lint_catches_newer_tcl() -> None:
@@ -578,3 +795,106 @@ async def test_real_api_fallback_and_none_leave_pool_lb(make_stack: StackFactory
     decision = await run_irule_async(_api(stack), members, pool="/Common/unknown")
     assert decision.line == "pool /Common/unknown", decision
     assert "API answered none" in decision.stderr, decision
+
+
+GREYBOX = {"name": "gb", "type": "greybox",
+           "greybox": {"max_inflight": 1, "select_inflight_ttl_s": 600}}
+"""One request in flight per member; a pick counts until its outcome (no expiry in a test)."""
+F5_MEMBERS = [("127.0.0.1", 9101), ("127.0.0.1", 9102)]
+
+
+async def _greybox_stack(make_stack: StackFactory) -> Stack:
+    pool = {**_real_pool([R1, R2]), "mode": "gb"}
+    stack: Stack = await make_stack([pool], extra={"modes": [GREYBOX]})
+    await stack.bus.snapshot("p1", [R1, R2])
+
+    async def known() -> bool:
+        return await _inflight(stack) == {R1: 0, R2: 0}
+    await wait_until(known, SELECT_WAIT_S, "the greybox pool's members")
+    return stack
+
+
+async def _pool_status(stack: Stack) -> dict[str, Any]:
+    r = await stack.http.get(f"{stack.api_url}/pools/p1/Common/status")
+    assert r.status_code == 200, r.text
+    status: dict[str, Any] = r.json()
+    return status
+
+
+async def _inflight(stack: Stack) -> dict[str, int]:
+    return {m["key"]: m["inflight"] for m in (await _pool_status(stack))["members"]}
+
+
+async def _wait_inflight(stack: Stack, expect: dict[str, int], decision: Decision) -> None:
+    seen: list[dict[str, int]] = []
+
+    async def check() -> bool:
+        seen.append(await _inflight(stack))
+        return seen[-1] == expect
+    try:
+        await wait_until(check, SELECT_WAIT_S, f"in flight {expect}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last seen {seen[-1:]}\n{decision}") from None
+
+
+def _picked_key(decision: Decision) -> str:
+    for host, port in F5_MEMBERS:
+        if decision.line == f"pool /Common/p1 member {host} {port}":
+            return f"{host}:{port}"
+    raise AssertionError(f"no member picked\n{decision}")
+
+
+@pytest.mark.integration
+async def test_real_api_outcome_report_ends_the_pick(make_stack: StackFactory) -> None:
+    stack = await _greybox_stack(make_stack)
+    # Without reports a pick stays in flight (until select_inflight_ttl_s).
+    quiet = await run_irule_async(_api(stack), F5_MEMBERS, pool="/Common/p1", response=200,
+                                  extra=("-set", "llmsched_report_outcomes", "0"))
+    kept = _picked_key(quiet)
+    other = R2 if kept == R1 else R1
+    await _wait_inflight(stack, {kept: 1, other: 0}, quiet)
+
+    events: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        await events.put(msg.data)
+
+    sub = await stack.bus.nc.subscribe(stack.bus.subjects.request_outcome, cb=on_event)
+    await stack.bus.nc.flush()
+    decision = await run_irule_async(_api(stack), F5_MEMBERS, pool="/Common/p1", response=200,
+                                     response_after=120)
+    assert _picked_key(decision) == other, decision  # the kept member is at its limit
+    assert decision.open_sideband == 0 and decision.warnings() == [], decision
+    try:
+        raw = await asyncio.wait_for(events.get(), SELECT_WAIT_S)
+    except TimeoutError:
+        raise AssertionError(f"no outcome event on the bus\n{decision}") from None
+    finally:
+        await sub.unsubscribe()
+    event = msgspec.json.decode(raw, type=OutcomeEvent)
+    assert (event.request_id, event.pool, event.partition, event.member, event.status) == (
+        "", "p1", "Common", other, 200), (event, decision)
+    assert event.ttft_s is not None and event.ttft_s >= 0.12, (event, decision)
+
+    # The report ended the reported member's pick; the quiet one still counts.
+    await _wait_inflight(stack, {kept: 1, other: 0}, decision)
+
+    async def learned() -> bool:
+        members = (await _pool_status(stack))["members"]
+        model = next(m["greybox"]["model"] for m in members if m["key"] == other)
+        return bool(model["samples"] >= 1)
+    await wait_until(learned, SELECT_WAIT_S, f"the predictor learning from {other}'s TTFT")
+
+
+@pytest.mark.integration
+async def test_real_api_busy_answers_the_client_503(make_stack: StackFactory) -> None:
+    stack = await _greybox_stack(make_stack)
+    picked = []
+    for _ in range(2):  # no reports: each pick stays in flight, one per member
+        decision = await run_irule_async(_api(stack), F5_MEMBERS, pool="/Common/p1")
+        picked.append(_picked_key(decision))
+    assert sorted(picked) == [R1, R2], picked
+    decision = await run_irule_async(_api(stack), F5_MEMBERS, pool="/Common/p1", response=200)
+    assert_busy_503(decision, "2")
+    assert "-> 503 busy" in decision.stderr, decision
+    await _wait_inflight(stack, {R1: 1, R2: 1}, decision)
