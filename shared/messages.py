@@ -25,6 +25,10 @@ class MemberInfo(msgspec.Struct, frozen=True, kw_only=True):
     """Concurrent requests the member is meant to serve, when its source knows (workers)."""
 
 
+REMOVED = "removed"
+"""``PoolSnapshot.source`` of the last snapshot of a pool that no longer exists."""
+
+
 class PoolSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """A pool's membership at one moment, from F5, static config or workers."""
 

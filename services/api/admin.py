@@ -36,6 +36,24 @@ _REGISTER_DOC: dict[str, Any] = {
 }
 
 
+_REGISTERED: dict[str, Any] = {
+    "type": "object", "required": ["alias", "created", "ignored_fields", "model"],
+    "properties": {"alias": {"type": "string"}, "created": {"type": "boolean"},
+                   "ignored_fields": {"type": "array", "items": {"type": "string"}},
+                   "model": {"type": "object"}}}
+_DELETED: dict[str, Any] = {
+    "type": "object", "required": ["alias", "deleted"],
+    "properties": {"alias": {"type": "string"}, "deleted": {"type": "boolean"}}}
+_MODELS: dict[str, Any] = {
+    "type": "object", "required": ["models"],
+    "properties": {"models": {"type": "array", "items": {"type": "object"}}}}
+_STATUS: dict[str, Any] = {
+    "type": "object", "required": ["models", "workers", "actions"],
+    "properties": {"models": {"type": "array", "items": {"type": "object"}},
+                   "workers": {"type": "object"},
+                   "actions": {"type": "array", "items": {"type": "object"}}}}
+
+
 def _json(value: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
@@ -52,8 +70,12 @@ def admin_router(models: ModelRegistry, view: RegistryView, scaling: ScalingLog,
     router = APIRouter(tags=["admin"])
 
     @router.post("/admin/models/register", summary="Register (or update) a model alias",
-                 openapi_extra=_REGISTER_DOC, responses=errors(400, 401, 503),
-                 status_code=201)
+                 openapi_extra=_REGISTER_DOC, status_code=201,
+                 responses={201: {"description": "Registered (a new alias)",
+                                  "content": {"application/json": {"schema": _REGISTERED}}},
+                            200: {"description": "Updated (the alias existed)",
+                                  "content": {"application/json": {"schema": _REGISTERED}}},
+                            **errors(400, 401, 503)})
     async def register(request: Request) -> Response:
         if (refusal := auth.denied(request)) is not None:
             return refusal
@@ -70,7 +92,10 @@ def admin_router(models: ModelRegistry, view: RegistryView, scaling: ScalingLog,
                       "model": record.public()}, 201 if created else 200)
 
     @router.delete("/admin/models/{alias}", summary="Forget a model alias",
-                   responses=errors(401, 404, 503))
+                   responses={200: {"description": "Deleted; the autoscaler unloads its "
+                                                   "instances",
+                                    "content": {"application/json": {"schema": _DELETED}}},
+                              **errors(401, 404, 503)})
     async def delete(alias: str, request: Request) -> Response:
         if (refusal := auth.denied(request)) is not None:
             return refusal
@@ -86,7 +111,9 @@ def admin_router(models: ModelRegistry, view: RegistryView, scaling: ScalingLog,
         return _json({"alias": alias, "deleted": True})
 
     @router.get("/admin/models", summary="Every registered model alias",
-                responses=errors(401, 503))
+                responses={200: {"description": "The registrations",
+                                 "content": {"application/json": {"schema": _MODELS}}},
+                           **errors(401, 503)})
     async def list_models(request: Request) -> Response:
         if (refusal := auth.denied(request)) is not None:
             return refusal
@@ -97,7 +124,10 @@ def admin_router(models: ModelRegistry, view: RegistryView, scaling: ScalingLog,
         return _json({"models": [r.public() for r in records.values()]})
 
     @router.get("/admin/status", summary="Each alias: instances by state, in-flight, load; "
-                "recent autoscaler actions", responses=errors(401, 503))
+                "recent autoscaler actions",
+                responses={200: {"description": "The fleet by alias",
+                                 "content": {"application/json": {"schema": _STATUS}}},
+                           **errors(401, 503)})
     async def status(request: Request) -> Response:
         if (refusal := auth.denied(request)) is not None:
             return refusal

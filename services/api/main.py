@@ -21,6 +21,7 @@ from services.api.gateway.bus import NatsEvents, NatsRouter
 from services.api.gateway.catalog import Catalog
 from services.api.gateway.front import GatewayFront
 from services.api.gateway.hold import HoldQueues, HoldSettings
+from services.api.gateway.openapi_docs import gateway_docs_router
 from services.api.gateway.proxy import Gateway, GatewaySettings
 from services.api.gateway.upstream import Upstream
 from services.api.records import records_router
@@ -104,6 +105,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     def on_config(old: LoadedConfig, new: LoadedConfig) -> None:
         state.set_config(new.config, new.version)
         catalog.set_config(new.config)
+        front.api_keys = _api_keys(new.config.gateway)
         gateway.settings = _gateway_settings(new.config.gateway)
         hold.settings = _hold_settings(new.config.gateway)
         client.timeout_s = new.config.global_.select_timeout_ms / 1000.0
@@ -118,11 +120,13 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     fastapi_app = create_app(state)
     fastapi_app.include_router(workers_router(registry, announce=announce_change))
     fastapi_app.include_router(records_router(client))
+    fastapi_app.include_router(gateway_docs_router())
     fastapi_app.include_router(admin_router(models, view, ScalingLog(registry.redis,
                                                                       cfg.global_.prefix),
                                             client, announce_change, admin))
-    app = GatewayFront(SelectFastPath(fastapi_app, state), gateway, catalog,
-                       cfg.gateway.api_keys())
+    front = GatewayFront(SelectFastPath(fastapi_app, state), gateway, catalog,
+                         _api_keys(cfg.gateway))
+    app = front
     changes = await nc.subscribe(subjects.registry_changed, cb=view.on_event)
     ended = msgspec.json.Decoder(_PoolOf)
 
@@ -204,3 +208,12 @@ def _line_settings(config: Config, pool: tuple[str, str]) -> LineSettings:
                         timeout_s=config.gateway.hold_timeout_s,
                         slo_s=None if g.ttft_slo_ms is None else g.ttft_slo_ms / 1000,
                         max_wait_s=g.max_queue_wait_s)
+
+
+def _api_keys(g: GatewayConfig) -> frozenset[str]:
+    """The keys /v1 requires; a named variable that is unset leaves /v1 open: say so."""
+    keys = g.api_keys()
+    if g.api_keys_env and not keys:
+        log.warning("gateway.api_keys_env names %s, which is unset or empty: /v1/* needs no "
+                    "key", g.api_keys_env)
+    return keys

@@ -102,6 +102,9 @@ class Scaler:
         self.demand: dict[tuple[str, str], DemandEvent] = {}
         self._aliases: dict[str, _AliasState] = {}
         self._urgent: set[str] = set()
+        self._known: set[str] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        """Aliases seen registered: when one is deleted, its instances are unloaded."""
         self._wake = asyncio.Event()
 
     # -- inputs ----------------------------------------------------------------------
@@ -167,6 +170,10 @@ class Scaler:
     async def tick(self, now: float) -> None:
         """Evaluate the aliases that are due (or urgent); start their actions."""
         urgent, self._urgent = self._urgent, set()
+        if self.view.loaded and self.view.healthy:
+            self._known |= set(self.view.models)
+            for alias in sorted(self._known - set(self.view.models)):
+                self._retire(alias)
         for alias in sorted(self.view.models):
             state = self._aliases.setdefault(alias, _AliasState())
             if state.task is not None and not state.task.done():
@@ -181,6 +188,26 @@ class Scaler:
             state.next_at = now + settings.scale_interval_s
             # Requests sent to an instance that fell asleep wait there: wake it now.
             self.evaluate(alias, settings, now, urgent=alias in urgent or stranded)
+
+    def _retire(self, alias: str) -> None:
+        """A deleted alias: unload its instances, one per tick, then forget it."""
+        state = self._aliases.setdefault(alias, _AliasState())
+        if state.task is not None and not state.task.done():
+            return
+        left = [p for p in self.placed(alias) if self._believed(
+            state, p.summary.alias, "ACTIVE", self.clock()) != "UNLOADED"]
+        if not left:
+            self._known.discard(alias)
+            self._aliases.pop(alias, None)
+            forget = asyncio.ensure_future(self.scaling.forget_alias(alias))
+            self._background.add(forget)
+            forget.add_done_callback(self._background.discard)
+            return
+        victim = left[0]
+        action = Action("unload", alias, victim.summary.alias, victim.worker.worker_id,
+                        reason=f"{alias} is no longer registered")
+        state.task = asyncio.create_task(self._act(action, 0.0, self.settings(alias)),
+                                         name=f"retire-{alias}")
 
     def evaluate(self, alias: str, settings: ScalingSettings, now: float, *,
                  urgent: bool) -> None:

@@ -16,8 +16,8 @@ from services.collector.membership import MembershipSource
 from services.collector.scraper import MetricsScraper
 from services.collector.workers_source import SleepingInstances
 from shared.config import Config, PoolConfig
-from shared.messages import PoolSnapshot
-from shared.subjects import Subjects
+from shared.messages import REMOVED, PoolSnapshot
+from shared.subjects import MODELS_PARTITION, Subjects
 
 log = logging.getLogger("llmsched.collector")
 
@@ -41,6 +41,7 @@ class Collector:
         self._enc = msgspec.json.Encoder()
         self._wake = asyncio.Event()
         self._due: dict[tuple[str, str], float] = {}
+        self._removals: set[asyncio.Future[None]] = set()
 
     def apply_config(self, config: Config, sources: dict[str, MembershipSource],
                      registered: Mapping[str, str] | None = None) -> None:
@@ -64,7 +65,9 @@ class Collector:
                 task.cancel()
                 del self._tasks[ident]
                 if new_cfg is None:
-                    self.snapshots.pop(ident, None)
+                    gone = self.snapshots.pop(ident, None)
+                    if gone is not None and ident[1] == MODELS_PARTITION:
+                        self._announce_removed(gone)
                     self.asleep.forget(ident)
         for ident, pool in wanted.items():
             if ident not in self._tasks:
@@ -72,6 +75,17 @@ class Collector:
                 task = asyncio.create_task(self._membership(pool, source),
                                            name=f"members {ident}")
                 self._tasks[ident] = (pool, source, task)
+
+    def _announce_removed(self, last: PoolSnapshot) -> None:
+        """A registered alias was deleted: tell the schedulers its pool is gone."""
+        removed = msgspec.structs.replace(last, members=[], source=REMOVED,
+                                          fetched_at=time.time())
+        subject = self.subjects.pool_snapshot(last.partition, last.pool)
+        task = asyncio.ensure_future(self.nc.publish(subject, self._enc.encode(removed)))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+        log.info("Pool %s:%s removed: its alias is no longer registered", last.pool,
+                 last.partition)
 
     async def _membership(self, pool: PoolConfig, source: MembershipSource) -> None:
         subject = self.subjects.pool_snapshot(pool.partition, pool.name)

@@ -21,6 +21,7 @@ from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
 from shared.members import url_host
 from shared.messages import (
+    REMOVED,
     AnalyzeReply,
     MemberStatus,
     PoolSnapshot,
@@ -75,6 +76,14 @@ class SchedulerCore:
     def accept_snapshot(self, snap: PoolSnapshot) -> bool:
         """Whether this replica keeps ``snap``'s pool: configured, or a registered alias's."""
         ident = (snap.pool, snap.partition)
+        if snap.source == REMOVED:
+            if ident in self._implicit:
+                del self._implicit[ident], self._pool_cfg[ident], self._profiles[ident]
+                self.view.retain(set(self._pool_cfg))
+                self.feedback.configure(ident, None, None)
+                log.info("Registered alias %s deleted: pool %s:%s dropped", snap.pool,
+                         snap.pool, snap.partition)
+            return False
         if ident in self._pool_cfg:
             return True
         if snap.partition != MODELS_PARTITION or self.config.configured_alias(snap.pool):

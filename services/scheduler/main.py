@@ -24,7 +24,7 @@ from shared.bus import connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
-from shared.messages import LoadEvent, MetricsBatch, PoolSnapshot
+from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
 from shared.state import RedisStateStore
@@ -84,6 +84,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             log.warning("Dropping malformed pool snapshot on %s: %s", msg.subject, err)
             return
         if not core.accept_snapshot(snap):
+            if snap.source == REMOVED:  # so a restarted replica does not bring it back
+                persister.snapshot_changed((snap.pool, snap.partition), msg.data)
             return
         before = core.view.get(snap.pool, snap.partition)
         old_keys = set(before.members) if before else set()

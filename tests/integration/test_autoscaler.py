@@ -204,3 +204,33 @@ async def test_a_killed_leader_autoscaler_is_replaced(make_fleet: MakeFleet, nat
         for child in children:
             child.terminate()
         await redis.aclose()
+
+
+async def test_deleting_an_alias_unloads_its_instances_and_drops_its_pool(
+        make_fleet: MakeFleet) -> None:
+    fleet = await make_fleet(autoscaling={"min_replicas": 1})
+    await fleet.register({**FAKE, "fake_delay_ms": 0})
+    await fleet.wait_states("fake-model", lambda s: "ACTIVE" in s.values(), 30, "one ACTIVE")
+
+    async def pool_known() -> bool:
+        r = await fleet.http.get(f"{fleet.api}/pools/fake-model/@models/status")
+        return r.status_code == 200
+    await wait_until(pool_known, 20, "the alias's pool at the scheduler")
+    r = await fleet.http.delete(f"{fleet.api}/admin/models/fake-model")
+    assert r.status_code == 200, r.text
+    worker = fleet.workers[0]
+
+    async def unloaded() -> bool:
+        r = await fleet.http.get(f"{worker.url}/instances")
+        body = r.json()
+        listing = body["instances"] if isinstance(body, dict) else body
+        return not [i for i in listing if i["model_alias"] == "fake-model"]
+    await wait_until(unloaded, 30, "the deleted alias's instance stopped")
+
+    async def pool_gone() -> bool:
+        r = await fleet.http.get(f"{fleet.api}/pools/fake-model/@models/status")
+        return r.status_code == 404
+    await wait_until(pool_gone, 20, "the deleted alias's pool dropped")
+    r = await fleet.http.post(f"{fleet.api}/v1/chat/completions", json={
+        "model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404, r.text

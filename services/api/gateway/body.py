@@ -20,8 +20,10 @@ class GatewayError(Exception):
     """A request the gateway answers itself, in OpenAI's error shape."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, retry_after: float | None = None) -> None:
+                 code: str | None = None, retry_after: float | None = None,
+                 allow: str | None = None) -> None:
         super().__init__(message)
+        self.allow = allow
         self.status = status
         self.message = message
         self.param = param

@@ -75,7 +75,8 @@ class GatewayFront:
             expected = "POST" if kind else "GET"
             if method != expected and not (method == "HEAD" and expected == "GET"):
                 raise GatewayError(405, f"method {method} not allowed on {path}",
-                                   code="method_not_allowed")
+                                   code="method_not_allowed",
+                                   allow="POST" if kind else "GET, HEAD")
             self._authorize(scope)
             if kind is None:
                 await _send_json(send, 200, self.catalog.models_list(), head=method == "HEAD")
@@ -135,5 +136,7 @@ async def _send_error(send: Send, err: GatewayError) -> None:
         headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if err.allow:
+        headers.append((b"allow", err.allow.encode()))
     await _send_json(send, err.status, error_body(err.status, err.message, err.param, err.code),
                      headers=headers)

@@ -208,7 +208,7 @@ class _Exchange:
                                  error=err.message, final=False)
                     self.tried.append(member)
                     self.last_error = f"{member}: {err.message}"
-                    if attempt >= gw.settings.retries:
+                    if attempt >= gw.settings.retries or not err.retryable:
                         raise GatewayError(
                             502, f"no engine answered: {self.last_error} (after "
                             f"{attempt + 1} attempts)", code="upstream_failed") from None
