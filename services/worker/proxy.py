@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,12 +10,14 @@ from typing import Any
 import anyio
 import httpx
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.worker.instance import Instance
 from shared.errors import error_response
+
+log = logging.getLogger("llmsched.worker")
 
 FORWARD_REQUEST = ("content-type", "accept", "x-request-id", "traceparent", "tracestate")
 FORWARD_RESPONSE = ("content-type", "content-encoding", "x-request-id", "cache-control")
@@ -86,7 +89,12 @@ async def proxy(inst: Instance, http: httpx.AsyncClient, request: Request, path:
     if not inst.accepting():
         return error_response(503, f"instance {inst.name} is {inst.state}; retry elsewhere",
                               None, "instance_unavailable", {"Retry-After": "1"})
-    body = _rewrite_model(await request.body(), inst)
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # a normal event: one line, no traceback
+        log.info("proxy %s: client went away before its request body arrived", inst.name)
+        return Response(status_code=499)
+    body = _rewrite_model(raw, inst)
     headers = {k: v for k in FORWARD_REQUEST if (v := request.headers.get(k))}
     # Relayed bytes are passed through untouched, so ask for what the client accepts.
     headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")

@@ -16,8 +16,6 @@ from services.worker.main import Worker, WorkerOptions
 from tests.integration.system import wait_until
 
 
-@pytest.mark.xfail(strict=True, reason="services/worker/proxy.py lets ClientDisconnect escape "
-                   "from request.body(); uvicorn logs it as an ASGI error with a traceback")
 async def test_client_leaving_mid_body_is_not_an_error(tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
