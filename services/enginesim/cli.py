@@ -5,25 +5,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from services.enginesim.config import PRESETS, EngineConfig, SimConfigError, config_from_dict
+from services.enginesim.config import EngineConfig, SimConfigError, config_from_dict
 from services.enginesim.launcher import start_fleet
+from services.enginesim.profiles import PRESETS
+from services.enginesim.timing import Timing
 from shared.config import LOG_LEVELS
 from shared.logs import setup_logging
 
-_TIMING_FLAGS = ("step_base_ms", "prefill_ms_per_token", "decode_ms_per_seq",
-                 "attn_ms_per_ctx_token", "kv_transfer_ms_per_token", "jitter")
+_TIMING_FLAGS = tuple(f.name for f in dataclasses.fields(Timing))
+_LIMIT_FLAGS = ("max_num_seqs", "max_model_len", "block_size", "max_num_batched_tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Options named as vLLM names them, plus the simulator's speed model."""
-    p = argparse.ArgumentParser(prog="llmsched engine-sim",
-                                description="Simulated vLLM/SGLang engine(s) on real HTTP ports.")
+    p = argparse.ArgumentParser(
+        prog="llmsched engine-sim",
+        description="Simulated vLLM/SGLang engine(s) on real HTTP ports. "
+                    "`llmsched engine-sim calibrate --help`: fit a profile to a real engine.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", default="8000",
                    help="port, or comma-separated ports for several engines (0 = any free port)")
@@ -32,19 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("vllm", "sglang"), default="vllm")
     p.add_argument("--model", default=EngineConfig.model)
     p.add_argument("--served-model-name", nargs="+")
-    p.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
-    p.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
-    p.add_argument("--block-size", type=int, default=EngineConfig.block_size)
-    p.add_argument("--num-gpu-blocks-override", type=int, default=EngineConfig.num_gpu_blocks)
-    p.add_argument("--max-num-batched-tokens", type=int,
-                   default=EngineConfig.max_num_batched_tokens)
+    # Limits left unset come from the profile (the engine it was fitted on), else the defaults.
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help=f"default: the profile's, else {EngineConfig.max_num_seqs}")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help=f"default: the profile's, else {EngineConfig.max_model_len}")
+    p.add_argument("--block-size", type=int, default=None,
+                   help=f"default: the profile's, else {EngineConfig.block_size}")
+    p.add_argument("--num-gpu-blocks-override", type=int, default=None,
+                   help=f"default: the profile's, else {EngineConfig.num_gpu_blocks}")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help=f"default: the profile's, else {EngineConfig.max_num_batched_tokens}")
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--speed", default="1.0",
                    help="speed factor, or comma-separated factors, one per --port")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--role", choices=("prefill", "decode", "both"), default="both")
-    p.add_argument("--profile", choices=sorted(PRESETS), default="h100-llama3.1-8b",
-                   help="calibrated step-time preset")
+    p.add_argument("--profile", default="h100-llama3.1-8b", metavar="NAME|FILE",
+                   help=f"timing preset ({', '.join(sorted(PRESETS))}) or a profile file "
+                        "(JSON/YAML, as `calibrate` writes)")
     for flag in _TIMING_FLAGS:
         p.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
                        help="override the preset's " + flag)
@@ -64,18 +75,17 @@ def _base_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {
         "engine": args.engine, "model": args.model,
         "served_model_name": tuple(args.served_model_name or ()),
-        "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len,
-        "block_size": args.block_size, "num_gpu_blocks": args.num_gpu_blocks_override,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
         "enable_prefix_caching": args.enable_prefix_caching, "seed": args.seed,
         "role": args.role, "profile": args.profile,
         "default_output_tokens": args.default_output_tokens, "fake_response": args.fake_response,
         "sleep_ms": args.sleep_ms, "wake_ms": args.wake_ms, "version": args.engine_version,
     }
-    for flag in _TIMING_FLAGS:
+    for flag in (*_LIMIT_FLAGS, *_TIMING_FLAGS):
         value = getattr(args, flag)
         if value is not None:
             options[flag] = value
+    if args.num_gpu_blocks_override is not None:
+        options["num_gpu_blocks"] = args.num_gpu_blocks_override
     return options
 
 
@@ -140,6 +150,11 @@ async def serve(plan: list[tuple[EngineConfig, int]], host: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["calibrate"]:
+        from services.enginesim.calibrate.cli import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         plan = plan_fleet(args)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal
+
+from services.enginesim.profiles import ProfileError, load_profile
+from services.enginesim.timing import Timing
+
+__all__ = ["EngineConfig", "SimConfigError", "Timing", "config_from_dict"]
 
 EngineKind = Literal["vllm", "sglang"]
 Role = Literal["prefill", "decode", "both"]
@@ -14,33 +17,6 @@ Role = Literal["prefill", "decode", "both"]
 
 class SimConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Timing:
-    """Cost of one engine step, in milliseconds at speed 1 (see docs/enginesim.md)."""
-
-    step_base_ms: float = 6.0
-    """Fixed cost of every forward step (one pass over the weights)."""
-    prefill_ms_per_token: float = 0.030
-    """Cost of each uncached prompt token computed in a step."""
-    decode_ms_per_seq: float = 0.030
-    """Extra cost of each decoding sequence in the batch."""
-    attn_ms_per_ctx_token: float = 0.00004
-    """Cost of reading one token of KV context (attention) in a step."""
-    kv_transfer_ms_per_token: float = 0.003
-    """Time to pull one prompt token's KV from a remote prefill instance."""
-    jitter: float = 0.02
-    """Relative standard deviation of step times (seeded)."""
-
-
-PRESETS: Mapping[str, Timing] = MappingProxyType({
-    # Llama-3.1-8B-Instruct, BF16, one H100 SXM 80 GB (derivation in docs/enginesim.md).
-    "h100-llama3.1-8b": Timing(),
-    # The tiny random Llama served by vLLM 0.32.0 on the 2-core CPU (fixture timings_*.txt).
-    "cpu-tiny": Timing(step_base_ms=2.6, prefill_ms_per_token=0.15, decode_ms_per_seq=0.22,
-                       attn_ms_per_ctx_token=0.0005, kv_transfer_ms_per_token=0.01, jitter=0.05),
-})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,13 +91,19 @@ class EngineConfig:
                 f"max_model_len ({self.max_model_len}) is larger than the KV cache "
                 f"(num_gpu_blocks {self.num_gpu_blocks} x block_size {self.block_size})")
         for name, value in dataclasses.asdict(self.timing).items():
-            if value < 0:
+            if not value >= 0:
                 raise SimConfigError(f"timing.{name} must be >= 0, got {value}")
+        if self.timing.drift_sd > 0 and not self.timing.drift_tau_s > 0:
+            raise SimConfigError("timing.drift_tau_s must be > 0 when drift_sd is set")
         return self
 
 
 def config_from_dict(data: dict[str, Any], base: EngineConfig | None = None) -> EngineConfig:
-    """Build a config from a JSON object (fleet files); unknown keys are errors."""
+    """Build a config from a JSON object (fleet files); unknown keys are errors.
+
+    ``profile`` (a preset name or a profile file) sets the timing and the engine limits it
+    was fitted with; keys given alongside it override both.
+    """
     base = base or EngineConfig()
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     timing_keys = {f.name for f in dataclasses.fields(Timing)}
@@ -131,9 +113,15 @@ def config_from_dict(data: dict[str, Any], base: EngineConfig | None = None) -> 
     for key, value in data.items():
         norm = key.replace("-", "_")
         if norm == "profile":
-            if value not in PRESETS:
-                raise SimConfigError(f"profile must be one of {sorted(PRESETS)}, got {value!r}")
-            timing = PRESETS[value]
+            if value is None:
+                continue
+            try:
+                profile = load_profile(str(value))
+            except ProfileError as err:
+                raise SimConfigError(str(err)) from None
+            timing = profile.timing
+            for limit, number in profile.limits.items():
+                changes.setdefault(limit, number)
         elif norm == "num_gpu_blocks_override":
             changes["num_gpu_blocks"] = int(value)
         elif norm in timing_keys:

@@ -71,6 +71,7 @@ def _transfer_params(inst: EngineInstance, req: SimRequest) -> dict[str, Any] | 
 
 async def handle_generation(inst: EngineInstance, kind: Kind, request: Request) -> Response:
     """POST /v1/chat/completions and /v1/completions."""
+    received = inst.runner.clock.now()
     cfg = inst.config
     raw = await request.body()
     try:
@@ -87,7 +88,7 @@ async def handle_generation(inst: EngineInstance, kind: Kind, request: Request) 
         return error_response(internal_error(cfg, "The engine failed to process the request "
                                              "(injected fault)."))
     req = _sim_request(inst, parsed)
-    sink = inst.runner.submit(req)
+    sink = inst.runner.submit(req, received)
     texts = inst.filler.tokens(hash(tuple(parsed.prompt_ids[-32:])), req.target)
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + req.rid
     created = int(time.time())
@@ -146,6 +147,8 @@ async def _stream(inst: EngineInstance, kind: Kind, parsed: ParsedRequest, req: 
                 parts.append(chunk(rid, created, model, texts[index], finish if last else None))
             if finish is not None and count == delivered:
                 parts.append(chunk(rid, created, model, "", finish))
+            if delivered == 0 and count and req.first_token is not None:
+                inst.runner.record_egress(inst.runner.clock.now() - req.first_token)
             delivered = count
             yield b"".join(parts)
             if finish is not None:

@@ -69,7 +69,10 @@ class EngineInstance:
         return {
             "engine": cfg.engine, "model": cfg.model_names[0], "role": cfg.role,
             "speed": cfg.speed, "running": model.num_running, "waiting": model.num_waiting,
-            "kv_usage": model.kv_usage, "sleep_level": model.sleep_level, "steps": model.steps,
+            "arriving": len(model.arriving), "reported_running": model.reported_running,
+            "reported_waiting": model.reported_waiting, "kv_usage": model.kv_usage,
+            "is_sleeping": model.is_sleeping, "paused": model.paused,
+            "sleep_level": model.sleep_level, "steps": model.steps,
             "busy_time": model.busy_time, "prefix_cache_queries": stats.prefix_queries,
             "prefix_cache_hits": stats.prefix_hits, "preemptions": stats.preemptions,
             "finished": dict(stats.finished), "faults": self.faults.as_dict(),

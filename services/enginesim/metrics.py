@@ -124,15 +124,16 @@ def render_vllm(model: EngineModel, http: HttpStats | None, sleep_ops: SleepOps,
                 "write_bytes": "number of bytes written to memory"}[what]
         counter(f"vllm:estimated_{what}_per_gpu", f"Estimated {noun} per GPU{_MFU}", 0.0)
     out.gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
-              [(base, model.num_running)])
+              [(base, model.reported_running)])
     out.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
-              [(base, model.num_waiting)])
+              [(base, model.reported_waiting)])
     out.gauge("vllm:num_requests_waiting_by_reason", _HELP_WAITING_REASON, [
-        ({**base, "reason": "capacity"}, model.num_waiting - model.num_deferred),
-        ({**base, "reason": "deferred"}, model.num_deferred)])
+        ({**base, "reason": "capacity"}, model.reported_waiting - model.reported_deferred),
+        ({**base, "reason": "deferred"}, model.reported_deferred)])
+    # As vLLM records it: set by each completed sleep call, reset by a full wake-up only.
     level = model.sleep_level
     out.gauge("vllm:engine_sleep_state", _HELP_SLEEP_STATE, [
-        ({**base, "sleep_state": "awake"}, float(level == 0)),
+        ({**base, "sleep_state": "awake"}, float(level is None)),
         ({**base, "sleep_state": "weights_offloaded"}, float(level == 1)),
         ({**base, "sleep_state": "discard_all"}, float(level == 2))])
     out.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",

@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from services.enginesim.config import EngineConfig
 from services.enginesim.kvcache import BlockPool
+from services.enginesim.noise import StepNoise
 from services.enginesim.stats import EngineStats, sglang_buckets, vllm_buckets
+
+SleepMode = Literal["abort", "wait", "keep"]
+SLEEP_MODES: tuple[SleepMode, ...] = ("abort", "wait", "keep")
+SLEEP_TAGS = frozenset(("weights", "kv_cache"))
 
 
 class SimRequest:
@@ -23,7 +27,8 @@ class SimRequest:
         "arrival", "blocks", "cached_tokens", "external_tokens", "finish_reason", "finished_at",
         "first_scheduled", "first_token", "hashes", "last_token", "max_tokens", "n",
         "num_computed", "num_output", "num_preemptions", "num_registered", "prompt_len",
-        "ready_at", "remote_decode", "rid", "sink", "stop_reason", "target", "transfer_blocks",
+        "queued_at", "ready_at", "remote_decode", "rid", "sink", "stop_reason", "target",
+        "transfer_blocks",
     )
 
     def __init__(self, rid: str, prompt_len: int, hashes: Sequence[int], *, max_tokens: int,
@@ -53,6 +58,7 @@ class SimRequest:
         self.finished_at: float | None = None
         self.finish_reason: str | None = None
         self.ready_at: float | None = None
+        self.queued_at: float | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -71,9 +77,13 @@ class EngineModel:
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.deferred: list[SimRequest] = []
-        self.sleep_level = 0
+        self.arriving: deque[SimRequest] = deque()
+        self.paused: Literal["", "new", "all"] = ""
+        """Scheduler pause as vLLM's: "new" admits nothing new, "all" schedules nothing."""
+        self.sleep_level: int | None = None
+        """Level of the last completed sleep call, None when awake (metrics show it)."""
         self._asleep_parts: set[str] = set()
-        self._rng = random.Random(config.seed)
+        self._frozen: tuple[int, int] | None = None
         self._scheduled: list[tuple[SimRequest, int]] = []
         self._step_start = 0.0
         self._last_step_end: float | None = None
@@ -81,12 +91,15 @@ class EngineModel:
         self.busy_time = 0.0
         t = config.timing
         scale = 0.001 / config.speed
+        self._frontend = t.frontend_ms * scale
         self._base = t.step_base_ms * scale
         self._per_prefill = t.prefill_ms_per_token * scale
+        self._per_prefill_ctx = t.prefill_ms_per_token_kctx * scale / 1000
         self._per_seq = t.decode_ms_per_seq * scale
         self._per_ctx = t.attn_ms_per_ctx_token * scale
+        self._per_waiting = t.queue_ms_per_waiting * scale
         self._per_transfer = t.kv_transfer_ms_per_token * scale
-        self._jitter = t.jitter
+        self._noise = StepNoise(t.jitter, t.drift_sd, t.drift_tau_s, config.seed)
 
     # -- gauges ---------------------------------------------------------------
     @property
@@ -105,14 +118,29 @@ class EngineModel:
         return len(self.deferred)
 
     @property
+    def reported_running(self) -> int:
+        """Running as /metrics shows it: frozen while asleep (a paused engine reports nothing)."""
+        return self.num_running if self._frozen is None else self._frozen[0]
+
+    @property
+    def reported_waiting(self) -> int:
+        """Waiting as /metrics shows it: arrivals while asleep are not counted."""
+        return self.num_waiting if self._frozen is None else self._frozen[1]
+
+    @property
+    def reported_deferred(self) -> int:
+        """Deferred as /metrics shows it (0 while asleep)."""
+        return self.num_deferred if self._frozen is None else 0
+
+    @property
     def kv_usage(self) -> float:
         """Fraction of KV blocks in use."""
         return self.pool.usage
 
     @property
     def is_sleeping(self) -> bool:
-        """True between sleep and a full wake-up."""
-        return self.sleep_level > 0
+        """True from a sleep call (any level) until a full wake-up."""
+        return bool(self.paused)
 
     @property
     def in_step(self) -> bool:
@@ -120,14 +148,30 @@ class EngineModel:
         return bool(self._scheduled)
 
     # -- requests -------------------------------------------------------------
-    def add(self, req: SimRequest, now: float) -> None:
-        """Queue a request (it is considered at the next step)."""
+    def add(self, req: SimRequest, now: float, spent: float = 0.0) -> None:
+        """Accept a request; the scheduler sees it after the front-end's latency, less the
+        ``spent`` seconds a real server already spent on it (its own HTTP path)."""
         req.arrival = now
+        delay = self._frontend - spent
+        if delay > 0:
+            req.ready_at = now + delay
+            self.arriving.append(req)
+        else:
+            self._enqueue(req, now)
+
+    def _enqueue(self, req: SimRequest, now: float) -> None:
+        req.ready_at = None
+        req.queued_at = now
         if req.external_tokens > 0 and not self.is_sleeping:
             self._start_transfer(req, now)
         else:
             req.external_tokens = 0
             self.waiting.append(req)
+
+    def _promote_arrivals(self, now: float) -> None:
+        arriving = self.arriving
+        while arriving and (arriving[0].ready_at or 0.0) <= now:
+            self._enqueue(arriving.popleft(), now)
 
     def _start_transfer(self, req: SimRequest, now: float) -> None:
         bs = self.config.block_size
@@ -142,14 +186,19 @@ class EngineModel:
         self.deferred.append(req)
 
     def next_wakeup(self) -> float | None:
-        """When a deferred request becomes ready, if any is pending."""
-        if self.is_sleeping or not self.deferred:
-            return None
-        return min(r.ready_at or 0.0 for r in self.deferred)
+        """When an arriving or deferred request becomes ready, if any is pending."""
+        times = [self.arriving[0].ready_at or 0.0] if self.arriving else []
+        if not self.paused and self.deferred:
+            times.append(min(r.ready_at or 0.0 for r in self.deferred))
+        return min(times) if times else None
 
     def has_work(self) -> bool:
         """Whether a step can be scheduled now."""
-        return not self.is_sleeping and bool(self.running or self.waiting)
+        if self.paused == "all":
+            return False
+        if self.paused == "new":
+            return bool(self.running)
+        return bool(self.running or self.waiting)
 
     def abort(self, req: SimRequest, now: float) -> bool:
         """Remove a request wherever it is; False when it had already finished."""
@@ -159,6 +208,8 @@ class EngineModel:
             self.running.remove(req)
         elif req in self.deferred:
             self.deferred.remove(req)
+        elif req in self.arriving:
+            self.arriving.remove(req)
         else:
             try:
                 self.waiting.remove(req)
@@ -170,11 +221,13 @@ class EngineModel:
     # -- stepping -------------------------------------------------------------
     def begin_step(self, now: float) -> float | None:
         """Schedule one step; returns its duration, or None when there is nothing to run."""
-        if self.is_sleeping:
+        if self.arriving:
+            self._promote_arrivals(now)
+        if self.paused == "all":
             return None
-        if self.deferred:
+        if self.deferred and not self.paused:
             self._promote_ready(now)
-        if not self.running and not self.waiting:
+        if not self.running and (self.paused or not self.waiting):
             return None
         cfg = self.config
         bs = cfg.block_size
@@ -184,6 +237,7 @@ class EngineModel:
         running = self.running
         preempted = False
         prefill_tokens = 0
+        prefill_ctx = 0.0
         decodes = 0
         ctx = 0
         i = 0
@@ -213,9 +267,10 @@ class EngineModel:
                 decodes += 1
             else:
                 prefill_tokens += n
+                prefill_ctx += n * (computed + (n - 1) / 2)
             ctx += end
             i += 1
-        if not preempted:
+        if not preempted and not self.paused:
             waiting = self.waiting
             max_seqs = cfg.max_num_seqs
             while waiting and len(running) < max_seqs and budget > 0:
@@ -243,14 +298,15 @@ class EngineModel:
                 scheduled.append((req, n))
                 budget -= n
                 prefill_tokens += n
+                prefill_ctx += n * (start + (n - 1) / 2)
                 ctx += start + n
         if not scheduled:
             return None
         self.stats.iteration_tokens.observe(float(prefill_tokens + decodes))
-        duration = (self._base + self._per_prefill * prefill_tokens + self._per_seq * decodes
-                    + self._per_ctx * ctx)
-        if self._jitter:
-            duration *= max(0.5, 1.0 + self._jitter * self._rng.gauss(0.0, 1.0))
+        duration = (self._base + self._per_prefill * prefill_tokens
+                    + self._per_prefill_ctx * prefill_ctx + self._per_seq * decodes
+                    + self._per_ctx * ctx + self._per_waiting * len(self.waiting))
+        duration *= self._noise.factor(now)
         self._step_start = now
         self.steps += 1
         self.busy_time += duration
@@ -357,7 +413,8 @@ class EngineModel:
         stats.params_n.observe(float(req.n))
         stats.num_preemptions.observe(float(req.num_preemptions))
         if req.first_scheduled is not None:
-            stats.queue.observe(req.first_scheduled - req.arrival)
+            queued = req.arrival if req.queued_at is None else req.queued_at
+            stats.queue.observe(max(0.0, req.first_scheduled - queued))
             stats.inference.observe(now - req.first_scheduled)
         if req.first_token is not None:
             stats.decode.observe(now - req.first_token)
@@ -365,31 +422,58 @@ class EngineModel:
                 stats.tpot.observe((now - req.first_token) / (req.num_output - 1))
 
     # -- sleep mode -----------------------------------------------------------
-    def sleep(self, level: int, now: float) -> list[SimRequest]:
-        """Pause the engine; level 2 aborts every unfinished request. Returns the aborted ones."""
+    def sleep(self, level: int, mode: SleepMode, now: float) -> list[SimRequest]:
+        """Pause as vLLM does; returns the requests ``abort`` ended.
+
+        abort: every request the scheduler holds ends now (``finish_reason`` abort, partial
+        tokens kept). keep: nothing is scheduled; requests stay counted where they were.
+        wait: running requests go on, nothing new is admitted; call :meth:`finish_sleep`
+        once :attr:`num_running` is 0. Level 1 and 2 then drop the KV cache (requests still
+        held are recomputed after the wake-up) and put weights and KV cache to sleep.
+        """
         aborted: list[SimRequest] = []
-        self._scheduled = []
-        for req in reversed(self.deferred):
-            self._requeue(req)
-        self.deferred = []
-        for req in reversed(self.running):
-            self._requeue(req)
-        self.running = []
-        if level >= 2:
-            while self.waiting:
-                req = self.waiting.popleft()
-                self._finish(req, "abort", now)
-                aborted.append(req)
-        self.pool.reset_cache()
-        self.sleep_level = max(self.sleep_level, level)
-        self._asleep_parts = {"weights", "kv_cache"}
+        if mode == "abort":
+            self._scheduled = []
+            for queue in (self.running, self.deferred, self.waiting):
+                for req in queue:
+                    self._finish(req, "abort", now)
+                    aborted.append(req)
+            self.running, self.deferred = [], []
+            self.waiting.clear()
+        self.paused = "all" if mode == "keep" else "new"
+        if mode != "wait":
+            self.finish_sleep(level)
         return aborted
 
-    def wake(self, tags: Sequence[str] | None = None) -> None:
-        """Wake all parts, or only the tagged ones; the engine runs once all are awake."""
-        if tags:
-            self._asleep_parts -= set(tags)
-        else:
+    def finish_sleep(self, level: int) -> None:
+        """Complete a sleep once its mode allows it (at once, or drained for ``wait``)."""
+        self._frozen = (self.num_running, self.num_waiting)
+        if level >= 1:
+            self._scheduled = []
+            for req in reversed(self.deferred):
+                self._requeue(req)
+            self.deferred = []
+            for req in reversed(self.running):
+                self._requeue(req)
+            self.running = []
+            self.pool.reset_cache()
+            self._asleep_parts |= SLEEP_TAGS
+        self.sleep_level = level
+
+    def wake(self, tags: Sequence[str] | None = None) -> bool:
+        """Wake all parts, or the tagged ones; returns whether the engine is fully awake.
+
+        As vLLM's: ``scheduling`` only resumes a level-0 pause; a tag that is not asleep
+        makes the call a no-op; the scheduler resumes once no part sleeps.
+        """
+        wanted = None if tags is None else [t for t in tags if t != "scheduling"]
+        if wanted is None:
             self._asleep_parts.clear()
-        if not self._asleep_parts:
-            self.sleep_level = 0
+        elif wanted and all(t in self._asleep_parts for t in wanted):
+            self._asleep_parts -= set(wanted)
+        if self._asleep_parts:
+            return False
+        self.paused = ""
+        self.sleep_level = None
+        self._frozen = None
+        return True

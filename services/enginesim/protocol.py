@@ -122,6 +122,15 @@ class ParsedRequest:
     kv_transfer_params: dict[str, Any] | None
 
 
+def tokenize_messages_error(cfg: EngineConfig, data: dict[str, Any]) -> ApiError:
+    """400 for a /tokenize ``messages`` that is not a list (vLLM then also misses ``prompt``)."""
+    message = ("2 validation errors:\n  {'type': 'missing', 'loc': 'body.prompt', 'msg': 'Field "
+               f"required', 'input': '<dict of {len(data)} items>'}}\n  {{'type': 'list_type', "
+               "'loc': 'body.messages', 'msg': 'Input should be a valid list', 'input': "
+               f"{_input_repr(data.get('messages'))}}}")
+    return ApiError(400, error_body(message, "Bad Request", "body.prompt", 400, _flavour(cfg)))
+
+
 def _missing(cfg: EngineConfig, data: dict[str, Any], key: str) -> ApiError:
     loc = f"body.{key}"
     return _validation_error(cfg, f"'type': 'missing', 'loc': '{loc}', 'msg': 'Field required', "

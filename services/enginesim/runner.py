@@ -45,8 +45,11 @@ class EngineRunner:
         self.model = model
         self.clock: Clock = clock or LoopClock()
         self._kick = asyncio.Event()
+        self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.in_flight = 0
+        self.egress = 0.0
+        """Moving average of how long a first token takes to leave the handler."""
 
     def start(self) -> None:
         """Start the step loop on the running loop."""
@@ -61,18 +64,37 @@ class EngineRunner:
                 await self._task
             self._task = None
 
-    def submit(self, req: SimRequest) -> TokenSink:
-        """Queue a request; its sink is notified on every token and on finish."""
+    def submit(self, req: SimRequest, received_at: float | None = None) -> TokenSink:
+        """Queue a request; its sink is notified on every token and on finish.
+
+        The front-end floor is a total, as a real engine's is: the time this server already
+        spent on the request (since ``received_at``) and the time its first token will take
+        to leave (``egress``) count towards it.
+        """
         sink = TokenSink()
         req.sink = sink
-        self.model.add(req, self.clock.now())
+        now = self.clock.now()
+        spent = (now - received_at if received_at is not None else 0.0) + self.egress
+        self.model.add(req, now, spent)
         self._kick.set()
         return sink
+
+    def record_egress(self, seconds: float) -> None:
+        """A first token left its handler ``seconds`` after the model produced it."""
+        self.egress = min(0.005, max(0.0, 0.9 * self.egress + 0.1 * seconds))
 
     def abort(self, req: SimRequest) -> None:
         """Abort a request (client went away)."""
         if self.model.abort(req, self.clock.now()):
             self._notify(req)
+            if not self.model.running:
+                self._drained.set()
+
+    async def drained(self) -> None:
+        """Return once no request is running (a ``wait``-mode sleep)."""
+        while self.model.running:
+            self._drained.clear()
+            await self._drained.wait()
 
     def kick(self) -> None:
         """Re-check for work (after a wake-up)."""
@@ -93,6 +115,9 @@ class EngineRunner:
         model = self.model
         clock = self.clock
         busy_until = clock.now()
+        # Timers fire late (millisecond granularity, a busy CPU): wake that much early, so
+        # tokens leave on the model's schedule on average, as they do in virtual time.
+        late = 0.0
         while True:
             now = clock.now()
             start = busy_until if now - busy_until < CATCH_UP_SLACK else now
@@ -100,13 +125,27 @@ class EngineRunner:
             if duration is None:
                 wake_at = model.next_wakeup()
                 self._kick.clear()
-                timeout = None if wake_at is None else max(0.0, wake_at - now)
-                with contextlib.suppress(TimeoutError):
+                timeout = None if wake_at is None else max(0.0, wake_at - now - late)
+                try:
                     await asyncio.wait_for(self._kick.wait(), timeout)
-                busy_until = clock.now()
+                    busy_until = clock.now()
+                except TimeoutError:
+                    # Woken for a request that became ready: the step starts when it did.
+                    woke = clock.now()
+                    late = _track(late, woke - (wake_at or woke) + late)
+                    busy_until = min(woke, wake_at) if wake_at is not None else woke
                 continue
             end = start + duration
-            await clock.sleep_until(end)
+            target = end - late
+            await clock.sleep_until(target)
+            late = _track(late, clock.now() - target)
             for req in model.finish_step(end):
                 self._notify(req)
+            if not model.running:
+                self._drained.set()
             busy_until = end
+
+
+def _track(late: float, overshoot: float) -> float:
+    """Moving average of how late timers fire, within [0, 5 ms]."""
+    return min(0.005, max(0.0, 0.9 * late + 0.1 * overshoot))

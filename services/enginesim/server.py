@@ -20,8 +20,13 @@ from services.enginesim.http_stats import HttpStatsMiddleware
 from services.enginesim.instance import EngineInstance
 from services.enginesim.openai_shapes import models_list
 from services.enginesim.promtext import CONTENT_TYPE
-from services.enginesim.protocol import ApiError, internal_error, parse_json
-from services.enginesim.tokenizer import encode_prompt
+from services.enginesim.protocol import (
+    ApiError,
+    internal_error,
+    parse_json,
+    tokenize_messages_error,
+)
+from services.enginesim.tokenizer import encode_chat, encode_prompt
 
 log = logging.getLogger("llmsched.enginesim")
 
@@ -73,7 +78,14 @@ async def _tokenize(inst: EngineInstance, request: Request) -> Response:
         data = parse_json(inst.config, await request.body())
     except ApiError as err:
         return error_response(err)
-    tokens = encode_prompt(str(data.get("prompt", "")))
+    if "messages" in data:
+        messages = data["messages"]
+        if not isinstance(messages, list):
+            return error_response(tokenize_messages_error(inst.config, data))
+        # The chat template as /v1/chat/completions renders it, so counts agree.
+        tokens = encode_chat([m for m in messages if isinstance(m, dict)])
+    else:
+        tokens = encode_prompt(str(data.get("prompt", "")))
     return json_response({"count": len(tokens), "max_model_len": inst.config.max_model_len,
                           "tokens": tokens, "token_strs": None})
 

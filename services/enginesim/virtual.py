@@ -79,6 +79,7 @@ class MetricSample:
     prefix_cache_queries: int
     prefix_cache_hits: int
     preemptions: int
+    generation_tokens: int = 0
 
 
 @dataclass
@@ -173,7 +174,8 @@ def simulate(trace: Sequence[TraceRequest], fleet: Sequence[EngineConfig], polic
                 for i, m in enumerate(models):
                     series[i].append(MetricSample(t, m.num_waiting, m.num_running, m.kv_usage,
                                                   m.stats.prefix_queries, m.stats.prefix_hits,
-                                                  m.stats.preemptions))
+                                                  m.stats.preemptions,
+                                                  m.stats.generation_tokens))
             next_scrape = t + scrape_interval
         elif t == t_event:
             _, _, code = heapq.heappop(events)

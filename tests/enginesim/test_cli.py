@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from services.enginesim.cli import build_parser, main, plan_fleet
+from services.enginesim.profiles import load_profile
 
 
 def test_vllm_named_options_build_the_config() -> None:
@@ -28,7 +29,9 @@ def test_vllm_named_options_build_the_config() -> None:
     assert first.model_names == ("tiny", "alias") and first.engine == "sglang"
     assert first.num_gpu_blocks == 64 and first.max_num_batched_tokens == 1024
     assert first.role == "prefill" and first.max_num_seqs == 8
-    assert first.timing.step_base_ms == 1.5 and first.timing.prefill_ms_per_token == 0.15
+    preset = load_profile("cpu-tiny").timing
+    assert first.timing.step_base_ms == 1.5
+    assert first.timing.prefill_ms_per_token == preset.prefill_ms_per_token
 
 
 def test_fleet_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from services.enginesim.config import EngineConfig, SimConfigError, Timing, config_from_dict
 from services.enginesim.kvcache import BlockPool
 from services.enginesim.model import EngineModel, SimRequest
+from services.enginesim.profiles import load_profile
 
 NO_JITTER = Timing(jitter=0.0)
 SMALL = EngineConfig(max_num_seqs=4, num_gpu_blocks=64, max_model_len=512, block_size=16,
@@ -124,20 +125,41 @@ def test_seeded_jitter_is_deterministic() -> None:
     assert durations(1) != durations(2)
 
 
-def test_sleep_level1_keeps_level2_aborts() -> None:
+def test_sleep_keep_requeues_and_abort_ends_everything_held() -> None:
     model = EngineModel(SMALL)
     kept, lost = _req("k", 32, 5, group=3), _req("l", 32, 5)
     model.add(kept, 0.0)
     model.begin_step(0.0)
-    assert model.sleep(1, 0.01) == []
+    assert model.sleep(1, "keep", 0.01) == []
+    # Level 1 drops the KV cache: the kept request is recomputed after the wake-up.
     assert model.begin_step(0.02) is None and model.num_waiting == 1
+    assert (model.reported_running, model.reported_waiting) == (1, 0)
     model.add(lost, 0.03)
-    aborted = model.sleep(2, 0.04)
+    assert model.num_waiting == 2 and model.reported_waiting == 0
+    aborted = model.sleep(2, "abort", 0.04)
     assert {r.rid for r in aborted} == {"k", "l"}
     assert all(r.finish_reason == "abort" for r in aborted)
     assert model.pool.num_cached == 0 and model.sleep_level == 2
+    assert model.wake(["weights"]) is False and model.is_sleeping
+    assert model.wake() is True
+    assert not model.is_sleeping and model.sleep_level is None
+
+
+def test_sleep_wait_admits_nothing_new_until_woken() -> None:
+    model = EngineModel(SMALL)
+    first, second = _req("a", 32, 3), _req("b", 32, 3)
+    model.add(first, 0.0)
+    now = model.begin_step(0.0) or 0.0
+    model.finish_step(now)
+    assert model.sleep(1, "wait", now) == [] and model.is_sleeping
+    model.add(second, now)
+    now = _run(model, now)
+    assert first.finish_reason == "length" and second.first_scheduled is None
+    model.finish_sleep(1)
+    assert (model.reported_running, model.reported_waiting) == (0, 1)
     model.wake()
-    assert not model.is_sleeping
+    _run(model, now)
+    assert second.finish_reason == "length"
 
 
 def test_block_pool_lru_eviction_and_refcounts() -> None:
@@ -167,5 +189,5 @@ def test_config_fails_fast_naming_the_key() -> None:
     with pytest.raises(SimConfigError, match="bogus"):
         config_from_dict({"bogus": 1})
     cfg = config_from_dict({"profile": "cpu-tiny", "jitter": 0, "num-gpu-blocks-override": 99999})
-    assert cfg.timing.step_base_ms == 2.6 and cfg.timing.jitter == 0
-    assert cfg.num_gpu_blocks == 99999
+    assert cfg.timing.step_base_ms == load_profile("cpu-tiny").timing.step_base_ms
+    assert cfg.timing.jitter == 0 and cfg.num_gpu_blocks == 99999
