@@ -58,6 +58,9 @@ class OutcomeEvent(msgspec.Struct, frozen=True, kw_only=True):
     """HTTP status the engine answered (0: no answer — refused, reset or timed out)."""
     error: str | None = None
     ttft_s: float | None = None
+    """Time to the first byte as the client saw it (from its arrival, holds included)."""
+    upstream_ttft_s: float | None = None
+    """Time to the first byte from this attempt's dispatch to the engine (what it did)."""
     e2e_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -108,7 +108,7 @@ class Feedback:
             self.sync(ident)
         routed = self._routed.pop(entry.request_id, None) if entry is not None else None
         ok = 200 <= event.status < 400 and event.error is None
-        if routed is not None and ok and event.ttft_s is not None:
+        if routed is not None and ok and (event.upstream_ttft_s or event.ttft_s) is not None:
             self._learn(ident, routed, event, now)
         if event.final or not ok:
             self._breaker(ident, ok, now)
@@ -117,12 +117,13 @@ class Feedback:
                now: float) -> None:
         pool = (ident[0], ident[1])
         predictor = self.predictors.get(pool)
-        if predictor is None or event.ttft_s is None:
+        ttft = event.upstream_ttft_s if event.upstream_ttft_s is not None else event.ttft_s
+        if predictor is None or ttft is None:
             return
-        predictor.learn(ident, routed.features, event.ttft_s)
+        predictor.learn(ident, routed.features, ttft)
         records = self.records.setdefault(pool, deque(maxlen=RECORDS_KEPT))
         records.append({"at": round(routed.at, 3), "member": ident[2],
-                        "ttft_s": round(event.ttft_s, 4),
+                        "ttft_s": round(ttft, 4),
                         "predicted_ttft_s": None if routed.predicted is None
                         else round(routed.predicted, 4),
                         "e2e_s": None if event.e2e_s is None else round(event.e2e_s, 4),

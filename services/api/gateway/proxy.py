@@ -158,7 +158,7 @@ class _Exchange:
             if self.pending is not None:
                 request_id, member, attempt = self.pending
                 await self._report(request_id, member, attempt, status=0,
-                             error="client disconnected", final=True)
+                                   error="client disconnected", final=True)
             raise
 
     async def _attempts(self) -> None:
@@ -199,13 +199,14 @@ class _Exchange:
                     ticket = None
                 member = reply.answer
                 try:
+                    dispatched = gw.clock()
                     upstream = await gw.upstream.open(
                         reply.url + PATHS[self.request.kind], body,
                         {"content-type": "application/json", "x-request-id": request_id},
                         gw.settings.first_byte_timeout_s)
                 except UpstreamFailed as err:
                     await self._report(request_id, member, attempt, status=err.status,
-                                 error=err.message, final=False)
+                                       error=err.message, final=False)
                     self.tried.append(member)
                     self.last_error = f"{member}: {err.message}"
                     if attempt >= gw.settings.retries or not err.retryable:
@@ -217,7 +218,8 @@ class _Exchange:
                     await asyncio.sleep(min(1.0, gw.settings.backoff_s * 2 ** attempt))
                     attempt += 1
                     continue
-                await self._relay(upstream, request_id, member, attempt)
+                await self._relay(upstream, request_id, member, attempt,
+                                  gw.clock() - dispatched)
                 return
 
     async def _route(self, request_id: str) -> RouteReply:
@@ -242,7 +244,7 @@ class _Exchange:
                             retry_after=2)
 
     async def _relay(self, upstream: UpstreamResponse, request_id: str, member: str,
-                     attempt: int) -> None:
+                     attempt: int, engine_ttft: float) -> None:
         """Stream the engine's answer to the client chunk by chunk; report when done."""
         gw = self.gw
         send = self.send
@@ -278,19 +280,21 @@ class _Exchange:
                         error)
         finally:
             prompt, completion = _usage(bytes(tail), whole=parse_whole)
-            await self._report(request_id, member, attempt, status=upstream.status, error=error,
-                         ttft=ttft, e2e=gw.clock() - self.started, prompt_tokens=prompt,
-                         completion_tokens=completion, final=True)
+            await self._report(request_id, member, attempt, status=upstream.status,
+                               error=error, ttft=ttft, engine_ttft=engine_ttft,
+                               e2e=gw.clock() - self.started, prompt_tokens=prompt,
+                               completion_tokens=completion, final=True)
 
     async def _report(self, request_id: str, member: str, attempt: int, *, status: int,
                 error: str | None, final: bool, ttft: float | None = None,
+                engine_ttft: float | None = None,
                 e2e: float | None = None, prompt_tokens: int | None = None,
                 completion_tokens: int | None = None) -> None:
         self.pending = None
         await self.gw.events.outcome(OutcomeEvent(
             request_id=request_id, pool=self.target.pool, partition=self.target.partition,
             member=member, alias=self.target.alias, status=status, error=error,
-            ttft_s=ttft, e2e_s=e2e, prompt_tokens=prompt_tokens,
+            ttft_s=ttft, upstream_ttft_s=engine_ttft, e2e_s=e2e, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, retries=attempt, final=final,
             stream=self.request.stream, at=self.gw.wall()))
 
