@@ -13,6 +13,7 @@ from shared.autoscaling import AutoscalingOverrides
 from shared.engines import BUILTIN_ENGINES, EngineMetricsSpec
 from shared.errors import BadRequest
 from shared.members import MemberAddressError, parse_member_key
+from shared.pd_config import PDRolesConfig, PDSettings, Role
 from shared.subjects import MODELS_PARTITION
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -172,6 +173,14 @@ class GreyboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     circuit: CircuitConfig = msgspec.field(default_factory=lambda: CircuitConfig())
 
 
+class WeightedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``weighted`` mode (seed 004): Σ weight × score of load, KV cache and latency."""
+
+    load_weight: float = 0.5
+    kv_cache_weight: float = 0.3
+    latency_weight: float = 0.2
+
+
 class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str = "s1"
     w_a: float = 0.5
@@ -181,12 +190,15 @@ class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     w_g: float = 0.0
     """Reserved."""
     type: str = "s1"
-    """Which scoring profile this mode uses: ``s1``, ``least_load`` or ``greybox``."""
+    """Which scoring profile this mode uses: ``s1``, ``least_load``, ``greybox``,
+    ``round_robin`` or ``weighted``."""
     greybox: GreyboxConfig = msgspec.field(default_factory=lambda: GreyboxConfig())
     """Settings of a ``greybox`` mode."""
+    weighted: WeightedConfig = msgspec.field(default_factory=lambda: WeightedConfig())
+    """Weights of a ``weighted`` mode."""
 
 
-MODE_TYPES = ("s1", "least_load", "greybox")
+MODE_TYPES = ("s1", "least_load", "greybox", "round_robin", "weighted")
 LEAST_LOAD = ModeConfig(name="least_load", type="least_load")
 """The built-in mode of registered aliases: fewest in flight, then shortest queue."""
 
@@ -241,6 +253,14 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Which entry of ``modes`` scores this pool (default: the first)."""
     engine_metrics: EngineMetricsSpec | None = None
     """Override of the engine's metric names for this pool."""
+    roles: PDRolesConfig | None = None
+    """Prefill/decode members: the pool serves ``model`` disaggregated (docs/pd.md)."""
+    pd: PDSettings = PDSettings()
+    """Strategies, health checks, retries and drain of a pool with ``roles``."""
+    role: Role | None = None
+    """Set on the role pools a pool with ``roles`` becomes (not written by hand)."""
+    pd_pool: str | None = None
+    """The pool with ``roles`` a role pool belongs to (not written by hand)."""
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -331,9 +351,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         return self.scrape_interval_s(members) * self.scheduler.stale_after_intervals
 
     def pool_source(self, pool: PoolConfig) -> str:
+        if pool.role is not None:
+            return "pd"  # file, admin API or workers, plus health and drain (services/pd)
         if pool.source:
             return pool.source
-        return "f5" if self.f5 is not None else "static"
+        return "f5" if self.f5 is not None and pool.roles is None else "static"
 
     def engine_spec(self, pool: PoolConfig) -> EngineMetricsSpec:
         if pool.engine_metrics is not None:
@@ -383,7 +405,9 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     except msgspec.DecodeError as err:
         raise ConfigError("", f"{source} is not valid YAML: {_yaml_reason(err)}") from None
     validate(config)
-    return config
+    from shared.pd_expand import expand_pd_pools  # it builds on this module's structs
+
+    return expand_pd_pools(config)
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
@@ -444,6 +468,8 @@ def validate(config: Config) -> None:
                 raise ConfigError(f"modes[{i}].{field}", "must be >= 0")
     seen: set[tuple[str, str]] = set()
     engines = set(BUILTIN_ENGINES) | set(config.engines)
+    from shared.pd_expand import validate_pd_pool  # it builds on this module's structs
+
     for i, pool in enumerate(config.pools):
         at = f"pools[{i}]"
         if not pool.name:
@@ -459,10 +485,11 @@ def validate(config: Config) -> None:
             )
         if pool.mode is not None and pool.mode not in mode_names:
             raise ConfigError(f"{at}.mode", f"no mode named {pool.mode!r} in modes")
+        validate_pd_pool(at, pool, mode_names)
         source = config.pool_source(pool)
         if source == "f5" and config.f5 is None:
             raise ConfigError(f"{at}.source", "source f5 needs an `f5:` section with a host")
-        if pool.source == "static" and not pool.members:
+        if pool.source == "static" and not pool.members and pool.roles is None:
             raise ConfigError(f"{at}.members", "a static pool needs at least one member")
         if source == "f5" and pool.members:
             raise ConfigError(f"{at}.members", "members are only allowed with source: static")

@@ -11,9 +11,13 @@ from services.scheduler.plugins.best import BestPicker
 from services.scheduler.plugins.greybox_scorer import GreyboxScorer
 from services.scheduler.plugins.guard import GuardFilter
 from services.scheduler.plugins.kv_scorer import KVCacheScorer
+from services.scheduler.plugins.latency_scorer import LatencyScorer
 from services.scheduler.plugins.load_scorer import LoadScorer
 from services.scheduler.plugins.queue_scorer import QueueScorer
+from services.scheduler.plugins.relative_load_scorer import RelativeLoadScorer
+from services.scheduler.plugins.round_robin import RoundRobinPicker
 from services.scheduler.plugins.threshold import ThresholdFilter
+from services.scheduler.plugins.uniform_scorer import UniformScorer
 from services.scheduler.plugins.weighted_random import WeightedRandomPicker
 from services.scheduler.view import MemberState
 from shared.config import FallbackConfig, ModeConfig
@@ -78,8 +82,10 @@ def default_registry() -> PluginRegistry:
     return PluginRegistry(
         filters={"threshold": ThresholdFilter, "guard": GuardFilter},
         scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer, "load": LoadScorer,
-                 "greybox": GreyboxScorer},
-        pickers={"weighted_random": WeightedRandomPicker, "best": BestPicker},
+                 "greybox": GreyboxScorer, "uniform": UniformScorer,
+                 "relative_load": RelativeLoadScorer, "latency": LatencyScorer},
+        pickers={"weighted_random": WeightedRandomPicker, "best": BestPicker,
+                 "round_robin": RoundRobinPicker},
     )
 
 
@@ -89,7 +95,8 @@ def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: Fallback
     ``s1``: queue and KV scorers, weighted random pick (seed 002). ``least_load``: the
     load scorer, best pick (what the gateway uses for registered aliases by default).
     ``greybox``: guard filter (admission when it leaves nobody), predicted TTFT or least
-    load, best pick among near-equals (SPEC §3).
+    load, best pick among near-equals (SPEC §3). ``round_robin``: members in turn.
+    ``weighted``: Σ weight × (relative load, KV cache, latency), best pick (seed 004).
     """
     threshold = registry.filter(
         "threshold",
@@ -106,6 +113,17 @@ def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: Fallback
         # In-flight counts are the router's own: a member without fresh metrics still has one.
         return Profile(name=mode.name, filters=(threshold,),
                        scorers=((1.0, registry.scorer("load")),),
+                       picker=registry.picker("best"), require_fresh=False)
+    if mode.type == "round_robin":
+        return Profile(name=mode.name, filters=(threshold,),
+                       scorers=((1.0, registry.scorer("uniform")),),
+                       picker=registry.picker("round_robin"), require_fresh=False)
+    if mode.type == "weighted":
+        w = mode.weighted
+        return Profile(name=mode.name, filters=(threshold,),
+                       scorers=((w.load_weight, registry.scorer("relative_load")),
+                                (w.kv_cache_weight, registry.scorer("kv_cache")),
+                                (w.latency_weight, registry.scorer("latency"))),
                        picker=registry.picker("best"), require_fresh=False)
     if mode.type != "s1":
         raise ValueError(f"unknown scoring profile {mode.type!r}")
