@@ -14,7 +14,7 @@ from shared.autoscaling import AutoscalingOverrides
 from shared.decoding import decode_object
 from shared.errors import BadRequest
 from shared.model_spec import ModelSpec
-from shared.state import redis_url
+from shared.state import open_redis
 
 log = logging.getLogger("llmsched.registry")
 
@@ -73,12 +73,7 @@ class ModelRegistry:
 
     def __init__(self, redis: aioredis.Redis | str | None = None, prefix: str = "llmsched",
                  clock: Callable[[], float] = time.time) -> None:
-        if isinstance(redis, aioredis.Redis):
-            self.redis, self._owned = redis, False
-        else:
-            self.redis = aioredis.Redis.from_url(redis_url(redis), socket_timeout=2.0,
-                                                 socket_connect_timeout=2.0)
-            self._owned = True
+        self.redis, self._owned = open_redis(redis)
         self.prefix = prefix
         self.clock = clock
         self._decode = msgspec.json.Decoder(ModelRecord).decode

@@ -19,6 +19,14 @@ def redis_url(url: str | None = None) -> str:
     return url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
 
 
+def open_redis(redis: aioredis.Redis | str | None) -> tuple[aioredis.Redis, bool]:
+    """A client for ``redis`` (a client to share, or a URL); True when opened here."""
+    if isinstance(redis, aioredis.Redis):
+        return redis, False
+    return aioredis.Redis.from_url(redis_url(redis), socket_timeout=2.0,
+                                   socket_connect_timeout=2.0), True
+
+
 class StateStore(Protocol):
     """What services need from durable state; every call may raise on an outage."""
 
