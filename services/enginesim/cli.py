@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speed factor, or comma-separated factors, one per --port")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--role", choices=("prefill", "decode", "both"), default="both")
+    p.add_argument("--kv-lease-s", type=float, default=EngineConfig.kv_lease_s,
+                   help="a prefill keeps a request's KV this long unless its decode pulls it")
     p.add_argument("--profile", default="h100-llama3.1-8b", metavar="NAME|FILE",
                    help=f"timing preset ({', '.join(sorted(PRESETS))}) or a profile file "
                         "(JSON/YAML, as `calibrate` writes)")
@@ -76,7 +78,7 @@ def _base_options(args: argparse.Namespace) -> dict[str, Any]:
         "engine": args.engine, "model": args.model,
         "served_model_name": tuple(args.served_model_name or ()),
         "enable_prefix_caching": args.enable_prefix_caching, "seed": args.seed,
-        "role": args.role, "profile": args.profile,
+        "role": args.role, "kv_lease_s": args.kv_lease_s, "profile": args.profile,
         "default_output_tokens": args.default_output_tokens, "fake_response": args.fake_response,
         "sleep_ms": args.sleep_ms, "wake_ms": args.wake_ms, "version": args.engine_version,
     }

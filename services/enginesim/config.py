@@ -47,6 +47,8 @@ class EngineConfig:
     """Seed for jitter, generated text and ids."""
     role: Role = "both"
     """Disaggregated-serving role (kv_transfer_params handling)."""
+    kv_lease_s: float = 30.0
+    """A prefill's KV kept for its decode at most this long (vLLM's kv_lease_duration)."""
     timing: Timing = field(default_factory=Timing)
     """Step-time model."""
     default_output_tokens: int = 256
@@ -78,6 +80,8 @@ class EngineConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise SimConfigError(f"{key} must be > 0, got {value}")
+        if not self.kv_lease_s > 0:
+            raise SimConfigError(f"kv_lease_s must be > 0, got {self.kv_lease_s}")
         if self.sleep_ms < 0 or self.wake_ms < 0:
             raise SimConfigError("sleep_ms and wake_ms must be >= 0")
         if not self.speed > 0:

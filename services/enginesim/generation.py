@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from services.enginesim import openai_shapes as shapes
 from services.enginesim.instance import EngineInstance
+from services.enginesim.kv_routes import release_when_pulled
 from services.enginesim.model import SimRequest
 from services.enginesim.protocol import (
     ApiError,
@@ -66,7 +67,8 @@ def _transfer_params(inst: EngineInstance, req: SimRequest) -> dict[str, Any] | 
         return None
     return {"do_remote_prefill": True, "do_remote_decode": False,
             "remote_block_ids": list(req.transfer_blocks), "remote_engine_id": inst.engine_id,
-            "remote_host": inst.host, "remote_port": inst.port, "tp_size": 1}
+            "remote_request_id": req.rid, "remote_host": inst.host, "remote_port": inst.port,
+            "tp_size": 1}
 
 
 async def handle_generation(inst: EngineInstance, kind: Kind, request: Request) -> Response:
@@ -89,6 +91,8 @@ async def handle_generation(inst: EngineInstance, kind: Kind, request: Request) 
                                              "(injected fault)."))
     req = _sim_request(inst, parsed)
     sink = inst.runner.submit(req, received)
+    if cfg.role in ("decode", "both"):
+        release_when_pulled(inst, parsed.kv_transfer_params, req, sink)
     texts = inst.filler.tokens(hash(tuple(parsed.prompt_ids[-32:])), req.target)
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + req.rid
     created = int(time.time())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -45,6 +46,8 @@ class EngineInstance:
         self.fingerprint: str | None = (
             f"vllm-{config.version}-{self.hex(8)}" if config.engine == "vllm" else None)
         self.on_crash: Callable[[str], None] = _exit_process
+        self.kv_notices: set[asyncio.Task[None]] = set()
+        """Decode side: KV-pulled notices to prefill engines still being sent."""
 
     @property
     def is_sglang(self) -> bool:
@@ -71,7 +74,7 @@ class EngineInstance:
             "speed": cfg.speed, "running": model.num_running, "waiting": model.num_waiting,
             "arriving": len(model.arriving), "reported_running": model.reported_running,
             "reported_waiting": model.reported_waiting, "kv_usage": model.kv_usage,
-            "is_sleeping": model.is_sleeping, "paused": model.paused,
+            "kv_held": len(model.held), "is_sleeping": model.is_sleeping, "paused": model.paused,
             "sleep_level": model.sleep_level, "steps": model.steps,
             "busy_time": model.busy_time, "prefix_cache_queries": stats.prefix_queries,
             "prefix_cache_hits": stats.prefix_hits, "preemptions": stats.preemptions,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from services.enginesim.config import EngineConfig
 from services.enginesim.kvcache import BlockPool
+from services.enginesim.kvhold import HeldKV
 from services.enginesim.noise import StepNoise
 from services.enginesim.stats import EngineStats, sglang_buckets, vllm_buckets
 
@@ -72,6 +73,8 @@ class EngineModel:
     def __init__(self, config: EngineConfig, stats: EngineStats | None = None) -> None:
         self.config = config.validate()
         self.pool = BlockPool(config.num_gpu_blocks, config.enable_prefix_caching)
+        self.held = HeldKV(self.pool, config.kv_lease_s)
+        """KV of finished prefills kept until their decode pulls it (disaggregated serving)."""
         buckets = sglang_buckets if config.engine == "sglang" else vllm_buckets
         self.stats = stats or EngineStats(buckets(config.max_model_len))
         self.waiting: deque[SimRequest] = deque()
@@ -190,6 +193,8 @@ class EngineModel:
         times = [self.arriving[0].ready_at or 0.0] if self.arriving else []
         if not self.paused and self.deferred:
             times.append(min(r.ready_at or 0.0 for r in self.deferred))
+        if self.held:
+            times.append(self.held.next_expiry() or 0.0)
         return min(times) if times else None
 
     def has_work(self) -> bool:
@@ -221,6 +226,8 @@ class EngineModel:
     # -- stepping -------------------------------------------------------------
     def begin_step(self, now: float) -> float | None:
         """Schedule one step; returns its duration, or None when there is nothing to run."""
+        if self.held:
+            self.held.expire(now)
         if self.arriving:
             self._promote_arrivals(now)
         if self.paused == "all":
@@ -376,6 +383,7 @@ class EngineModel:
                 any_finished = True
                 if req.remote_decode:
                     req.transfer_blocks = req.blocks[:req.prompt_len // bs]
+                    self.held.hold(req.rid, req.transfer_blocks, now)
                 self._finish(req, req.stop_reason, now)
         stats.generation_tokens += len(out)
         for gap, count in itl.items():
@@ -456,6 +464,7 @@ class EngineModel:
             for req in reversed(self.running):
                 self._requeue(req)
             self.running = []
+            self.held.clear()
             self.pool.reset_cache()
             self._asleep_parts |= SLEEP_TAGS
         self.sleep_level = level

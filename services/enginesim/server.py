@@ -18,6 +18,7 @@ from services.enginesim import control
 from services.enginesim.generation import error_response, handle_generation, json_response
 from services.enginesim.http_stats import HttpStatsMiddleware
 from services.enginesim.instance import EngineInstance
+from services.enginesim.kv_routes import kv_release
 from services.enginesim.openai_shapes import models_list
 from services.enginesim.promtext import CONTENT_TYPE
 from services.enginesim.protocol import (
@@ -136,6 +137,7 @@ def _routes(inst: EngineInstance) -> list[tuple[str, list[str], Handler]]:
         ("/_sim/faults", ["GET"], control.get_faults),
         ("/_sim/faults", ["POST"], control.post_faults),
         ("/_sim/state", ["GET"], control.get_state),
+        ("/_sim/kv/release", ["POST"], kv_release),
     ]
     if inst.is_sglang:
         routes += [
