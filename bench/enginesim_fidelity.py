@@ -1,11 +1,25 @@
-"""Engine simulator fidelity: virtual-time TTFT against the real-time HTTP server, same trace.
+"""Engine simulator fidelity: the same trace through a real engine, the real-time simulator
+and virtual time.
+
+Fleet mode (the default, as before): virtual-time TTFT against real-time simulated engines
+on loopback, round robin over a small fleet::
 
     .venv/bin/python bench/enginesim_fidelity.py                 # rates 50 and 100/s
     .venv/bin/python bench/enginesim_fidelity.py --rates 25,50,100,200 --requests 300
 
-Prints, per load level, TTFT p50/p99 in virtual time and measured by an HTTP client against
-real simulated engines on loopback, and real/virtual. Figures depend on the machine's load:
-a busy CPU stalls the real-time event loop, which virtual time never sees.
+Levels mode: one engine, an open-loop Poisson trace per load level (prompts 20-360 tokens,
+outputs 16-128, streamed), run against a real engine (``--real URL``, or ``--start-vllm
+PYTHON --vllm-model DIR`` to start one), the real-time simulator with a profile (its own
+process, fresh per level) and virtual time; TTFT p50/p90/p99, mean waiting, throughput, KV
+usage and preemptions per level, simulator / real ratios, the knee, machine load and the
+engines' CPU seconds, PNG plots (matplotlib, installed ad hoc) into bench/results/::
+
+    .venv/bin/python bench/enginesim_fidelity.py --mode levels --real http://127.0.0.1:8000 \
+        --profile cpu-tiny
+    .venv/bin/python bench/enginesim_fidelity.py --mode levels --quick      # simulator only
+
+Figures depend on the machine's load: a busy CPU stalls the real-time event loop (and a real
+engine), which virtual time never sees.
 """
 
 from __future__ import annotations
@@ -82,6 +96,20 @@ async def run(rates: list[float], requests: int, engines: int, seed: int) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("fleet", "levels"), default="fleet",
+                        help="fleet: the original real-time vs virtual check; levels: one "
+                             "engine, real vs simulator vs virtual per load level")
+    args, rest = parser.parse_known_args(argv)
+    if args.mode == "levels":
+        from fidelity_levels import main as levels_main
+
+        return levels_main(rest)
+    return fleet_main(rest)
+
+
+def fleet_main(argv: list[str] | None = None) -> int:
+    """The fleet mode."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="50,100",
                         help="comma-separated arrival rates, requests/s (default 50,100)")

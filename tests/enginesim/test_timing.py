@@ -153,3 +153,24 @@ def test_bad_profiles_fail_naming_the_problem(tmp_path: Path,
     broken.write_text("{")
     assert main(["--profile", str(broken)]) == 2
     assert "not valid json" in capsys.readouterr().err.lower()
+
+
+def test_slow_drift_is_a_function_of_time_since_the_first_step() -> None:
+    # A real-time engine (loop clock at ~5,000 s, steps at its own times) and a virtual-time
+    # run (clock from 0, other step times) with one seed see the same slow spells.
+    real = StepNoise(jitter=0.0, drift_sd=0.3, drift_tau_s=2.0, seed=9)
+    virtual = StepNoise(jitter=0.0, drift_sd=0.3, drift_tau_s=2.0, seed=9)
+    # The first step fixes the origin; samples sit mid-way between the path's grid points.
+    real.drift(5000.0)
+    virtual.drift(0.0)
+    elapsed = [k * 0.1 + 0.05 for k in range(400)]
+    real_seen = []
+    for t in elapsed:
+        real_seen.append(real.drift(5000.0 + t))
+        real.drift(5000.0 + t + 0.011)  # steps of its own in between
+    virt_seen = [virtual.drift(t) for t in elapsed]
+    assert real_seen == pytest.approx(virt_seen), "one seed, one path"
+    assert len(set(virt_seen)) > 300, "the path moves"
+    other = StepNoise(jitter=0.0, drift_sd=0.3, drift_tau_s=2.0, seed=10)
+    other.drift(0.0)
+    assert [other.drift(t) for t in elapsed] != pytest.approx(virt_seen)

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "0.2,0.5,0.8,1,1.25 x the saturated request rate measured)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per level (default 40; 15 with --quick)")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="seconds a level waits for stragglers after its last arrival; then "
+                        "they are cancelled and count with their wait as TTFT (default 30)")
     p.add_argument("--prompt-tokens", default="20-360", help="prompt lengths MIN-MAX")
     p.add_argument("--output-tokens", default="16-128", help="output lengths MIN-MAX")
     for key in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_gpu_blocks"):
@@ -168,12 +171,16 @@ async def calibrate(args: argparse.Namespace, say: Callable[[str], None]) -> int
             arrivals = poisson_arrivals(rate, duration, workload, args.seed + index)
             say(f"level {index + 1}/{len(rates)}: {rate:g} req/s for {duration:g} s "
                 f"({len(arrivals)} requests)")
-            run = await open_loop(client, arrivals, duration)
+            run = await open_loop(client, arrivals, duration, drain_s=args.drain)
             measured = from_run(rate, run)
+            if run.censored:
+                say(f"  {run.censored} request(s) still unanswered {args.drain:g} s after the "
+                    "last arrival: cancelled")
             if measured.errors:
-                first = next((r.error for r in run.results if r.error), "no tokens")
+                first = next((r.error for r in run.results
+                              if r.error and not r.error.startswith("cancelled")), "no tokens")
                 say(f"  {measured.errors} request(s) failed, first: {first}")
-            levels.append(fit.Level(rate, tuple(arrivals), duration, measured))
+            levels.append(fit.Level(rate, tuple(arrivals), duration, measured, args.drain))
     if args.no_refine or not levels:
         simulated = [fit.simulate_level(config, lv, args.replicates) for lv in levels]
         timing = config.timing

@@ -127,12 +127,16 @@ class EngineClient:
             reply.raise_for_status()
             return parse_gauges(await reply.text(), self.now())
 
-    async def stream(self, prompt: list[int], max_tokens: int) -> Timed:
-        """One streamed completion of exactly ``max_tokens`` tokens, timed."""
+    async def stream(self, prompt: list[int], max_tokens: int,
+                     into: list[Timed] | None = None) -> Timed:
+        """One streamed completion of exactly ``max_tokens`` tokens, timed (appended to
+        ``into`` at once, so a cancelled request is still seen)."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
                 "stream": True, "ignore_eos": True, "temperature": 0.0,
                 "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
         timed = Timed(self.now(), len(prompt), max_tokens)
+        if into is not None:
+            into.append(timed)
         try:
             async with self.session.post(self.url + "/v1/completions", json=body) as reply:
                 if reply.status != 200:
@@ -213,6 +217,8 @@ class OpenLoopRun:
     samples: list[EngineGauges]
     start: float
     duration: float
+    censored: int = 0
+    """Requests still unanswered when the drain time ran out (cancelled)."""
 
 
 async def scrape(client: EngineClient, interval: float, stop: asyncio.Event,
@@ -226,23 +232,41 @@ async def scrape(client: EngineClient, interval: float, stop: asyncio.Event,
 
 
 async def open_loop(client: EngineClient, arrivals: Sequence[Arrival], duration: float,
-                    scrape_interval: float = 0.5) -> OpenLoopRun:
-    """Send each request at its time (not waiting for answers); scrape throughout."""
+                    scrape_interval: float = 0.5, drain_s: float | None = None) -> OpenLoopRun:
+    """Send each request at its time (not waiting for answers); scrape throughout.
+
+    With ``drain_s``, requests still unanswered that long after the last arrival are
+    cancelled (the engine aborts them); one without a first token then counts with the
+    time it waited as its TTFT, a lower bound (see ``censored``).
+    """
     samples: list[EngineGauges] = []
     stop = asyncio.Event()
     scraper = asyncio.ensure_future(scrape(client, scrape_interval, stop, samples))
     start = client.now()
-    tasks = []
+    tasks: list[asyncio.Future[Timed]] = []
+    timed: list[Timed] = []
     for item in arrivals:
         delay = start + item.at_s - client.now()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(
-            client.stream(prompt_ids(item.prompt_tokens, item.seed), item.output_tokens)))
-    results = list(await asyncio.gather(*tasks))
+            client.stream(prompt_ids(item.prompt_tokens, item.seed), item.output_tokens,
+                          into=timed)))
+    remaining = None if drain_s is None else max(0.0, start + duration + drain_s - client.now())
+    _, pending = await asyncio.wait(tasks, timeout=remaining) if tasks else (set(), set())
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    now = client.now()
+    for t in timed:
+        if t.done is None:
+            t.error = t.error or "cancelled: still unanswered when the drain time ran out"
+            t.done = now
     stop.set()
     await scraper
-    return OpenLoopRun(results, samples, start, duration)
+    results = sorted(timed, key=lambda t: t.sent)
+    return OpenLoopRun(results, samples, start, duration, censored=len(pending))
 
 
 def session(timeout_s: float = 600.0, connections: int = 512) -> aiohttp.ClientSession:

@@ -155,6 +155,7 @@ class Level:
     arrivals: tuple[Arrival, ...]
     duration: float
     measured: LevelMetrics
+    drain_s: float | None = None
 
 
 def _first(request: object, view: object) -> int:
@@ -169,7 +170,7 @@ def simulate_level(config: EngineConfig, level: Level, replicates: int = 3,
     for r in range(replicates):
         cfg = dataclasses.replace(config, seed=config.seed + 7919 * r)
         result = simulate(trace, [cfg], _first, scrape_interval=scrape_interval)
-        runs.append(from_sim(level.rate, result, level.duration))
+        runs.append(from_sim(level.rate, result, level.duration, drain_s=level.drain_s))
     return average(runs)
 
 

@@ -31,6 +31,8 @@ class LevelMetrics:
     kv_mean: float
     kv_max: float
     preemptions: float
+    censored: int = 0
+    """Requests cancelled unanswered at the end of the drain time (their TTFT: a lower bound)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON view."""
@@ -49,14 +51,18 @@ def trace_of(arrivals: Sequence[Arrival]) -> list[TraceRequest]:
 def from_run(rate: float, run: OpenLoopRun) -> LevelMetrics:
     """Figures of a level run over HTTP."""
     ok = [r for r in run.results if r.error is None and r.ttft is not None]
+    cut = [r for r in run.results if r.error is not None and r.error.startswith("cancelled")]
     end = run.start + run.duration
-    tokens = sum(1 for r in ok for t in r.token_times if t <= end)
+    tokens = sum(1 for r in run.results for t in r.token_times if t <= end)
     window = [s for s in run.samples if s.t <= end] or run.samples
-    ttft = [r.ttft for r in ok if r.ttft is not None]
-    e2e = [(r.done or r.sent) - r.sent for r in ok]
+    # A cancelled request's wait is a lower bound of its TTFT: it still counts, so a level
+    # cut short shows its queue instead of hiding the slowest requests.
+    ttft = [r.ttft for r in ok if r.ttft is not None] + [
+        r.ttft if r.ttft is not None else (r.done or r.sent) - r.sent for r in cut]
+    e2e = [(r.done or r.sent) - r.sent for r in ok + cut]
     preempt = (run.samples[-1].preemptions - run.samples[0].preemptions) if run.samples else 0.0
     return LevelMetrics(
-        rate=rate, requests=len(run.results), errors=len(run.results) - len(ok),
+        rate=rate, requests=len(run.results), errors=len(run.results) - len(ok) - len(cut),
         ttft_p50=percentile(ttft, 50), ttft_p90=percentile(ttft, 90),
         ttft_p99=percentile(ttft, 99), e2e_p50=percentile(e2e, 50),
         e2e_p99=percentile(e2e, 99),
@@ -65,15 +71,20 @@ def from_run(rate: float, run: OpenLoopRun) -> LevelMetrics:
         mean_running=_mean([s.running for s in window]),
         throughput=tokens / run.duration if run.duration > 0 else math.nan,
         kv_mean=_mean([s.kv_usage for s in window]),
-        kv_max=max((s.kv_usage for s in window), default=math.nan), preemptions=preempt)
+        kv_max=max((s.kv_usage for s in window), default=math.nan), preemptions=preempt,
+        censored=len(cut))
 
 
-def from_sim(rate: float, result: SimResult, duration: float, engine: int = 0) -> LevelMetrics:
-    """Figures of a virtual-time run of the same trace (series scraped as over HTTP)."""
+def from_sim(rate: float, result: SimResult, duration: float, engine: int = 0,
+             drain_s: float | None = None) -> LevelMetrics:
+    """Figures of a virtual-time run of the same trace (series scraped as over HTTP); with
+    ``drain_s``, TTFTs are cut where an HTTP run cancels what is still unanswered."""
     series = result.series[engine]
     window = [s for s in series if s.t <= duration] or series
-    ttft = [r.ttft for r in result.requests]
-    e2e = [r.e2e for r in result.requests]
+    cutoff = math.inf if drain_s is None else duration + drain_s
+    ttft = [min(r.ttft, cutoff - r.arrival_s) for r in result.requests]
+    e2e = [min(r.e2e, cutoff - r.arrival_s) for r in result.requests]
+    censored = sum(1 for r in result.requests if r.arrival_s + r.ttft > cutoff)
     last = window[-1] if window else None
     return LevelMetrics(
         rate=rate, requests=len(result.requests), errors=0,
@@ -86,4 +97,4 @@ def from_sim(rate: float, result: SimResult, duration: float, engine: int = 0) -
         throughput=(last.generation_tokens / last.t) if last and last.t > 0 else math.nan,
         kv_mean=_mean([s.kv_usage for s in window]),
         kv_max=max((s.kv_usage for s in window), default=math.nan),
-        preemptions=float(series[-1].preemptions) if series else 0.0)
+        preemptions=float(series[-1].preemptions) if series else 0.0, censored=censored)
