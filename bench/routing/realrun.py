@@ -160,16 +160,20 @@ async def replay(trace: Sequence[TraceRequest], router: RealRouter, fleet: Fleet
                 asyncio.create_task(_scraper(fleet, session, t0, lambda: running, samples,
                                              stop))]
     tasks = []
-    for index, item in enumerate(trace):
-        delay = t0 + item.arrival_s - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        late[index] = max(0.0, time.perf_counter() - t0 - item.arrival_s)
-        tasks.append(asyncio.create_task(one(index)))
-    await asyncio.gather(*tasks)
-    wall = time.perf_counter() - t0
-    stop.set()
-    await asyncio.gather(*watchers)
+    try:
+        for index, item in enumerate(trace):
+            delay = t0 + item.arrival_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            late[index] = max(0.0, time.perf_counter() - t0 - item.arrival_s)
+            tasks.append(asyncio.create_task(one(index)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+        stop.set()
+        await asyncio.gather(*watchers)
+    finally:  # interrupted: nothing keeps running against a closing session
+        for task in (*tasks, *watchers):
+            task.cancel()
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_after = cpu()
     after = await fleet.scrape(session)

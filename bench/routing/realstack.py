@@ -83,8 +83,8 @@ class Child:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            self.proc.kill()  # a second Ctrl-C: no more waiting, but nothing left behind
             self.proc.wait(timeout=5)
 
 
@@ -115,8 +115,34 @@ class Processes:
         return out
 
     def stop(self) -> None:
+        interrupted = False
         for child in reversed(list(self.children.values())):
-            child.stop()
+            try:
+                child.stop()
+            except KeyboardInterrupt:
+                interrupted = True
+                child.proc.kill()
+        if interrupted:
+            raise KeyboardInterrupt
+
+
+def raise_priority(pid: int, nice: int) -> int:
+    """CPU priority ``nice`` for ``pid``, and for its autogroup (with the kernel's autogroup
+    scheduling, a process's nice only counts inside its session's group); returns the
+    autogroup's previous nice (0 when there is none), to restore it."""
+    os.setpriority(os.PRIO_PROCESS, pid, nice)
+    group = Path(f"/proc/{pid}/autogroup")
+    old = 0
+    with contextlib.suppress(OSError, ValueError):
+        old = int(group.read_text().split("nice")[-1])
+        group.write_text(str(nice))
+    return old
+
+
+def restore_group_priority(pid: int, nice: int) -> None:
+    """Put the autogroup nice of ``pid`` back (its session outlives the benchmark)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
 @contextlib.contextmanager
@@ -281,13 +307,13 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(workdir: Path, engines: Sequence[EngineConfig], *, split: bool = False
-                  ) -> Iterator[Fleet]:
+def running_fleet(workdir: Path, engines: Sequence[EngineConfig], *, split: bool = False,
+                  nice: int = 0) -> Iterator[Fleet]:
     """The engines as ``engine-sim`` processes, with the same configs as ``engines``.
 
     One process for the whole fleet, or (``split``) one per engine, so that serving one
-    engine's ``/metrics`` does not hold up the others' steps. The processes inherit the
-    harness's CPU priority (see :func:`normal_priority`).
+    engine's ``/metrics`` does not hold up the others' steps. ``nice`` < 0 raises their CPU
+    priority: they stand for GPUs, which the routers' CPU use does not slow down.
     """
     ports = [free_port() for _ in engines]
     groups = [[i] for i in range(len(engines))] if split else [list(range(len(engines)))]
@@ -303,7 +329,9 @@ def running_fleet(workdir: Path, engines: Sequence[EngineConfig], *, split: bool
     procs = Processes(workdir)
     try:
         for index, argv in enumerate(argvs):
-            procs.start("enginesim" if len(argvs) == 1 else f"enginesim-{index}", argv)
+            child = procs.start("enginesim" if len(argvs) == 1 else f"enginesim-{index}", argv)
+            if nice:
+                raise_priority(child.proc.pid, nice)
         yield Fleet(procs, ports, [cfg.speed for cfg in engines])
     finally:
         procs.stop()

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -69,6 +71,8 @@ from bench.routing.realstack import (
     StackError,
     ensure_vllm_router,
     pool_status,
+    raise_priority,
+    restore_group_priority,
     running_fleet,
     running_llmsched,
     running_vllm_router,
@@ -209,8 +213,7 @@ async def setup(name: str, bench: Bench) -> AsyncIterator[tuple[RealRouter, Cpu,
 
         async def info() -> dict[str, Any]:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await asyncio.wait({watcher})  # (not awaited directly: a cancel of ours propagates)
             final = _compact_status(await pool_status(stack, bench.session, pool))
             peak = max(statuses, key=lambda s: sum(m["inflight"] or 0 for m in s["members"]),
                        default=None)
@@ -423,12 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         json_path.write_text(json.dumps(report, indent=1, default=str))
 
     workdir = Path(tempfile.mkdtemp(prefix="llmsched-routing-"))
+    group_nice = raise_priority(os.getpid(), args.nice) if args.nice else None
     try:
-        if args.nice:
-            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-        with running_fleet(workdir, engines, split=args.engine_procs == "split") as fl:
+        with running_fleet(workdir, engines, split=args.engine_procs == "split",
+                           nice=args.nice) as fl:
             results = _run(bench_all(args, fl, engines, base, cap, slo, report, workdir, write))
     finally:
+        if group_nice is not None:
+            restore_group_priority(os.getpid(), group_nice)
         if args.keep_logs:
             print(f"logs kept in {workdir}", file=sys.stderr)
         else:
@@ -462,10 +467,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(coro: Awaitable[dict[float, dict[str, RouterRuns]]]
          ) -> dict[float, dict[str, RouterRuns]]:
-    """The event loop: uvloop when installed (the harness must not be the bottleneck)."""
+    """The event loop: uvloop when installed (the harness must not be the bottleneck).
+
+    SIGTERM is a KeyboardInterrupt, so that every stack stops what it started.
+    """
     async def wrap() -> dict[float, dict[str, RouterRuns]]:
         return await coro
 
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         import uvloop
     except ImportError:
