@@ -22,12 +22,14 @@ from typing import Any
 
 import aiohttp
 
-from bench.routing.harness import Outcome, QueueSample, RunResult
+from bench.routing.fleet import _Saturate
+from bench.routing.harness import Outcome, QueueSample, RunResult, run
 from bench.routing.realclient import CHAT_PATH, chat_body, stream_chat
 from bench.routing.realrouters import RealRouter, Routed
 from bench.routing.realstack import MODEL, EngineScrape, Fleet
 from bench.routing.report import pct
 from bench.routing.trace import TraceSpec, generate
+from services.enginesim.config import EngineConfig
 from services.enginesim.virtual import TraceRequest
 
 SCRAPE_S = 0.2
@@ -199,6 +201,32 @@ async def replay(trace: Sequence[TraceRequest], router: RealRouter, fleet: Fleet
 # --------------------------------------------------------------------------- calibration
 
 
+def capacity_mix(spec: TraceSpec) -> list[TraceRequest]:
+    """The requests of the capacity check (``fleet.capacity``'s mix, longer)."""
+    return generate(dataclasses.replace(spec, kind="steady", rate=1000.0, duration_s=2.0,
+                                        seed=spec.seed + 1000))
+
+
+def virtual_closed_loop(engines: Sequence[EngineConfig], spec: TraceSpec, *, in_flight: int,
+                        seconds: float, warmup_s: float = 3.0) -> list[float]:
+    """The real check's figure in virtual time: the same requests in the same order, the
+    same number in flight, completions counted over the same window; req/s per engine."""
+    mix = capacity_mix(spec)
+    end = warmup_s + seconds
+    rates = []
+    for cfg in engines:
+        # Enough requests to outlast the window (an engine of speed 1 does ~3 per second).
+        wanted = min(len(mix), int(8 * cfg.speed * end) + 2 * in_flight)
+        burst = [dataclasses.replace(item, arrival_s=0.0) for item in mix[:wanted]]
+        result = run(burst, [cfg], _Saturate(in_flight), scrape_interval=1.0,
+                     hold_timeout_s=1e9)
+        ends = [o.arrival + o.e2e for o in result.outcomes if math.isfinite(o.e2e)]
+        if max(ends, default=0.0) < end:
+            raise ValueError(f"{wanted} requests ended before the window did ({end} s)")
+        rates.append(sum(1 for t in ends if warmup_s <= t <= end) / seconds)
+    return rates
+
+
 async def closed_loop_capacity(fleet: Fleet, session: aiohttp.ClientSession, spec: TraceSpec,
                                *, in_flight: int, seconds: float, warmup_s: float = 3.0
                                ) -> dict[str, Any]:
@@ -209,18 +237,19 @@ async def closed_loop_capacity(fleet: Fleet, session: aiohttp.ClientSession, spe
     share the simulator's process); completions are counted over ``seconds`` after a
     warm-up. Returns the per-engine and total rates.
     """
-    mix = generate(dataclasses.replace(spec, kind="steady", rate=1000.0, duration_s=2.0,
-                                       seed=spec.seed + 1000))
+    mix = capacity_mix(spec)
     start = time.perf_counter()
     window = (start + warmup_s, start + warmup_s + seconds)
     counts = [0] * len(fleet.urls)
     errors: list[str] = []
 
-    async def worker(engine: int, lane: int) -> None:
-        index = lane
+    taken = [0] * len(fleet.urls)
+
+    async def worker(engine: int) -> None:
         while time.perf_counter() < window[1]:
+            index = taken[engine]  # each engine takes the mix in order, as virtual time does
+            taken[engine] += 1
             item = mix[index % len(mix)]
-            index += in_flight
             sent = await stream_chat(session, fleet.urls[engine] + CHAT_PATH,
                                      chat_body(MODEL, index, item), timeout_s=120)
             now = time.perf_counter()
@@ -239,8 +268,8 @@ async def closed_loop_capacity(fleet: Fleet, session: aiohttp.ClientSession, spe
                 for a, b in zip(first, last, strict=True)]
 
     paced = asyncio.create_task(pace())
-    await asyncio.gather(*(worker(e, lane) for e in range(len(fleet.urls))
-                           for lane in range(in_flight)))
+    await asyncio.gather(*(worker(e) for e in range(len(fleet.urls))
+                           for _lane in range(in_flight)))
     rates = [c / seconds for c in counts]
     return {"per_engine_rps": [round(r, 3) for r in rates], "total_rps": round(sum(rates), 3),
             "seconds": seconds, "in_flight_per_engine": in_flight, "errors": len(errors),

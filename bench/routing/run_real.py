@@ -58,7 +58,7 @@ from bench.routing.realreport import (
     table,
 )
 from bench.routing.realrouters import ClientSide, OneUrl, RealRouter, SelectPath
-from bench.routing.realrun import RealRun, closed_loop_capacity, replay
+from bench.routing.realrun import RealRun, closed_loop_capacity, replay, virtual_closed_loop
 from bench.routing.realrun import unloaded_ttft as real_unloaded_ttft
 from bench.routing.realstack import (
     GREYBOX_ALIAS,
@@ -292,11 +292,16 @@ async def bench_all(args: argparse.Namespace, fl: Fleet, engines: list[EngineCon
             real = await closed_loop_capacity(fl, session, base,
                                               in_flight=2 * engines[0].max_num_seqs,
                                               seconds=args.capacity_s)
+            same = virtual_closed_loop(engines, base, in_flight=2 * engines[0].max_num_seqs,
+                                       seconds=args.capacity_s)
+            real["virtual_same_window_per_engine_rps"] = [round(r, 3) for r in same]
+            real["virtual_same_window_rps"] = round(sum(same), 3)
             report["capacity_real"] = real
             print(f"capacity, real time closed loop: {real['total_rps']:.2f} req/s "
-                  f"{real['per_engine_rps']} (virtual {cap:.2f}; errors {real['errors']}; "
-                  f"engine pace {real['engine_pace']})",
-                  flush=True)
+                  f"{real['per_engine_rps']}; the same requests and window in virtual time: "
+                  f"{sum(same):.2f} {real['virtual_same_window_per_engine_rps']}; virtual "
+                  f"capacity {cap:.2f}; errors {real['errors']}; engine pace "
+                  f"{real['engine_pace']}", flush=True)
             if args.capacity_from == "real":
                 cap = real["total_rps"]
         report["capacity_used_rps"] = cap
