@@ -180,7 +180,11 @@ async def measure(target: Target, model: str, rate: float, arrivals: list[Any],
         client = EngineClient(target.url, http, model)
         run = await open_loop(client, arrivals, duration, SCRAPE_S, drain_s=drain)
     cpu = cpu_seconds(target.pids) - cpu0
-    ttfts = [r.ttft for r in run.results if r.error is None and r.ttft is not None]
+    # Requests cancelled unanswered count with their wait (a lower bound), as in the figures.
+    ttfts = [r.ttft if r.ttft is not None else (r.done or r.sent) - r.sent
+             for r in run.results
+             if (r.error is None and r.ttft is not None)
+             or (r.error or "").startswith("cancelled")]
     series = [(s.t - run.start, s.waiting) for s in run.samples]
     return from_run(rate, run), ttfts, series, cpu
 

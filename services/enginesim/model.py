@@ -101,6 +101,7 @@ class EngineModel:
         self._per_seq = t.decode_ms_per_seq * scale
         self._per_ctx = t.attn_ms_per_ctx_token * scale
         self._per_waiting = t.queue_ms_per_waiting * scale
+        self._waiting_cap = t.queue_waiting_cap
         self._per_transfer = t.kv_transfer_ms_per_token * scale
         self._noise = StepNoise(t.jitter, t.drift_sd, t.drift_tau_s, config.seed)
 
@@ -312,7 +313,8 @@ class EngineModel:
         self.stats.iteration_tokens.observe(float(prefill_tokens + decodes))
         duration = (self._base + self._per_prefill * prefill_tokens
                     + self._per_prefill_ctx * prefill_ctx + self._per_seq * decodes
-                    + self._per_ctx * ctx + self._per_waiting * len(self.waiting))
+                    + self._per_ctx * ctx
+                    + self._per_waiting * min(len(self.waiting), self._waiting_cap))
         duration *= self._noise.factor(now)
         self._step_start = now
         self.steps += 1

@@ -23,6 +23,8 @@ class Timing:
     """Cost of reading one token of KV context (attention) in a step."""
     queue_ms_per_waiting: float = 0.0
     """Scheduling overhead per waiting request per step (throughput falls past saturation)."""
+    queue_waiting_cap: float = 64.0
+    """Waiting requests beyond which that overhead stops growing (the drop levels off)."""
     kv_transfer_ms_per_token: float = 0.003
     """Time to pull one prompt token's KV from a remote prefill instance."""
     jitter: float = 0.02

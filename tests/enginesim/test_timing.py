@@ -70,6 +70,11 @@ def test_a_long_queue_slows_every_step() -> None:
         steps.append(model.begin_step(0.0) or 0.0)
     # 4 admitted, 20 left waiting: 20 x 0.05 ms more.
     assert (steps[1] - steps[0]) * 1000 == pytest.approx(20 * 0.05), steps
+    capped = _model(queue_ms_per_waiting=0.05, queue_waiting_cap=8)
+    for i in range(24):
+        capped.add(_req(str(i), 32, 8), 0.0)
+    # Past the cap the drop levels off: 8, not 20, waiting requests count.
+    assert ((capped.begin_step(0.0) or 0.0) - steps[0]) * 1000 == pytest.approx(8 * 0.05)
 
 
 def test_drift_is_correlated_over_its_time_constant_and_has_mean_one() -> None:
