@@ -13,6 +13,7 @@ from shared.autoscaling import AutoscalingOverrides
 from shared.engines import BUILTIN_ENGINES, EngineMetricsSpec
 from shared.errors import BadRequest
 from shared.members import MemberAddressError, parse_member_key
+from shared.metrics_config import PrometheusConfig
 from shared.pd_config import PDRolesConfig, PDSettings, Role
 from shared.subjects import MODELS_PARTITION
 
@@ -321,6 +322,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Extra engine types (or overrides of ``vllm``/``sglang``) as metric-name mappings."""
     gateway: GatewayConfig = msgspec.field(default_factory=lambda: GatewayConfig())
     autoscaling: AutoscalingConfig = msgspec.field(default_factory=lambda: AutoscalingConfig())
+    metrics: PrometheusConfig = msgspec.field(default_factory=lambda: PrometheusConfig())
+    """The services' own Prometheus metrics (docs/metrics.md)."""
 
     def implicit_pool(self, alias: str, engine: str) -> PoolConfig:
         """The pool of a registered alias: its instances on active workers."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from services.api.metrics import SelectMetrics
 from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
 from services.api.validation import (
     MAX_BODY_BYTES,
@@ -38,6 +39,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 Handler = Callable[[Any, bytes, Callable[[Any], bytes]], Awaitable[Reply]]
+Observe = Callable[[int, bytes, float], None]
+"""Metrics of one answered request: (status, body, seconds)."""
 
 UNAVAILABLE = "scheduler unavailable; use the pool's own load balancing"
 BUS_DOWN = "message bus unavailable; the outcome was not recorded"
@@ -48,14 +51,16 @@ _JSON = [(b"content-type", b"application/json")]
 class SelectFastPath:
     """Serves select and outcome itself; hands everything else to ``app``."""
 
-    def __init__(self, app: ASGIApp, state: Any) -> None:
+    def __init__(self, app: ASGIApp, state: Any, metrics: SelectMetrics | None = None) -> None:
         self.app = app
         self.state = state
         self._encode = msgspec.json.Encoder().encode
         self.access = logging.getLogger(ACCESS_LOGGER)
-        self._routes: dict[str, tuple[Handler, int]] = {
-            "/scheduler/select": (select_response, MAX_BODY_BYTES),
-            "/scheduler/outcome": (outcome_response, MAX_OUTCOME_BYTES),
+        self._routes: dict[str, tuple[Handler, int, Observe | None]] = {
+            "/scheduler/select": (select_response, MAX_BODY_BYTES,
+                                  metrics.select if metrics else None),
+            "/scheduler/outcome": (outcome_response, MAX_OUTCOME_BYTES,
+                                   metrics.outcome if metrics else None),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,7 +68,7 @@ class SelectFastPath:
         if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        handler, limit = route
+        handler, limit, observe = route
         started = time.perf_counter()
         try:
             raw = await _read_body(receive, limit)
@@ -74,6 +79,8 @@ class SelectFastPath:
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+        if observe is not None:
+            observe(status, body, time.perf_counter() - started)
         if status >= 400 or self.access.isEnabledFor(logging.DEBUG):
             log_request(self.access, scope, status, time.perf_counter() - started)
 

@@ -21,9 +21,11 @@ from services.api.gateway.bus import NatsEvents, NatsRouter
 from services.api.gateway.catalog import Catalog
 from services.api.gateway.front import GatewayFront
 from services.api.gateway.hold import HoldQueues, HoldSettings
+from services.api.gateway.metrics import GatewayMetrics, OngoingCollector
 from services.api.gateway.openapi_docs import gateway_docs_router
 from services.api.gateway.proxy import Gateway, GatewaySettings
 from services.api.gateway.upstream import Upstream
+from services.api.metrics import SelectMetrics
 from services.api.records import records_router
 from services.api.scheduler_client import SchedulerClient
 from services.api.workers import workers_router
@@ -33,6 +35,7 @@ from shared.config import Config, GatewayConfig, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.http_server import QuietServer, bind_socket, socket_from_fd
 from shared.logs import set_level
+from shared.metrics import metrics_router, new_registry
 from shared.model_registry import ModelRegistry
 from shared.registry_view import RegistryView, announce
 from shared.runtime import run_service
@@ -74,6 +77,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     shutdown, at most GRACEFUL_S) before the bus and the store are closed.
     """
     cfg = loaded.config
+    prom = new_registry()
     nc = await connect_nats("api", nats_url)
     store = RedisStateStore(redis_url, keys=RedisKeys(cfg.global_.prefix))
     subjects = Subjects(cfg.global_.prefix)
@@ -92,7 +96,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     upstream = Upstream()
     admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
     gateway = Gateway(_gateway_settings(cfg.gateway), catalog, NatsRouter(client), upstream,
-                      events, hold, admission)
+                      events, hold, admission, metrics=GatewayMetrics(prom))
+    prom.register(OngoingCollector(lambda: gateway.ongoing,
+                                   lambda: gateway.settings.max_ongoing))
     view.listeners.append(hold.notify_all)
 
     async def announce_change(kind: str, name: str, op: str) -> None:
@@ -121,11 +127,12 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     fastapi_app.include_router(workers_router(registry, announce=announce_change))
     fastapi_app.include_router(records_router(client))
     fastapi_app.include_router(gateway_docs_router())
+    fastapi_app.include_router(metrics_router(prom))
     fastapi_app.include_router(admin_router(models, view, ScalingLog(registry.redis,
                                                                       cfg.global_.prefix),
                                             client, announce_change, admin))
-    front = GatewayFront(SelectFastPath(fastapi_app, state), gateway, catalog,
-                         _api_keys(cfg.gateway))
+    front = GatewayFront(SelectFastPath(fastapi_app, state, SelectMetrics(prom)), gateway,
+                         catalog, _api_keys(cfg.gateway))
     app = front
     changes = await nc.subscribe(subjects.registry_changed, cb=view.on_event)
     ended = msgspec.json.Decoder(_PoolOf)

@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 
 from services.autoscaler.executor import WorkerActions
 from services.autoscaler.lease import Lease
+from services.autoscaler.metrics import AutoscalerMetrics
 from services.autoscaler.scaler import Scaler
 from shared.auth import admin_key_from_env
 from shared.bus import connect_nats
@@ -22,6 +23,7 @@ from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.messages import LoadEvent
+from shared.metrics import new_registry, start_listener
 from shared.model_registry import ModelRegistry
 from shared.registry_view import RegistryView, announce
 from shared.routing import DemandEvent
@@ -67,9 +69,19 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     view = RegistryView(models, registry)
     lease = Lease(registry.redis, f"{prefix}:autoscaler:leader", name, LEASE_TTL_S)
     encode = msgspec.json.Encoder().encode
+    prom = new_registry()
+    metrics: AutoscalerMetrics | None = None
 
     async def publish(record: ActionRecord) -> None:
+        if metrics is not None:
+            metrics.acted(record)
         await nc.publish(subjects.autoscaler_action, encode(record))
+
+    async def leading() -> bool:
+        lead = await lease.hold()
+        if metrics is not None:
+            metrics.leader = lead
+        return lead
 
     async def announce_change(kind: str, item: str, op: str) -> None:
         await announce(nc, subjects.registry_changed, kind, item, op)
@@ -78,6 +90,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         scaler = Scaler(cfg, view, registry, ScalingLog(registry.redis, prefix),
                         WorkerActions(http, admin_key_from_env()), publish, announce_change,
                         name=name)
+        metrics = AutoscalerMetrics(prom, scaler)
         watcher = ConfigWatcher(loaded)
 
         def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
@@ -110,11 +123,14 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 await nc.subscribe(subjects.registry_changed, cb=view.on_event)]
         tasks = [asyncio.create_task(watcher.run(stop)),
                  asyncio.create_task(view.run(stop)),
-                 asyncio.create_task(scaler.run(stop, lease.hold))]
+                 asyncio.create_task(scaler.run(stop, leading))]
+        listener = await start_listener(prom, "autoscaler", cfg.metrics)
         log.info("Autoscaler %s running (leader lease %s)", name, lease.key)
         try:
             await stop.wait()
         finally:
+            if listener is not None:
+                await listener.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from services.collector.asleep import AsleepTracker
 from services.collector.membership import MembershipSource
+from services.collector.metrics import CollectorMetrics
 from services.collector.scraper import MetricsScraper
 from services.collector.workers_source import SleepingInstances
 from shared.config import Config, PoolConfig
@@ -26,8 +27,10 @@ class Collector:
     """Keeps one membership task per configured pool and a fixed-rate scrape loop."""
 
     def __init__(self, nc: NATS, subjects: Subjects, scraper: MetricsScraper,
-                 config: Config, *, sleeping: SleepingInstances | None = None) -> None:
+                 config: Config, *, sleeping: SleepingInstances | None = None,
+                 metrics: CollectorMetrics | None = None) -> None:
         self.nc = nc
+        self.metrics = metrics
         self.subjects = subjects
         self.scraper = scraper
         self.config = config
@@ -58,6 +61,8 @@ class Collector:
                     if config.configured_alias(alias) is None]
         self.pools = [*config.pools, *implicit]
         wanted = {p.ident: p for p in self.pools}
+        if self.metrics is not None:
+            self.metrics.forget(set(wanted))
         for ident, (old_cfg, old_source, task) in list(self._tasks.items()):
             new_cfg = wanted.get(ident)
             new_source = sources.get(config.pool_source(new_cfg)) if new_cfg else None
@@ -90,14 +95,19 @@ class Collector:
     async def _membership(self, pool: PoolConfig, source: MembershipSource) -> None:
         subject = self.subjects.pool_snapshot(pool.partition, pool.name)
         while True:
+            f5 = self.metrics if self.config.pool_source(pool) == "f5" else None
             try:
                 snap = await source.snapshot(pool, pool.engine_type)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("Pool %s:%s membership fetch failed", pool.name, pool.partition)
+                if f5 is not None:
+                    f5.fetched(pool.ident, failed=True)
                 await asyncio.sleep(self.config.scheduler.pool_fetch_interval)
                 continue
+            if f5 is not None:
+                f5.fetched(pool.ident, failed=snap.error is not None)
             first = (pool.name, pool.partition) not in self.snapshots
             self.snapshots[pool.ident] = snap
             try:
@@ -140,7 +150,10 @@ class Collector:
     async def _scrape_pool(self, pool: PoolConfig, snap: PoolSnapshot,
                            sleeping: Mapping[str, str]) -> int:
         spec = self.config.engine_spec(pool)
+        started = time.perf_counter()
         batch = await self.scraper.scrape_pool(pool, spec, snap.members)
+        if self.metrics is not None:
+            self.metrics.scraped(pool.ident, batch, time.perf_counter() - started)
         batch = self.asleep.apply(pool, snap.members, batch, sleeping)
         try:
             await self.nc.publish(self.subjects.member_metrics(pool.partition, pool.name),

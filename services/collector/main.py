@@ -11,12 +11,14 @@ import httpx
 from services.collector.f5_client import F5Client, http_client_for
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
+from services.collector.metrics import CollectorMetrics
 from services.collector.scraper import MetricsScraper, open_clients
 from services.collector.workers_source import SleepingInstances, WorkersSource
 from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
+from shared.metrics import new_registry, start_listener
 from shared.model_registry import ModelRegistry
 from shared.registry_view import RegistryView
 from shared.runtime import run_service
@@ -78,13 +80,16 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 redis_url: str | None = None) -> None:
     """Fetch memberships and scrape metrics until ``stop`` is set."""
     cfg = loaded.config
+    prom = new_registry()
+    metrics = CollectorMetrics(prom)
     nc = await connect_nats("collector", nats_url)
     registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
     sources = _Sources(registry)
     # Many small clients: httpx's pool does per-request work that grows with its size.
     async with open_clients(SCRAPE_CLIENTS) as clients, MetricsScraper(clients) as scraper:
         sleeping = SleepingInstances(registry)
-        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg, sleeping=sleeping)
+        collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg, sleeping=sleeping,
+                              metrics=metrics)
         collector.apply_config(cfg, await sources.sources(cfg))
         watcher = ConfigWatcher(loaded)
         models = ModelRegistry(registry.redis, prefix=cfg.global_.prefix)
@@ -112,6 +117,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                  asyncio.create_task(view.run(stop)),
                  asyncio.create_task(sleeping.run(stop)),
                  asyncio.create_task(collector.run_scrapes(stop))]
+        listener = await start_listener(prom, "collector", cfg.metrics)
         log.info("Collector running: %d configured pools, scrape every %s", len(cfg.pools),
                  f"{cfg.scheduler.metrics_fetch_interval:g} ms"
                  if cfg.scheduler.metrics_fetch_interval is not None else
@@ -120,6 +126,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         try:
             await stop.wait()
         finally:
+            if listener is not None:
+                await listener.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -73,6 +73,14 @@ class SchedulerCore:
     def pool_config(self, name: str, partition: str) -> PoolConfig | None:
         return self._pool_cfg.get((name, partition))
 
+    def profile(self, name: str, partition: str) -> Profile | None:
+        """The scoring profile of a known pool."""
+        return self._profiles.get((name, partition))
+
+    def decision_context(self, name: str, partition: str) -> DecisionContext:
+        """What a decision on the pool would see now."""
+        return self._ctx(name, partition)
+
     def accept_snapshot(self, snap: PoolSnapshot) -> bool:
         """Whether this replica keeps ``snap``'s pool: configured, or a registered alias's."""
         ident = (snap.pool, snap.partition)

@@ -12,6 +12,7 @@ from nats.micro.request import Request, ServiceError
 from nats.micro.service import Service
 
 from services.scheduler.core import SchedulerCore
+from services.scheduler.metrics import SchedulerMetrics
 from shared.messages import (
     SelectReply,
     SelectRequest,
@@ -36,8 +37,10 @@ class SchedulerEndpoints:
 
     def __init__(self, core: SchedulerCore, *, replica: str, config_version: str,
                  store_ok: dict[str, bool],
-                 announce: Callable[[SelectionEvent], Awaitable[None]] | None = None) -> None:
+                 announce: Callable[[SelectionEvent], Awaitable[None]] | None = None,
+                 metrics: SchedulerMetrics | None = None) -> None:
         self.core = core
+        self.metrics = metrics
         self.announce = announce
         self.replica = replica
         self.config_version = config_version
@@ -57,6 +60,9 @@ class SchedulerEndpoints:
         decision, event = self.core.select(body)
         await req.respond(self._enc.encode(SelectReply(answer=decision.answer,
                                                        reason=decision.reason)))
+        if self.metrics is not None:
+            self.metrics.decided("select", body.pool_name, body.partition, decision.answer,
+                                 decision.reason)
         if event is not None and self.announce is not None:
             await self.announce(event)
 
@@ -68,6 +74,8 @@ class SchedulerEndpoints:
             raise _bad_request(err) from None
         reply, event = self.core.route(body)
         await req.respond(self._enc.encode(reply))
+        if self.metrics is not None:
+            self.metrics.decided("route", body.pool, body.partition, reply.answer, reply.reason)
         if event is not None and self.announce is not None:
             await self.announce(event)
 

@@ -47,6 +47,8 @@ class Feedback:
         self.circuits: dict[tuple[str, str], CircuitConfig] = {}
         self.records: dict[tuple[str, str], deque[dict[str, Any]]] = {}
         self._routed: dict[str, Routed] = {}
+        self.on_learned: Callable[[tuple[str, str], float | None, float], None] | None = None
+        """Told each TTFT learned: (pool, predicted when routed, observed)."""
 
     # -- configuration -------------------------------------------------------------------
     def configure(self, pool: tuple[str, str], predictor: PredictorSettings | None,
@@ -121,6 +123,8 @@ class Feedback:
         if predictor is None or ttft is None:
             return
         predictor.learn(ident, routed.features, ttft)
+        if self.on_learned is not None:
+            self.on_learned(pool, routed.predicted, ttft)
         records = self.records.setdefault(pool, deque(maxlen=RECORDS_KEPT))
         records.append({"at": round(routed.at, 3), "member": ident[2],
                         "ttft_s": round(ttft, 4),

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 
 from services.scheduler.core import SchedulerCore
 from services.scheduler.endpoints import SchedulerEndpoints, start_service
+from services.scheduler.metrics import PoolsCollector, SchedulerMetrics
 from services.scheduler.persist import StatePersister, warm_up
 from services.scheduler.plugins.registry import default_registry
 from services.scheduler.selections import RedisSelectionStore
@@ -25,6 +26,7 @@ from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
+from shared.metrics import new_registry, start_listener
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
 from shared.state import RedisStateStore
@@ -48,6 +50,10 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     subjects = Subjects(cfg.global_.prefix)
     keys = RedisKeys(cfg.global_.prefix)
     core = SchedulerCore(cfg, default_registry(), replica=replica)
+    prom = new_registry()
+    metrics = SchedulerMetrics(prom, member_labels=cfg.metrics.member_labels)
+    prom.register(PoolsCollector(core, member_labels=cfg.metrics.member_labels))
+    core.feedback.on_learned = metrics.learned
     health: dict[str, bool] = {"ok": True}
     store = RedisStateStore(redis_url, keys=keys)
     counts = RedisSelectionStore(redis_url)
@@ -66,7 +72,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             log.debug("Selection event not published: %s", err)
 
     endpoints = SchedulerEndpoints(core, replica=replica, config_version=loaded.version,
-                                   store_ok=health, announce=announce)
+                                   store_ok=health, announce=announce, metrics=metrics)
 
     def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
         core.apply_config(new.config)
@@ -142,6 +148,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         health["ok"] = False
         log.warning("State store unreachable at start (%s); starting from live events only", err)
     service = await start_service(nc, subjects, endpoints)
+    listener = await start_listener(prom, "scheduler", cfg.metrics)
     log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,
              subjects.scheduler_group, subjects.scheduler_queue)
     persisting = asyncio.create_task(persister.run(stop))
@@ -153,6 +160,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     try:
         await stop.wait()
     finally:
+        if listener is not None:
+            await listener.stop()
         with contextlib.suppress(Exception):
             await service.stop()
         for sub in subs:

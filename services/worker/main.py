@@ -20,11 +20,13 @@ import uvicorn
 from services.worker.app import WorkerIdentity, create_app
 from services.worker.gpu import gpu_present
 from services.worker.instances import InstanceManager, WorkerSettings
+from services.worker.metrics import WorkerCollector
 from services.worker.models import BACKENDS, Backend
 from services.worker.registration import Registrar
 from shared.http_server import QuietServer, bind_socket
 from shared.logs import setup_logging
 from shared.members import url_host
+from shared.metrics import metrics_router, new_registry
 
 log = logging.getLogger("llmsched.worker")
 
@@ -134,6 +136,9 @@ class Worker:
         identity = WorkerIdentity(worker_id=self.worker_id, worker_url=self.url,
                                   api_key=o.api_key)
         app = create_app(self.instances, identity)
+        prom = new_registry()
+        prom.register(WorkerCollector(self.instances, self.worker_id))
+        app.include_router(metrics_router(prom))
         self._server = QuietServer(uvicorn.Config(app, log_config=None, log_level="warning",
                                                   access_log=False, lifespan="off",
                                                   timeout_keep_alive=30))

@@ -105,7 +105,8 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
     async def factory(*, pools: list[dict[str, Any]] | None = None, schedulers: int = 1,
                       autoscalers: int = 1, autoscaling: dict[str, Any] | None = None,
                       gateway: dict[str, Any] | None = None, worker: bool = True,
-                      modes: list[dict[str, Any]] | None = None) -> Fleet:
+                      modes: list[dict[str, Any]] | None = None,
+                      config: dict[str, Any] | None = None) -> Fleet:
         extra: dict[str, Any] = {"autoscaling": {"scale_interval_s": 0.5, "cooldown_s": 0.5,
                                                  "down_after_s": 1.0, "drain_timeout_s": 10,
                                                  **(autoscaling or {})}}
@@ -113,6 +114,7 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
             extra["gateway"] = gateway
         if modes:
             extra["modes"] = modes
+        extra.update(config or {})  # other top-level sections (metrics, engines, ...)
         path = write_config(tmp_path / "config.yaml", prefix, pools or [], metrics_ms=200,
                             extra=extra)
         loaded = load(path)

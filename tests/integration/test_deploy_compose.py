@@ -54,6 +54,14 @@ ENV_KEY_READERS: dict[str, frozenset[str]] = {
 LISTEN_ALL = ("0.0.0.0", "::")
 """Addresses a containerised server must bind so other containers can reach it."""
 
+PROMETHEUS_IMAGES = ("prom/prometheus", "quay.io/prometheus/prometheus")
+GRAFANA_IMAGES = ("grafana/grafana", "grafana/grafana-oss", "grafana/grafana-enterprise")
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_PORT = 9090
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+LISTENER_ROLES = ("scheduler", "collector", "autoscaler")
+"""Services whose /metrics is a listener of its own (``metrics.<role>_port``)."""
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -493,6 +501,160 @@ def check_pool_engines(
     return problems
 
 
+# --------------------------------------------------------------------------- monitoring
+
+
+def services_of_image(compose: dict[str, Any], images: tuple[str, ...]) -> dict[str, Any]:
+    return {name: svc for name, svc in compose["services"].items()
+            if _image_repo(str(svc.get("image", ""))) in images}
+
+
+def prometheus_doc(compose: dict[str, Any], base: Path) -> tuple[list[str], dict[str, Any]]:
+    """The scrape config the compose file's Prometheus reads (problems if it cannot)."""
+    proms = services_of_image(compose, PROMETHEUS_IMAGES)
+    if len(proms) != 1:
+        return [f"want one Prometheus service, found {sorted(proms)}"], {}
+    name, svc = next(iter(proms.items()))
+    target = option_value(command_of(svc), "--config.file") or PROMETHEUS_CONFIG
+    host = host_path_for(svc, target, base)
+    if host is None or not host.is_file():
+        return [f"{name}: --config.file {target} is not a repository file in a bind mount"], {}
+    doc = yaml.safe_load(host.read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("scrape_configs"), list):
+        return [f"{name}: {host} has no scrape_configs"], {}
+    return [], doc
+
+
+def metrics_ports(compose: dict[str, Any], base: Path,
+                  configs: dict[str, LoadedConfig]) -> dict[str, set[int]]:
+    """Compose service → the ports it serves a Prometheus /metrics on."""
+    ports: dict[str, set[int]] = {}
+    for name, svc in llmsched_services(compose, base).items():
+        role, cmd = role_of(svc), command_of(svc)
+        if role == ENGINE_SIM:
+            ports[name] = set(sim_ports(cmd))
+        elif name in configs and role == "api":
+            ports[name] = {configs[name].config.global_.api_port}
+        elif name in configs and role in LISTENER_ROLES:
+            port = configs[name].config.metrics.port_of(role)
+            ports[name] = {port} if port else set()
+    return ports
+
+
+def scrape_targets(doc: dict[str, Any]) -> Iterator[tuple[str, str, int | None, str]]:
+    """(job, host, port, metrics path) of every static and DNS target of a scrape config."""
+    for job in doc.get("scrape_configs", []):
+        name, path = str(job.get("job_name")), str(job.get("metrics_path", "/metrics"))
+        for static in job.get("static_configs", []):
+            for target in static.get("targets", []):
+                host, _, port = str(target).rpartition(":")
+                yield name, host, int(port) if port.isdigit() else None, path
+        for dns in job.get("dns_sd_configs", []):
+            for host in dns.get("names", []):
+                yield name, str(host), dns.get("port"), path
+
+
+def check_prometheus(compose: dict[str, Any], base: Path, configs: dict[str, LoadedConfig],
+                     doc: dict[str, Any] | None = None) -> list[str]:
+    """Every scrape target is a compose service's metrics port; every service is scraped."""
+    problems: list[str] = []
+    if doc is None:
+        problems, doc = prometheus_doc(compose, base)
+        if problems:
+            return problems
+    services = compose["services"]
+    ours = llmsched_services(compose, base)
+    ports = metrics_ports(compose, base, configs)
+    scraped: set[str] = set()
+    for job, host, port, path in scrape_targets(doc):
+        if host not in services:
+            problems.append(f"job {job}: target {host} is no compose service")
+            continue
+        scraped.add(host)
+        if path != "/metrics":
+            problems.append(f"job {job}: metrics_path {path}, the services serve /metrics")
+        if port not in ports.get(host, set()):
+            problems.append(f"job {job}: {host}:{port} is not a metrics port of {host} "
+                            f"(it serves /metrics on {sorted(ports.get(host, set()))})")
+        jobs = [j for j in doc["scrape_configs"] if j.get("job_name") == job]
+        replicas = int((services[host].get("deploy") or {}).get("replicas", 1))
+        if replicas > 1 and not any(j.get("dns_sd_configs") for j in jobs):
+            problems.append(f"job {job}: {host} runs {replicas} replicas; a static target "
+                            "reaches one of them (use dns_sd_configs)")
+    for name, svc in ours.items():
+        role = role_of(svc)
+        if role in cli.SERVICES and role != "worker" and name not in scraped:
+            problems.append(f"nothing scrapes {name} (llmsched {role})")
+        if role in LISTENER_ROLES and name in configs:
+            metrics = configs[name].config.metrics
+            if metrics.port_of(role) in (None, 0):
+                problems.append(f"{name}: metrics.{role}_port is not set: no /metrics to scrape")
+            if metrics.host not in LISTEN_ALL:
+                problems.append(f"{name}: metrics.host {metrics.host} is unreachable from the "
+                                "Prometheus container")
+    return problems
+
+
+def check_grafana(compose: dict[str, Any], base: Path,
+                  datasources: list[dict[str, Any]] | None = None) -> list[str]:
+    """Grafana's provisioning: a datasource at the Prometheus service, the dashboards mounted."""
+    grafanas = services_of_image(compose, GRAFANA_IMAGES)
+    if len(grafanas) != 1:
+        return [f"want one Grafana service, found {sorted(grafanas)}"]
+    name, svc = next(iter(grafanas.items()))
+    provisioning = host_path_for(svc, GRAFANA_PROVISIONING, base)
+    if provisioning is None or not provisioning.is_dir():
+        return [f"{name}: {GRAFANA_PROVISIONING} is not a repository folder in a bind mount"]
+    problems: list[str] = []
+    if datasources is None:
+        datasources = [ds for f in sorted((provisioning / "datasources").glob("*.y*ml"))
+                       for ds in yaml.safe_load(f.read_text()).get("datasources", [])]
+    uids = set()
+    proms = set(services_of_image(compose, PROMETHEUS_IMAGES))
+    for ds in datasources:
+        if ds.get("type") != "prometheus":
+            continue
+        uids.add(ds.get("uid"))
+        url = urlsplit(str(ds.get("url", "")))
+        if url.hostname not in proms or (url.port or 80) != PROMETHEUS_PORT:
+            problems.append(f"datasource {ds.get('name')}: {ds.get('url')} is not the "
+                            f"Prometheus service ({sorted(proms)} on {PROMETHEUS_PORT})")
+        elif url.hostname not in depends_on_names(svc):
+            problems.append(f"{name}: does not depend_on {url.hostname}")
+    if not uids:
+        problems.append("no Prometheus datasource is provisioned")
+    providers = [p for f in sorted((provisioning / "dashboards").glob("*.y*ml"))
+                 for p in yaml.safe_load(f.read_text()).get("providers", [])]
+    dashboards: list[Path] = []
+    for provider in providers:
+        path = str((provider.get("options") or {}).get("path", ""))
+        folder = host_path_for(svc, path, base)
+        if folder is None or not folder.is_dir():
+            problems.append(f"dashboard provider {provider.get('name')}: {path} is not a "
+                            "repository folder in a bind mount")
+            continue
+        dashboards += sorted(folder.glob("*.json"))
+    if not dashboards:
+        problems.append("no dashboard JSON is provisioned")
+    for file in dashboards:
+        used = {str(node.get("uid")) for node in _datasource_refs(json.loads(file.read_text()))}
+        problems.extend(f"{file.name}: datasource uid {uid} is not provisioned"
+                        for uid in sorted(used - {str(u) for u in uids}))
+    return problems
+
+
+def _datasource_refs(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        ds = node.get("datasource")
+        if isinstance(ds, dict) and ds.get("type") == "prometheus":
+            yield ds
+        for value in node.values():
+            yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasource_refs(value)
+
+
 def compose_problems(compose: dict[str, Any], base: Path = DEPLOY) -> list[str]:
     problems = []
     problems += check_commands(compose, base)
@@ -505,6 +667,8 @@ def compose_problems(compose: dict[str, Any], base: Path = DEPLOY) -> list[str]:
     problems += check_scheduler_replicas(compose, base)
     problems += check_depends_on(compose, base)
     problems += check_pool_engines(compose, base, configs)
+    problems += check_prometheus(compose, base, configs)
+    problems += check_grafana(compose, base)
     return problems
 
 
@@ -754,6 +918,17 @@ BROKEN: list[tuple[str, Mutation, str]] = [
     ("engine on loopback", _set("engine-3", "command",
                                 ["engine-sim", "--port", "8003", "--engine", "vllm"]),
      "unreachable from other containers"),
+    ("prometheus config unmounted", _set("prometheus", "volumes", []), "bind mount"),
+    ("prometheus gone", lambda c: c["services"].pop("prometheus"), "one Prometheus"),
+    ("grafana provisioning unmounted", _set("grafana", "volumes",
+                                            ["./grafana/dashboards:/var/lib/grafana/dashboards"]),
+     "provisioning is not"),
+    ("dashboards unmounted", _set("grafana", "volumes",
+                                  ["./grafana/provisioning:/etc/grafana/provisioning:ro"]),
+     "dashboard provider"),
+    ("grafana without prometheus", _set("grafana", "depends_on", {}), "depend_on prometheus"),
+    ("scheduler scaled, scraped by name", lambda c: c["services"]["collector"].__setitem__(
+        "deploy", {"replicas": 2}), "reaches one of them"),
 ]
 
 
@@ -765,6 +940,71 @@ def test_compose_checker_catches(compose: dict[str, Any], mutate: Mutation,
     mutate(broken)
     problems = compose_problems(broken)
     assert any(expected in p for p in problems), problems
+
+
+def _configs(compose: dict[str, Any]) -> dict[str, LoadedConfig]:
+    problems, configs = check_config_mounts(compose, DEPLOY)
+    assert problems == []
+    return configs
+
+
+def _job(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(j for j in doc["scrape_configs"] if j["job_name"] == name)
+    return found
+
+
+PROMETHEUS_BREAKS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("collector port", lambda d: _job(d, "llmsched-collector")["static_configs"][0].__setitem__(
+        "targets", ["collector:9999"]), "collector:9999 is not a metrics port"),
+    ("scheduler port", lambda d: _job(d, "llmsched-scheduler")["dns_sd_configs"][0].__setitem__(
+        "port", 9102), "scheduler:9102 is not a metrics port"),
+    ("api unscraped", lambda d: d["scrape_configs"].remove(_job(d, "llmsched-api")),
+     "nothing scrapes api"),
+    ("ghost target", lambda d: _job(d, "engines")["static_configs"][0]["targets"].append(
+        "engine-9:8009"), "engine-9 is no compose service"),
+    ("wrong path", lambda d: _job(d, "llmsched-autoscaler").__setitem__("metrics_path", "/m"),
+     "metrics_path /m"),
+    ("scheduler replicas behind one name", lambda d: _job(d, "llmsched-scheduler").update(
+        dns_sd_configs=[], static_configs=[{"targets": ["scheduler:9101"]}]),
+     "reaches one of them"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in PROMETHEUS_BREAKS],
+                         ids=[n for n, _, _ in PROMETHEUS_BREAKS])
+def test_prometheus_checker_catches(compose: dict[str, Any],
+                                    mutate: Callable[[dict[str, Any]], None],
+                                    expected: str) -> None:
+    configs = _configs(compose)
+    problems, doc = prometheus_doc(compose, DEPLOY)
+    assert problems == [] and check_prometheus(compose, DEPLOY, configs, doc) == []
+    mutate(doc)
+    problems = check_prometheus(compose, DEPLOY, configs, doc)
+    assert any(expected in p for p in problems), problems
+
+
+def test_prometheus_checker_needs_the_listener_ports_in_the_config(
+        compose: dict[str, Any]) -> None:
+    configs = _configs(compose)
+    for name in ("collector",):
+        old = configs[name]
+        bare = msgspec.structs.replace(old.config, metrics=msgspec.structs.replace(
+            old.config.metrics, collector_port=None, host="127.0.0.1"))
+        configs[name] = msgspec.structs.replace(old, config=bare)
+    problems = check_prometheus(compose, DEPLOY, configs)
+    assert any("metrics.collector_port is not set" in p for p in problems), problems
+    assert any("metrics.host 127.0.0.1 is unreachable" in p for p in problems), problems
+
+
+def test_grafana_checker_catches_a_datasource_elsewhere(compose: dict[str, Any]) -> None:
+    assert check_grafana(compose, DEPLOY) == []
+    wrong = [{"name": "p", "type": "prometheus", "uid": "prometheus",
+              "url": "http://prometheus:9091"}]
+    assert any("is not the Prometheus service" in p
+               for p in check_grafana(compose, DEPLOY, wrong))
+    other_uid = [{**wrong[0], "url": "http://prometheus:9090", "uid": "other"}]
+    assert any("datasource uid prometheus is not provisioned" in p
+               for p in check_grafana(compose, DEPLOY, other_uid))
 
 
 def test_build_checker_catches_wrong_context(compose: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import msgspec
 from services.api.gateway.admission import AdmissionLines, Ticket
 from services.api.gateway.body import GatewayError, GatewayRequest, Kind, parse_request
 from services.api.gateway.hold import HoldQueues
+from services.api.gateway.metrics import GatewayMetrics
 from services.api.gateway.upstream import Upstream, UpstreamFailed, UpstreamResponse
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest
 
@@ -88,6 +89,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, resolver: Resolver, router: Router,
                  upstream: Upstream, events: Events, hold: HoldQueues,
                  admission: AdmissionLines | None = None, *,
+                 metrics: GatewayMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
@@ -97,23 +99,43 @@ class Gateway:
         self.events = events
         self.hold = hold
         self.admission = admission
+        self.metrics = metrics
         self.clock = clock
         self.wall = wall
         self.ongoing = 0
 
     async def handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send) -> None:
         """Answer one request; errors before the answer starts are raised as GatewayError."""
+        if self.metrics is None:
+            await self._handle(kind, raw, receive, send, None)
+            return
+        started = self.clock()
+        seen = _Seen()
+        try:
+            await self._handle(kind, raw, receive, send, seen)
+        except GatewayError as err:
+            seen.status = err.status
+            self.metrics.rejected(seen.model, err.code)
+            raise
+        finally:
+            self.metrics.request(seen.model, seen.status or 499, seen.ttft,
+                                 self.clock() - started)
+
+    async def _handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
+                      seen: _Seen | None) -> None:
         request = parse_request(raw, kind)
         target = self.resolver.resolve(request.model)
         if target is None:
             raise GatewayError(404, f"The model `{request.model}` does not exist.",
                                param="model", code="model_not_found")
+        if seen is not None:
+            seen.model = target.alias
         if self.ongoing >= self.settings.max_ongoing:
             raise GatewayError(429, f"this gateway process already serves "
                                f"{self.ongoing} requests (max_ongoing_requests); retry later",
                                code="too_many_requests", retry_after=1)
         self.ongoing += 1
-        exchange = _Exchange(self, request, target, send)
+        exchange = _Exchange(self, request, target, send, seen)
         # The exchange runs in this task; one watcher cancels it if the client goes away.
         this = asyncio.current_task()
         assert this is not None
@@ -132,12 +154,22 @@ class Gateway:
             self.ongoing -= 1
 
 
+@dataclass(slots=True)
+class _Seen:
+    """What the metrics of one request need: its alias, the status sent, the TTFT."""
+
+    model: str = ""
+    status: int = 0
+    ttft: float | None = None
+
+
 class _Exchange:
     """The attempts of one client request."""
 
     def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
-                 send: Send) -> None:
+                 send: Send, seen: _Seen | None = None) -> None:
         self.gw = gw
+        self.seen = seen
         self.request = request
         self.target = target
         self.send = send
@@ -181,11 +213,13 @@ class _Exchange:
                         # binding: the first member to free a slot takes the next in line).
                         if ticket is None:
                             ticket = admitted.enter_context(gw.admission.enter(pool))
+                            self._queued(admitted, "admission")
                         await gw.admission.wait_turn(pool, ticket)
                         continue
                     if self.target.managed and reply.active == 0 and not self.tried:
                         if deadline is None:
                             deadline = held.enter_context(gw.hold.enter(self.target.alias))
+                            self._queued(held, "hold")
                             log.info("Holding a request for %s: no active instance (%s)",
                                      self.target.alias, reply.reason)
                         await gw.hold.pause(self.target.alias, deadline)
@@ -215,12 +249,24 @@ class _Exchange:
                             f"{attempt + 1} attempts)", code="upstream_failed") from None
                     log.info("Retrying %s request %s elsewhere: %s", self.target.alias,
                              self.base_id, self.last_error)
+                    if gw.metrics is not None:
+                        gw.metrics.retried(self.target.alias)
                     await asyncio.sleep(min(1.0, gw.settings.backoff_s * 2 ** attempt))
                     attempt += 1
                     continue
                 await self._relay(upstream, request_id, member, attempt,
                                   gw.clock() - dispatched)
                 return
+
+    def _queued(self, line: contextlib.ExitStack, queue: str) -> None:
+        """Count the request in ``queue`` until ``line`` closes."""
+        metrics = self.gw.metrics
+        if metrics is None:
+            return
+        alias, clock = self.target.alias, self.gw.clock
+        entered = clock()
+        metrics.queued(alias, queue)
+        line.callback(lambda: metrics.dequeued(alias, queue, clock() - entered))
 
     async def _route(self, request_id: str) -> RouteReply:
         try:
@@ -252,6 +298,8 @@ class _Exchange:
         tail = bytearray(upstream.first)
         parse_whole = not self.request.stream and upstream.status < 400
         error: str | None = None
+        if self.seen is not None:
+            self.seen.status, self.seen.ttft = upstream.status, ttft
         try:
             await send({"type": "http.response.start", "status": upstream.status,
                         "headers": upstream.headers})
