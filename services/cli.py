@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="worker agent: runs this host's engine instances",
                             add_help=False)
     worker.add_argument("args", nargs=argparse.REMAINDER)
+    pd = sub.add_parser("pd", help="prefill/decode router over the seed's JSON config "
+                        "(embedded NATS/Valkey)", add_help=False)
+    pd.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -93,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.enginesim.cli import main as sim_main
 
         return int(sim_main(args_list[1:]))
+    if args_list and args_list[0] == "pd":
+        from services.pd.main import main as pd_main
+
+        return int(pd_main(args_list[1:]))
     if args_list and args_list[0] == "worker":
         from services.worker.main import main as worker_main
 

@@ -45,6 +45,9 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
     speed: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     """Simulator speed factor (simulated instances only)."""
+    role: Literal["prefill", "decode", "both"] | None = None
+    """Disaggregated-serving role of this instance (PD pools route each role apart;
+    the simulator honours it, a real vLLM needs its KV connector in ``extra_args``)."""
     tensor_parallel_size: Positive | None = None
     dtype: str | None = None
     load_format: str | None = None

@@ -40,6 +40,8 @@ class InstanceSummary(msgspec.Struct, kw_only=True):
     ttft_avg: float | None = None
     e2e_avg: float | None = None
     fake: bool = False
+    role: str | None = None
+    """prefill, decode or both (PD pools); None: not started for one."""
 
 
 class RegisterRequest(msgspec.Struct, kw_only=True):
@@ -98,6 +100,7 @@ class RoutableInstance(msgspec.Struct, frozen=True, kw_only=True):
     ttft_avg: float | None
     e2e_avg: float | None
     fake: bool
+    role: str | None = None
 
 
 def _routable(worker: WorkerRecord, inst: InstanceSummary) -> RoutableInstance:
@@ -106,7 +109,7 @@ def _routable(worker: WorkerRecord, inst: InstanceSummary) -> RoutableInstance:
         model_alias=inst.model_alias, url=inst.url, model_name=inst.model_name,
         engine=inst.engine, state=inst.state, sleep_level=inst.sleep_level,
         capacity=inst.capacity, inflight_requests=inst.inflight_requests,
-        ttft_avg=inst.ttft_avg, e2e_avg=inst.e2e_avg, fake=inst.fake)
+        ttft_avg=inst.ttft_avg, e2e_avg=inst.e2e_avg, fake=inst.fake, role=inst.role)
 
 
 class WorkerRegistry:

@@ -29,6 +29,8 @@ from services.api.metrics import SelectMetrics
 from services.api.records import records_router
 from services.api.scheduler_client import SchedulerClient
 from services.api.workers import workers_router
+from services.pd.admin import PDAdmin, pd_router
+from services.pd.source import PDSource
 from shared.auth import AdminAuth
 from shared.bus import connect_nats
 from shared.config import Config, GatewayConfig, LoadedConfig
@@ -37,6 +39,7 @@ from shared.http_server import QuietServer, bind_socket, socket_from_fd
 from shared.logs import set_level
 from shared.metrics import metrics_router, new_registry
 from shared.model_registry import ModelRegistry
+from shared.pd_registry import PDRegistry
 from shared.registry_view import RegistryView, announce
 from shared.runtime import run_service
 from shared.scaling import ScalingLog
@@ -127,6 +130,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     fastapi_app.include_router(workers_router(registry, announce=announce_change))
     fastapi_app.include_router(records_router(client))
     fastapi_app.include_router(gateway_docs_router())
+    pd_source = PDSource(PDRegistry(registry.redis, cfg.global_.prefix), registry)
+    fastapi_app.include_router(pd_router(PDAdmin(lambda: state.config, pd_source, client), admin))
     fastapi_app.include_router(metrics_router(prom))
     fastapi_app.include_router(admin_router(models, view, ScalingLog(registry.redis,
                                                                       cfg.global_.prefix),
@@ -173,6 +178,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             await changes.unsubscribe()
             await outcomes.unsubscribe()
         await upstream.close()
+        await pd_source.close()
         await registry.close()
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -14,12 +14,14 @@ from services.collector.membership import F5Source, MembershipSource, StaticSour
 from services.collector.metrics import CollectorMetrics
 from services.collector.scraper import MetricsScraper, open_clients
 from services.collector.workers_source import SleepingInstances, WorkersSource
+from services.pd.source import PDSource
 from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.metrics import new_registry, start_listener
 from shared.model_registry import ModelRegistry
+from shared.pd_registry import PDRegistry
 from shared.registry_view import RegistryView
 from shared.runtime import run_service
 from shared.subjects import Subjects
@@ -45,16 +47,19 @@ class _Sources:
         self.source: F5Source | None = None
         self.section: object = None
         self.static = StaticSource()
+        self.pd = PDSource(PDRegistry(registry.redis, registry.prefix), registry)
 
     def current(self) -> dict[str, MembershipSource]:
         """The sources as last built (no F5 client change)."""
-        out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers}
+        out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers,
+                                            "pd": self.pd}
         if self.source is not None:
             out["f5"] = self.source
         return out
 
     async def sources(self, config: Config) -> dict[str, MembershipSource]:
-        out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers}
+        out: dict[str, MembershipSource] = {"static": self.static, "workers": self.workers,
+                                            "pd": self.pd}
         if config.f5 != self.section:
             await self.close()
             self.section = config.f5
@@ -68,6 +73,7 @@ class _Sources:
         return out
 
     async def close(self) -> None:
+        await self.pd.close()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()

@@ -99,7 +99,8 @@ class Instance:
             alias=self.name, model_alias=self.spec.alias, url=self.public_url(host),
             model_name=self.spec.model_name, engine=self.spec.engine, state=self.state,
             sleep_level=self.sleep_level, capacity=self.spec.capacity,
-            inflight_requests=inflight, ttft_avg=ttft, e2e_avg=e2e, fake=self.spec.fake)
+            inflight_requests=inflight, ttft_avg=ttft, e2e_avg=e2e, fake=self.spec.fake,
+            role=self.spec.role)
 
 
 class NotFound(BadRequest):

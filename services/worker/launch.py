@@ -32,6 +32,8 @@ def sim_config(spec: ModelSpec, served_names: list[str]) -> EngineConfig:
         "speed": spec.speed,
         "fake_response": spec.fake_response,
     }
+    if spec.role is not None:
+        options["role"] = spec.role
     if spec.fake and spec.fake_capacity is not None:
         options["max_num_seqs"] = spec.fake_capacity
     elif spec.max_num_seqs is not None:
@@ -67,7 +69,7 @@ def sim_command(spec: ModelSpec, served_names: list[str], *, python: str, host: 
             "--served-model-name", *cfg.model_names,
             "--max-num-seqs", str(cfg.max_num_seqs), "--max-model-len", str(cfg.max_model_len),
             "--num-gpu-blocks-override", str(cfg.num_gpu_blocks),
-            "--speed", str(cfg.speed), "--seed", str(cfg.seed)]
+            "--speed", str(cfg.speed), "--seed", str(cfg.seed), "--role", cfg.role]
     if cfg.fake_response is not None:
         argv += ["--fake-response", cfg.fake_response]
     for key, value in spec.sim_options.items():

@@ -40,6 +40,13 @@ class Catalog:
         """Rebuild the configured aliases (hot reload)."""
         configured: dict[str, Target] = {}
         for pool in config.pools:
+            if pool.pd_pool is not None:  # a role pool: the alias names the PD pool
+                configured.setdefault(pool.model or pool.pd_pool, Target(
+                    alias=pool.model or pool.pd_pool, pool=pool.pd_pool,
+                    partition=pool.partition, managed=False,
+                    served_model=pool.served_model_name, pd=True,
+                    pd_retries=pool.pd.max_retries))
+                continue
             managed = config.pool_source(pool) == "workers"
             alias = pool.model or (pool.name if managed else None)
             if alias is None:

@@ -43,6 +43,10 @@ class Target:
     """A registered alias whose instances the autoscaler can wake or start."""
     served_model: str | None = None
     """The model name the engines serve, when it differs from the alias."""
+    pd: bool = False
+    """A PD pool: each request is a prefill, then a decode (pd.py)."""
+    pd_retries: int = 3
+    """PD pools: other instances of the failing role tried (``pd.max_retries``)."""
 
 
 class Resolver(Protocol):
@@ -136,6 +140,10 @@ class Gateway:
                                code="too_many_requests", retry_after=1)
         self.ongoing += 1
         exchange = _Exchange(self, request, target, send, seen)
+        if target.pd:  # imported here: pd.py builds on this module
+            from services.api.gateway.pd import PDExchange
+
+            exchange = PDExchange(self, request, target, send)
         # The exchange runs in this task; one watcher cancels it if the client goes away.
         this = asyncio.current_task()
         assert this is not None
