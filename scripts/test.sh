@@ -5,6 +5,16 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" test
 cd "$ROOT"
 set +e
+# The status page tests drive Debian's Chromium (never a browser Playwright downloads):
+# install it once, only when it is missing and apt-get is there; the tests fail without it.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== apt-get install chromium (for the status page tests)" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } ||
+        echo "chromium could not be installed: the status page tests will fail" >&2
+fi
 echo "== ruff" >&2
 "$VENV/bin/ruff" check services shared tests bench || exit 1
 echo "== mypy --strict services shared" >&2

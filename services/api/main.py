@@ -28,6 +28,7 @@ from services.api.gateway.upstream import Upstream
 from services.api.metrics import SelectMetrics
 from services.api.records import records_router
 from services.api.scheduler_client import SchedulerClient
+from services.api.status_page import status_page_router
 from services.api.workers import workers_router
 from services.pd.admin import PDAdmin, pd_router
 from services.pd.source import PDSource
@@ -133,6 +134,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     pd_source = PDSource(PDRegistry(registry.redis, cfg.global_.prefix), registry)
     fastapi_app.include_router(pd_router(PDAdmin(lambda: state.config, pd_source, client), admin))
     fastapi_app.include_router(metrics_router(prom))
+    fastapi_app.include_router(status_page_router())
     fastapi_app.include_router(admin_router(models, view, ScalingLog(registry.redis,
                                                                       cfg.global_.prefix),
                                             client, announce_change, admin))
