@@ -30,6 +30,8 @@ Send = Callable[[Message], Awaitable[None]]
 PATHS: dict[Kind, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 USAGE_TAIL_BYTES = 4096
 MAX_PARSED_BODY = 1 << 20
+WATCH_AFTER_S = 0.5
+"""A request still running after this long starts watching for its client's disconnect."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,21 +146,20 @@ class Gateway:
             from services.api.gateway.pd import PDExchange
 
             exchange = PDExchange(self, request, target, send)
-        # The exchange runs in this task; one watcher cancels it if the client goes away.
+        # The exchange runs in this task; a watcher cancels it if the client goes away.
         this = asyncio.current_task()
         assert this is not None
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(_cancel_on_disconnect(receive, this, gone, exchange))
+        watch = _DisconnectWatch(receive, this, exchange)
         try:
             await exchange.run()
         except asyncio.CancelledError:
-            if not gone.is_set():
+            if not watch.gone:
                 raise  # a shutdown, not the client
             this.uncancel()
             log.info("Client of %s request %s went away after %.3fs; upstream cancelled",
                      target.alias, exchange.base_id, self.clock() - exchange.started)
         finally:
-            watcher.cancel()
+            watch.stop()
             self.ongoing -= 1
 
 
@@ -355,18 +356,45 @@ class _Exchange:
             stream=self.request.stream, at=self.gw.wall()))
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any],
-                                gone: asyncio.Event, exchange: _Exchange) -> None:
-    """Cancel ``task`` when the client closes its connection before the answer is complete.
+class _DisconnectWatch:
+    """Cancels a request's task when its client closes the connection before the answer ends.
 
-    The server also reports a disconnect once the response is complete; that one is not
-    the client leaving, and cancelling then would hit whatever the task awaits next.
+    Armed only once the request has lasted ``WATCH_AFTER_S``: a watcher task from the start
+    cost each request about 35 µs of CPU, a quarter of the gateway's own work, and a short
+    request ends before its client's leaving could spare the engine much. A client that left
+    earlier is seen as soon as the watcher arms: the server remembers the disconnect.
     """
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    if not exchange.answered:
-        gone.set()
-        task.cancel()
+
+    __slots__ = ("_exchange", "_receive", "_task", "_timer", "_watcher", "gone")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
+        self._receive = receive
+        self._task = task
+        self._exchange = exchange
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = task.get_loop().call_later(
+            WATCH_AFTER_S, self._arm)
+        self.gone = False
+        """The client left and the task was cancelled for it."""
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def _arm(self) -> None:
+        self._timer = None
+        self._watcher = self._task.get_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        # The server also reports a disconnect once the response is complete; that one is
+        # not the client leaving, and cancelling then would hit whatever the task awaits next.
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self._exchange.answered:
+            self.gone = True
+            self._task.cancel()
 
 
 class _Usage(msgspec.Struct):
