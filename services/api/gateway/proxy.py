@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -182,7 +182,7 @@ class _Exchange:
         self.request = request
         self.target = target
         self.send = send
-        self.base_id = uuid.uuid4().hex[:16]
+        self.base_id = os.urandom(8).hex()
         self.started = gw.clock()
         self.tried: list[str] = []
         self.last_error = ""
