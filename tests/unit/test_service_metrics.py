@@ -7,6 +7,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.api.gateway.metrics import GatewayMetrics
 from services.api.metrics import SelectMetrics
 from services.scheduler.metrics import SchedulerMetrics, exclusion
 from services.scheduler.plugins.base import DecisionContext
@@ -142,3 +143,23 @@ def test_dashboard_check_catches_an_unknown_metric() -> None:
             "title": "typo", "targets": [{"expr": "rate(llmsched_api_selects_total[1m])"}]}]}
         problems = dashboard_problems(broken, exported)
         assert any("llmsched_api_selects_total is not exported" in p for p in problems), name
+
+
+def test_every_histogram_has_distinct_buckets() -> None:
+    registry = CollectorRegistry()
+    SelectMetrics(registry).select(200, b"none", 0.001)
+    gateway = GatewayMetrics(registry)
+    gateway.request("m", 200, 0.1, 0.2)
+    gateway.queued("m", "hold")
+    gateway.dequeued("m", "hold", 3.0)
+    SchedulerMetrics(registry).learned(("p", "Common"), 0.1, 0.2)
+    got = Exported(generate_latest(registry).decode())
+    seen: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
+    for name, samples in got.samples.items():
+        if name.endswith("_bucket"):
+            for labels, _value in samples:
+                rest = tuple(sorted((k, v) for k, v in labels.items() if k != "le"))
+                seen.setdefault((name, rest), []).append(labels["le"])
+    assert len(seen) >= 4, seen
+    for (name, _rest), bounds in seen.items():
+        assert len(bounds) == len(set(bounds)), f"{name} repeats a bucket: {bounds}"

@@ -49,7 +49,7 @@ class GatewayMetrics:
                              registry=registry)
         self._wait = Histogram("llmsched_gateway_queue_wait_seconds",
                                "Time a request spent in the hold or admission line",
-                               ["model", "queue"], buckets=LATENCY_BUCKETS_S + LLM_BUCKETS_S[6:],
+                               ["model", "queue"], buckets=LATENCY_BUCKETS_S + LLM_BUCKETS_S[7:],
                                registry=registry)
         self._done: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, tuple[Histogram, Histogram]] = {}
