@@ -89,7 +89,11 @@ from services.enginesim.virtual import TraceRequest
 CLIENT = ("round-robin", "random", "least-in-flight", "power-of-two")
 LLMSCHED = ("s1-select", "greybox-gw", "greybox-select", "greybox-select-ft",
             "greybox-gw-2x2", "greybox-select-2x2", "greybox-gw-100ms")
-VLLM_POLICIES = ("round_robin", "power_of_two", "cache_aware", "sticky_least_loaded")
+VLLM_POLICIES = ("round_robin", "power_of_two", "cache_aware")
+"""vllm-router's policies run by default. Of the others its --help lists, random is the
+client-side random router, consistent_hash and kv_aware need session keys or KV events
+this workload has none of, and sticky_least_loaded (tried: ``--routers
+vr-sticky_least_loaded``) pins every request without a session to one engine."""
 DEFAULT_ROUTERS = (*CLIENT, *LLMSCHED, *(f"vr-{p}" for p in VLLM_POLICIES))
 STATUS_EVERY_S = 2.0
 RESULTS = Path(__file__).resolve().parents[1] / "results"
