@@ -43,10 +43,10 @@ class PDStack:
         return next(i for i in self.engines if self.key(i) == key)
 
     async def chat(self, content: str = "hello there", max_tokens: int = 8,
-                   **extra: Any) -> httpx.Response:
+                   timeout_s: float = 30.0, **extra: Any) -> httpx.Response:
         return await self.http.post(f"{self.api}/v1/chat/completions", json={
             "model": "chat", "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, **extra})
+            "max_tokens": max_tokens, **extra}, timeout=timeout_s)
 
     async def instances(self, role: str | None = None) -> dict[str, dict[str, Any]]:
         params = {"role": role} if role else {}

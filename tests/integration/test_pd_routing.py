@@ -42,7 +42,8 @@ async def test_round_robin_takes_turns_in_each_role(make_pd: MakePD) -> None:
 async def test_least_load_avoids_the_decode_busy_with_a_long_request(make_pd: MakePD) -> None:
     stack = await make_pd({"p1": ("prefill", 20.0), "d1": ("decode", 0.5),
                            "d2": ("decode", 0.5)})
-    long = asyncio.create_task(stack.chat(max_tokens=400))  # seconds on a 0.5x engine
+    # Seconds on a 0.5x engine (minutes on a busy box: a generous timeout).
+    long = asyncio.create_task(stack.chat(max_tokens=300, timeout_s=300))
 
     async def routed() -> bool:
         r = await stack.http.get(f"{stack.api}/pools/chat@decode/Common/status")
@@ -174,7 +175,7 @@ async def test_run_health_checks_now_answers_with_each_verdict(make_pd: MakePD) 
 async def test_drain_finishes_requests_in_flight_and_takes_no_new_ones(make_pd: MakePD) -> None:
     stack = await make_pd({"p1": ("prefill", 20.0), "d1": ("decode", 0.5),
                            "d2": ("decode", 0.5)})
-    long = asyncio.create_task(stack.chat(max_tokens=300))  # seconds on a 0.5x engine
+    long = asyncio.create_task(stack.chat(max_tokens=300, timeout_s=300))  # 0.5x: seconds
 
     async def busy() -> bool:
         return any(v["inflight"] for v in (await stack.instances("decode")).values())
@@ -202,7 +203,7 @@ async def test_drain_finishes_requests_in_flight_and_takes_no_new_ones(make_pd: 
 async def test_a_drain_times_out_after_drain_timeout(make_pd: MakePD) -> None:
     stack = await make_pd({"p1": ("prefill", 20.0), "d1": ("decode", 0.3)},
                           pd={"drain_timeout": 1.0})
-    long = asyncio.create_task(stack.chat(max_tokens=600))
+    long = asyncio.create_task(stack.chat(max_tokens=600, timeout_s=300))
 
     async def busy() -> bool:
         return bool((await stack.instances("decode"))["d1"]["inflight"])
