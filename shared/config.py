@@ -15,6 +15,12 @@ from shared.errors import BadRequest
 from shared.members import MemberAddressError, parse_member_key
 from shared.metrics_config import PrometheusConfig
 from shared.pd_config import PDRolesConfig, PDSettings, Role
+from shared.prefix_config import (
+    CacheAwareConfig,
+    KvEventsConfig,
+    check_cache_aware,
+    check_kv_events,
+)
 from shared.subjects import MODELS_PARTITION
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -195,11 +201,13 @@ class ModeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ``round_robin`` or ``weighted``."""
     greybox: GreyboxConfig = msgspec.field(default_factory=lambda: GreyboxConfig())
     """Settings of a ``greybox`` mode."""
+    cache_aware: CacheAwareConfig = msgspec.field(default_factory=lambda: CacheAwareConfig())
+    """Settings of a ``cache_aware`` mode (its guard and predictor: ``greybox``)."""
     weighted: WeightedConfig = msgspec.field(default_factory=lambda: WeightedConfig())
     """Weights of a ``weighted`` mode."""
 
 
-MODE_TYPES = ("s1", "least_load", "greybox", "round_robin", "weighted")
+MODE_TYPES = ("s1", "least_load", "greybox", "round_robin", "weighted", "cache_aware")
 LEAST_LOAD = ModeConfig(name="least_load", type="least_load")
 """The built-in mode of registered aliases: fewest in flight, then shortest queue."""
 
@@ -254,6 +262,10 @@ class PoolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Which entry of ``modes`` scores this pool (default: the first)."""
     engine_metrics: EngineMetricsSpec | None = None
     """Override of the engine's metric names for this pool."""
+    kv_events: KvEventsConfig | None = None
+    """Where the members' engines publish KV-cache events (precise cache-aware routing)."""
+    tokenizer: str | None = None
+    """The engines' tokenizer: a tokenizer.json path, or ``enginesim`` (the simulator's)."""
     roles: PDRolesConfig | None = None
     """Prefill/decode members: the pool serves ``model`` disaggregated (docs/pd.md)."""
     pd: PDSettings = PDSettings()
@@ -469,6 +481,8 @@ def validate(config: Config) -> None:
         for field in ("w_a", "w_b", "w_g"):
             if getattr(mode, field) < 0:
                 raise ConfigError(f"modes[{i}].{field}", "must be >= 0")
+        if bad := check_cache_aware(f"modes[{i}].cache_aware", mode.cache_aware):
+            raise ConfigError(*bad)
     seen: set[tuple[str, str]] = set()
     engines = set(BUILTIN_ENGINES) | set(config.engines)
     from shared.pd_expand import validate_pd_pool  # it builds on this module's structs
@@ -515,6 +529,9 @@ def validate(config: Config) -> None:
         if pool.partition == MODELS_PARTITION:
             raise ConfigError(f"{at}.partition", f"partition {MODELS_PARTITION!r} is reserved "
                               "for registered model aliases")
+        if pool.kv_events is not None and (bad := check_kv_events(f"{at}.kv_events",
+                                                                  pool.kv_events)):
+            raise ConfigError(*bad)
     _validate_gateway(config, mode_names)
     _validate_autoscaling(config.autoscaling)
 

@@ -77,6 +77,12 @@ class SelectRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     pool_name: str
     members: list[str]
     partition: str = "Common"
+    prefix_hashes: list[int] = []
+    """Cache-aware pools: the prompt's chained block hashes (docs/cache-aware.md)."""
+    prefix_key: str | None = None
+    """Cache-aware pools: an opaque key of the prompt's prefix (one block)."""
+    session: str | None = None
+    """Cache-aware pools with session affinity: the client's session id."""
 
 
 class SelectReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,6 +18,14 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Length of the prompt text (a cheap proxy of input tokens)."""
     ttl_s: float = 600.0
     """How long the selection counts as in flight if no outcome is ever reported."""
+    prompt_tokens: int = 0
+    """The prompt's token count when the gateway tokenized it (0: estimate from chars)."""
+    prefix_hashes: list[int] = []
+    """Cache-aware pools: chained hashes of the rendered prompt's character blocks."""
+    token_keys: list[int] = []
+    """Cache-aware pools (precise): chained keys of the prompt's KV blocks of tokens."""
+    session: str = ""
+    """Cache-aware pools with session affinity: the client's session id."""
 
 
 class RouteReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +52,8 @@ class SelectionEvent(msgspec.Struct, frozen=True, kw_only=True):
     features: list[float] = []
     """What the predictor saw of the member when the request was routed (greybox pools)."""
     predicted_ttft_s: float | None = None
+    prefix_hashes: list[int] = []
+    """The request's prompt blocks (cache-aware pools): every replica remembers them."""
 
 
 class OutcomeEvent(msgspec.Struct, frozen=True, kw_only=True):

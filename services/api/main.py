@@ -24,6 +24,7 @@ from services.api.gateway.hold import HoldQueues, HoldSettings
 from services.api.gateway.metrics import GatewayMetrics, OngoingCollector
 from services.api.gateway.openapi_docs import gateway_docs_router
 from services.api.gateway.proxy import Gateway, GatewaySettings
+from services.api.gateway.route_keys import RouteKeys
 from services.api.gateway.upstream import Upstream
 from services.api.metrics import SelectMetrics
 from services.api.records import records_router
@@ -103,6 +104,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                       events, hold, admission, metrics=GatewayMetrics(prom))
     prom.register(OngoingCollector(lambda: gateway.ongoing,
                                    lambda: gateway.settings.max_ongoing))
+    gateway.keys = route_keys = RouteKeys(cfg)
     view.listeners.append(hold.notify_all)
 
     async def announce_change(kind: str, name: str, op: str) -> None:
@@ -115,6 +117,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     def on_config(old: LoadedConfig, new: LoadedConfig) -> None:
         state.set_config(new.config, new.version)
         catalog.set_config(new.config)
+        route_keys.set_config(new.config)
         front.api_keys = _api_keys(new.config.gateway)
         gateway.settings = _gateway_settings(new.config.gateway)
         hold.settings = _hold_settings(new.config.gateway)

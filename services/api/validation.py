@@ -12,6 +12,8 @@ from shared.members import MemberAddressError, parse_member_key
 from shared.messages import SelectRequest
 
 MAX_MEMBERS = 10_000
+MAX_PREFIX_HASHES = 1024
+MAX_KEY_CHARS = 1024
 MAX_BODY_BYTES = 1 << 20
 INVALID = "invalid_body"
 
@@ -88,6 +90,16 @@ def decode_select(raw: bytes) -> SelectRequest:
     if len(body.members) > MAX_MEMBERS:
         raise BadRequest("members", f"at most {MAX_MEMBERS} members per request",
                          code=INVALID)
+    if len(body.prefix_hashes) > MAX_PREFIX_HASHES:
+        raise BadRequest("prefix_hashes", f"at most {MAX_PREFIX_HASHES} prefix hashes",
+                         code=INVALID)
+    if any(not 0 <= h < 1 << 63 for h in body.prefix_hashes):
+        raise BadRequest("prefix_hashes", "prefix hashes must be integers 0..2^63-1",
+                         code=INVALID)
+    for name, value in (("prefix_key", body.prefix_key), ("session", body.session)):
+        if value is not None and len(value) > MAX_KEY_CHARS:
+            raise BadRequest(name, f"{name} must be at most {MAX_KEY_CHARS} characters",
+                             code=INVALID)
     return body
 
 

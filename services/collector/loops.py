@@ -12,6 +12,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from services.collector.asleep import AsleepTracker
+from services.collector.kv_events import KvEventsBridge
 from services.collector.membership import MembershipSource
 from services.collector.metrics import CollectorMetrics
 from services.collector.scraper import MetricsScraper
@@ -38,6 +39,8 @@ class Collector:
         self.pools: list[PoolConfig] = list(config.pools)
         self.sleeping = sleeping
         self.asleep = AsleepTracker()
+        self.kv: KvEventsBridge | None = None
+        """Listens to the KV-cache events of pools with ``kv_events`` (set by the service)."""
         self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
         self._tasks: dict[tuple[str, str],
                           tuple[PoolConfig, MembershipSource, asyncio.Task[None]]] = {}
@@ -61,6 +64,8 @@ class Collector:
                     if config.configured_alias(alias) is None]
         self.pools = [*config.pools, *implicit]
         wanted = {p.ident: p for p in self.pools}
+        if self.kv is not None:
+            self.kv.retain(set(wanted))
         if self.metrics is not None:
             self.metrics.forget(set(wanted))
         for ident, (old_cfg, old_source, task) in list(self._tasks.items()):
@@ -110,6 +115,8 @@ class Collector:
                 f5.fetched(pool.ident, failed=snap.error is not None)
             first = (pool.name, pool.partition) not in self.snapshots
             self.snapshots[pool.ident] = snap
+            if self.kv is not None:
+                self.kv.sync(pool, snap.members)
             try:
                 await self.nc.publish(subject, self._enc.encode(snap))
             except Exception as err:
@@ -190,6 +197,8 @@ class Collector:
                 w.cancel()
 
     async def close(self) -> None:
+        if self.kv is not None:
+            await self.kv.close()
         for _cfg, _src, task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*(t for _c, _s, t in self._tasks.values()), return_exceptions=True)

@@ -9,6 +9,7 @@ import logging
 import httpx
 
 from services.collector.f5_client import F5Client, http_client_for
+from services.collector.kv_events import KvEventsBridge
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
 from services.collector.metrics import CollectorMetrics
@@ -22,6 +23,7 @@ from shared.logs import set_level
 from shared.metrics import new_registry, start_listener
 from shared.model_registry import ModelRegistry
 from shared.pd_registry import PDRegistry
+from shared.prefix_events import kv_subject
 from shared.registry_view import RegistryView
 from shared.runtime import run_service
 from shared.subjects import Subjects
@@ -96,6 +98,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         sleeping = SleepingInstances(registry)
         collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg, sleeping=sleeping,
                               metrics=metrics)
+        collector.kv = KvEventsBridge(nc.publish, lambda partition, pool: kv_subject(
+            cfg.global_.prefix, partition, pool))
         collector.apply_config(cfg, await sources.sources(cfg))
         watcher = ConfigWatcher(loaded)
         models = ModelRegistry(registry.redis, prefix=cfg.global_.prefix)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.enginesim.config import EngineConfig, SimConfigError, config_from_dict
+from services.enginesim.kv_events import kv_event_options
 from services.enginesim.launcher import start_fleet
 from services.enginesim.profiles import PRESETS
 from services.enginesim.timing import Timing
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=("prefill", "decode", "both"), default="both")
     p.add_argument("--kv-lease-s", type=float, default=EngineConfig.kv_lease_s,
                    help="a prefill keeps a request's KV this long unless its decode pulls it")
+    p.add_argument("--kv-events-config", type=json.loads, default=None, metavar="JSON",
+                   help="publish KV-cache events as vLLM does: {\"enable_kv_cache_events\": true, "
+                        "\"endpoint\": \"tcp://*:5557\", \"replay_endpoint\": ...}; {port+N} is "
+                        "filled in per --port")
     p.add_argument("--profile", default="h100-llama3.1-8b", metavar="NAME|FILE",
                    help=f"timing preset ({', '.join(sorted(PRESETS))}) or a profile file "
                         "(JSON/YAML, as `calibrate` writes)")
@@ -114,7 +119,8 @@ def plan_fleet(args: argparse.Namespace) -> list[tuple[EngineConfig, int]]:
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict) or "port" not in entry:
                 raise SimConfigError(f"--fleet: engine {index} must be an object with a port")
-            merged = {**options, "seed": args.seed + index, **entry}
+            merged = {**options, "seed": args.seed + index,
+                      **kv_event_options(args.kv_events_config, int(entry["port"])), **entry}
             plan.append((config_from_dict(merged), int(entry["port"])))
         return plan
     ports = _split(args.port, int, "port")
@@ -126,7 +132,8 @@ def plan_fleet(args: argparse.Namespace) -> list[tuple[EngineConfig, int]]:
     plan = []
     for index, port in enumerate(ports):
         speed = speeds[index] if len(speeds) > 1 else speeds[0]
-        entry = {**options, "seed": args.seed + index, "speed": speed}
+        entry = {**options, "seed": args.seed + index, "speed": speed,
+                 **kv_event_options(args.kv_events_config, port)}
         plan.append((config_from_dict(entry), port))
     return plan
 

@@ -47,6 +47,10 @@ class EngineConfig:
     """Seed for jitter, generated text and ids."""
     role: Role = "both"
     """Disaggregated-serving role (kv_transfer_params handling)."""
+    kv_events_endpoint: str | None = None
+    """Publish KV-cache events here, as vLLM's ``--kv-events-config`` ``endpoint``."""
+    kv_events_replay: str | None = None
+    """The replay endpoint of those events (vLLM's ``replay_endpoint``)."""
     kv_lease_s: float = 30.0
     """A prefill's KV kept for its decode at most this long (vLLM's kv_lease_duration)."""
     timing: Timing = field(default_factory=Timing)

@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from services.enginesim import openai_shapes as shapes
 from services.enginesim.instance import EngineInstance
+from services.enginesim.kv_events import note_prompt
 from services.enginesim.kv_routes import release_when_pulled
 from services.enginesim.model import SimRequest
 from services.enginesim.protocol import (
@@ -56,8 +57,9 @@ def _sim_request(inst: EngineInstance, parsed: ParsedRequest) -> SimRequest:
         ids = params.get("remote_block_ids") or []
         external = min(len(ids) * cfg.block_size, len(parsed.prompt_ids) - 1)
     remote_decode = bool(params.get("do_remote_decode")) and cfg.role in ("prefill", "both")
-    return SimRequest(inst.hex(16), len(parsed.prompt_ids),
-                      block_hashes(parsed.prompt_ids, cfg.block_size),
+    hashes = block_hashes(parsed.prompt_ids, cfg.block_size)
+    note_prompt(inst.model.pool, parsed.prompt_ids, hashes)
+    return SimRequest(inst.hex(16), len(parsed.prompt_ids), hashes,
                       max_tokens=parsed.max_tokens, target=parsed.target,
                       external_tokens=max(0, external), remote_decode=remote_decode, n=parsed.n)
 

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Protocol
+
+
+class CacheListener(Protocol):
+    """Told of every block the prefix cache gains or loses (KV-cache events)."""
+
+    def stored(self, block_hash: int) -> None: ...
+
+    def removed(self, block_hash: int) -> None: ...
 
 
 class BlockPool:
@@ -17,6 +26,7 @@ class BlockPool:
         self._ref = [0] * num_blocks
         self._hash_of: dict[int, int] = {}
         self._block_of: dict[int, int] = {}
+        self.listener: CacheListener | None = None
 
     @property
     def num_free(self) -> int:
@@ -70,7 +80,7 @@ class BlockPool:
                 block = self._free.pop()
             else:
                 block, _ = self._evictable.popitem(last=False)
-                self._block_of.pop(self._hash_of.pop(block), None)
+                self._forget(block)
             ref[block] = 1
             out.append(block)
         return out
@@ -81,6 +91,14 @@ class BlockPool:
             return
         self._hash_of[block] = block_hash
         self._block_of[block_hash] = block
+        if self.listener is not None:
+            self.listener.stored(block_hash)
+
+    def _forget(self, block: int) -> None:
+        block_hash = self._hash_of.pop(block)
+        self._block_of.pop(block_hash, None)
+        if self.listener is not None:
+            self.listener.removed(block_hash)
 
     def release(self, blocks: Sequence[int]) -> None:
         """Drop one reference to each block; tail blocks become the first to be evicted."""
@@ -96,6 +114,6 @@ class BlockPool:
     def reset_cache(self) -> None:
         """Forget every cached prefix not in use (sleep discards the KV cache)."""
         for block in list(self._evictable):
-            self._block_of.pop(self._hash_of.pop(block), None)
+            self._forget(block)
             self._free.append(block)
         self._evictable.clear()

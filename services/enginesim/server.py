@@ -18,6 +18,7 @@ from services.enginesim import control
 from services.enginesim.generation import error_response, handle_generation, json_response
 from services.enginesim.http_stats import HttpStatsMiddleware
 from services.enginesim.instance import EngineInstance
+from services.enginesim.kv_events import start_publisher
 from services.enginesim.kv_routes import kv_release
 from services.enginesim.openai_shapes import models_list
 from services.enginesim.promtext import CONTENT_TYPE
@@ -176,9 +177,12 @@ def build_app(inst: EngineInstance) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inst.runner.start()
+        publisher = start_publisher(inst.model.pool, inst.config)
         try:
             yield
         finally:
+            if publisher is not None:
+                await publisher.close()
             await inst.runner.stop()
 
     app = FastAPI(title="enginesim", lifespan=lifespan)

@@ -15,8 +15,10 @@ from services.scheduler.inflight import InflightTracker
 from services.scheduler.plugins.base import DecisionContext
 from services.scheduler.plugins.greybox_scorer import member_features
 from services.scheduler.plugins.guard import guard_reason, inflight_limit
+from services.scheduler.plugins.prefix_scorer import prefix_features
 from services.scheduler.plugins.registry import PluginRegistry, Profile, build_profile
 from services.scheduler.predictor import PredictorSettings
+from services.scheduler.prefix_routing import PrefixRouting
 from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
 from shared.members import url_host
@@ -29,6 +31,7 @@ from shared.messages import (
     SelectRequest,
     SimulateReply,
 )
+from shared.prefix_events import KvUpdate
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
 from shared.subjects import MODELS_PARTITION
 
@@ -48,6 +51,7 @@ class SchedulerCore:
         self.replica = replica
         self.config = config
         self.feedback = Feedback(self.view, clock)
+        self.prefix = PrefixRouting()
         self._select_seq = 0
         self._profiles: dict[tuple[str, str], Profile] = {}
         self._pool_cfg: dict[tuple[str, str], PoolConfig] = {}
@@ -67,6 +71,7 @@ class SchedulerCore:
             self._set_profile(ident, pool)
         for ident in self.view.retain(set(self._pool_cfg)):
             log.info("Pool %s:%s left the config; dropped from the view", *ident)
+        self.prefix.retain(set(self._pool_cfg))
         self.stale_after_s = config.stale_after_s(0)
         """The staleness window of small pools (each pool's own comes from its size)."""
 
@@ -106,7 +111,8 @@ class SchedulerCore:
     def _set_profile(self, ident: tuple[str, str], pool: PoolConfig) -> None:
         mode = self.config.mode_for(pool)
         self._profiles[ident] = build_profile(self.registry, mode, pool.fallback)
-        if mode.type == "greybox":
+        self.prefix.configure(ident, mode.cache_aware if mode.type == "cache_aware" else None)
+        if mode.type in ("greybox", "cache_aware"):
             p = mode.greybox.predictor
             self.feedback.configure(ident, PredictorSettings(
                 min_samples=p.min_samples, forgetting=p.forgetting, ridge=p.ridge,
@@ -127,10 +133,17 @@ class SchedulerCore:
     def apply_selection(self, event: SelectionEvent) -> None:
         """Another replica routed a request: count it here too (and what it was routed on)."""
         self.feedback.selection(event, self.replica)
+        if event.prefix_hashes and event.replica != self.replica:
+            self.prefix.routed((event.pool, event.partition), event.member,
+                               event.prefix_hashes, event.at)
 
     def apply_outcome(self, event: OutcomeEvent) -> None:
         """A routed request finished (or failed): it leaves the count and teaches."""
         self.feedback.outcome(event)
+
+    def apply_kv(self, update: KvUpdate) -> None:
+        """An engine's KV cache changed (the collector's bridge of its events)."""
+        self.prefix.apply_kv(update)
 
     def expire_inflight(self) -> int:
         """Drop requests whose outcome never came; returns how many."""
@@ -144,15 +157,19 @@ class SchedulerCore:
         predicted: float | None = None
         predictor = ctx.predictor
         if predictor is not None:
-            features = member_features(member, ctx)
+            features = (prefix_features(member, ctx) if ctx.keys is not None
+                        else member_features(member, ctx))
             value, _trusted = predictor.predict((pool.name, pool.partition, member.key),
                                                 features)
             predicted = value if value == value else None  # NaN: no model yet
         self.feedback.routed(request_id, (pool.name, pool.partition, member.key), ttl_s,
                              features, predicted, now)
+        hashes = ctx.keys.prefix_hashes if ctx.keys is not None else []
+        self.prefix.routed((pool.name, pool.partition), member.key, hashes, now)
         return SelectionEvent(request_id=request_id, pool=pool.name, partition=pool.partition,
                               member=member.key, replica=self.replica, at=now, ttl_s=ttl_s,
-                              features=list(features), predicted_ttft_s=predicted)
+                              features=list(features), predicted_ttft_s=predicted,
+                              prefix_hashes=hashes)
 
     def route(self, req: RouteRequest) -> tuple[RouteReply, SelectionEvent | None]:
         """The gateway's choice among all of a pool's members (minus those tried)."""
@@ -165,6 +182,9 @@ class SchedulerCore:
         tried = set(req.exclude)
         keys = [m.key for m in active if m.key not in tried]
         ctx = self._ctx(req.pool, req.partition, prompt_tokens=req.prompt_chars / 4)
+        if req.prompt_tokens > 0:
+            ctx.prompt_tokens = float(req.prompt_tokens)
+        self._keys(ctx, pool, req.prefix_hashes, req.token_keys, req.session, keys)
         if fallback:
             # pool_fallback asks for the caller's own load balancing; here the gateway is
             # that balancer, so it takes the member with the fewest requests in flight.
@@ -182,6 +202,14 @@ class SchedulerCore:
         url = f"http://{url_host(member.host)}:{member.port}"
         return RouteReply(answer=member.key, reason=decision.reason, url=url,
                           active=len(active)), event
+
+    def _keys(self, ctx: DecisionContext, pool: PoolState, hashes: list[int],
+              token_keys: list[int], session: str, members: list[str]) -> None:
+        """Cache-aware pools: what each candidate holds of the prompt, and the session."""
+        ctx.keys = self.prefix.keys((pool.name, pool.partition), hashes, token_keys, session,
+                                    members, ctx.now)
+        if ctx.keys is not None and ctx.keys.session:
+            ctx.pool_members = tuple(sorted(pool.members))
 
     def _ctx(self, pool: str, partition: str, prompt_tokens: float = 0.0) -> DecisionContext:
         state = self.view.pools.get((pool, partition))
@@ -211,6 +239,9 @@ class SchedulerCore:
             log.debug("pool %s:%s answer none: not configured", req.pool_name, req.partition)
             return Decision("none", "pool_unknown"), None
         ctx = self._ctx(req.pool_name, req.partition)
+        if pool is not None:
+            self._keys(ctx, pool, self.prefix.select_hashes(req.prefix_hashes, req.prefix_key),
+                       [], req.session or "", req.members)
         decision = decide(pool, req.members, profile, ctx, pool_fallback=fallback)
         if pool is None:
             return decision, None
@@ -278,7 +309,7 @@ class SchedulerCore:
                         ) -> dict[str, Any]:
         """Prediction, guard and circuit of a member of a greybox pool (empty otherwise)."""
         mode = self.config.mode_for(cfg)
-        if mode.type != "greybox" or ctx.predictor is None:
+        if mode.type not in ("greybox", "cache_aware") or ctx.predictor is None:
             return {}
         ident = (cfg.name, cfg.partition, m.key)
         ttft, trusted = ctx.predictor.predict(ident, member_features(m, ctx))
@@ -286,7 +317,9 @@ class SchedulerCore:
             "predicted_ttft_s": None if ttft != ttft else round(ttft, 4),
             "trusted": trusted, "limit": inflight_limit(m, mode.greybox),
             "guard": guard_reason(m, ctx, mode.greybox), "circuit": m.circuit,
-            "model": ctx.predictor.describe(ident)}}
+            "model": ctx.predictor.describe(ident),
+            **({"prefix": self.prefix.describe(cfg.ident, m.key)}
+               if mode.type == "cache_aware" else {})}}
 
     def records(self, pool: str, partition: str, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` joined records of a pool, oldest first."""

@@ -27,6 +27,7 @@ from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
 from shared.metrics import new_registry, start_listener
+from shared.prefix_events import KvUpdate, kv_subject_all
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
 from shared.state import RedisStateStore
@@ -135,11 +136,20 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         except msgspec.DecodeError as err:
             log.warning("Dropping malformed outcome event: %s", err)
 
+    kv_dec = msgspec.json.Decoder(KvUpdate)
+
+    async def on_kv(msg: Msg) -> None:
+        try:
+            core.apply_kv(kv_dec.decode(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            log.warning("Dropping malformed KV update: %s", err)
+
     subs = [
         await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot),
         await nc.subscribe(subjects.member_metrics_all, cb=on_metrics),
         await nc.subscribe(subjects.selection, cb=on_selection),
         await nc.subscribe(subjects.request_outcome, cb=on_outcome),
+        await nc.subscribe(kv_subject_all(cfg.global_.prefix), cb=on_kv),
     ]
     try:
         restored = await warm_up(store, keys, core.view, accept=core.accept_snapshot)

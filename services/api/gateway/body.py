@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
@@ -32,6 +32,16 @@ class GatewayError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class RouteFields:
+    """What a cache-aware pool's route call carries besides the prompt length."""
+
+    prefix_hashes: list[int] = field(default_factory=list)
+    token_keys: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    session: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayRequest:
     """A validated chat or completions request."""
 
@@ -42,6 +52,8 @@ class GatewayRequest:
     prompt_chars: int
     body: dict[str, Any]
     raw: bytes
+    route: RouteFields | None = None
+    """Prefix blocks and session of a request to a cache-aware pool (route_keys.py)."""
 
     def for_engine(self, served_model: str | None) -> bytes:
         """The body to send upstream: unchanged unless the engine serves another model name."""

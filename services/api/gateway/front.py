@@ -82,7 +82,7 @@ class GatewayFront:
                 await _send_json(send, 200, self.catalog.models_list(), head=method == "HEAD")
                 return
             raw = await _read_body(receive)
-            await self.gateway.handle(kind, raw, receive, send)
+            await self.gateway.handle(kind, raw, receive, send, scope["headers"])
         except GatewayError as err:
             if err.status >= 500:
                 log.warning("%s %s → %d: %s", method, path, err.status, err.message)

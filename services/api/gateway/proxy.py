@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -19,6 +19,9 @@ from services.api.gateway.hold import HoldQueues
 from services.api.gateway.metrics import GatewayMetrics
 from services.api.gateway.upstream import Upstream, UpstreamFailed, UpstreamResponse
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest
+
+if TYPE_CHECKING:
+    from services.api.gateway.route_keys import Headers, RouteKeys
 
 log = logging.getLogger("llmsched.api.gateway")
 
@@ -109,16 +112,19 @@ class Gateway:
         self.clock = clock
         self.wall = wall
         self.ongoing = 0
+        self.keys: RouteKeys | None = None
+        """Makes the route fields of requests to cache-aware pools (set by the service)."""
 
-    async def handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send) -> None:
+    async def handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
+                     headers: Headers = ()) -> None:
         """Answer one request; errors before the answer starts are raised as GatewayError."""
         if self.metrics is None:
-            await self._handle(kind, raw, receive, send, None)
+            await self._handle(kind, raw, receive, send, None, headers)
             return
         started = self.clock()
         seen = _Seen()
         try:
-            await self._handle(kind, raw, receive, send, seen)
+            await self._handle(kind, raw, receive, send, seen, headers)
         except GatewayError as err:
             seen.status = err.status
             self.metrics.rejected(seen.model, err.code)
@@ -128,12 +134,14 @@ class Gateway:
                                  self.clock() - started)
 
     async def _handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
-                      seen: _Seen | None) -> None:
+                      seen: _Seen | None, headers: Headers = ()) -> None:
         request = parse_request(raw, kind)
         target = self.resolver.resolve(request.model)
         if target is None:
             raise GatewayError(404, f"The model `{request.model}` does not exist.",
                                param="model", code="model_not_found")
+        if self.keys is not None:
+            request = self.keys.apply(target, request, headers)
         if seen is not None:
             seen.model = target.alias
         if self.ongoing >= self.settings.max_ongoing:
@@ -282,7 +290,7 @@ class _Exchange:
             return await self.gw.router.route(RouteRequest(
                 pool=self.target.pool, partition=self.target.partition, request_id=request_id,
                 exclude=list(self.tried), prompt_chars=self.request.prompt_chars,
-                ttl_s=self.gw.settings.inflight_ttl_s))
+                ttl_s=self.gw.settings.inflight_ttl_s, **_route_fields(self.request)))
         except RouterUnavailable:
             raise GatewayError(503, "no scheduler answered; retry shortly",
                                code="scheduler_unavailable", retry_after=1) from None
@@ -395,6 +403,15 @@ class _DisconnectWatch:
         if not self._exchange.answered:
             self.gone = True
             self._task.cancel()
+
+
+def _route_fields(request: GatewayRequest) -> dict[str, Any]:
+    """The cache-aware fields of a route call (none for other pools)."""
+    r = request.route
+    if r is None:
+        return {}
+    return {"prefix_hashes": r.prefix_hashes, "token_keys": r.token_keys,
+            "prompt_tokens": r.prompt_tokens, "session": r.session}
 
 
 class _Usage(msgspec.Struct):

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.scheduler.plugins.prefix_keys import RequestKeys
 from services.scheduler.predictor import TtftPredictor
 from services.scheduler.view import MemberState
 
@@ -24,6 +25,10 @@ class DecisionContext:
     """The request's prompt length, estimated (gateway: from its text; select: unknown, 0)."""
     predictor: TtftPredictor | None = None
     """The pool's TTFT predictor (greybox)."""
+    keys: RequestKeys | None = None
+    """The request's prefix blocks, session and cached tokens per member (cache-aware)."""
+    pool_members: tuple[str, ...] = ()
+    """Every member of the pool, sorted (session affinity hashes onto them)."""
 
 
 class Filter(Protocol):

@@ -13,9 +13,11 @@ from services.scheduler.plugins.guard import GuardFilter
 from services.scheduler.plugins.kv_scorer import KVCacheScorer
 from services.scheduler.plugins.latency_scorer import LatencyScorer
 from services.scheduler.plugins.load_scorer import LoadScorer
+from services.scheduler.plugins.prefix_scorer import CacheAffinityScorer
 from services.scheduler.plugins.queue_scorer import QueueScorer
 from services.scheduler.plugins.relative_load_scorer import RelativeLoadScorer
 from services.scheduler.plugins.round_robin import RoundRobinPicker
+from services.scheduler.plugins.session_affinity import SessionScorer
 from services.scheduler.plugins.threshold import ThresholdFilter
 from services.scheduler.plugins.uniform_scorer import UniformScorer
 from services.scheduler.plugins.weighted_random import WeightedRandomPicker
@@ -79,6 +81,12 @@ class PluginRegistry:
 
 def default_registry() -> PluginRegistry:
     """The built-in plugins."""
+    registry = _builtin()
+    registry.scorers.update(cache_affinity=CacheAffinityScorer, session=SessionScorer)
+    return registry
+
+
+def _builtin() -> PluginRegistry:
     return PluginRegistry(
         filters={"threshold": ThresholdFilter, "guard": GuardFilter},
         scorers={"queue": QueueScorer, "kv_cache": KVCacheScorer, "load": LoadScorer,
@@ -107,6 +115,17 @@ def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: Fallback
         g = mode.greybox
         return Profile(name=mode.name, filters=(threshold, registry.filter("guard", settings=g)),
                        scorers=((1.0, registry.scorer("greybox", settings=g)),),
+                       picker=registry.picker("best", tolerance=g.predictor.explore),
+                       require_fresh=False, admission=g.admission)
+    if mode.type == "cache_aware":
+        # The greybox guard and admission first; then cache affinity weighed against load.
+        g, c = mode.greybox, mode.cache_aware
+        scorers: list[tuple[float, Scorer]] = [
+            (1.0, registry.scorer("cache_affinity", settings=c))]
+        if c.session is not None:
+            scorers.append((2.0, registry.scorer("session", settings=c.session)))
+        return Profile(name=mode.name, filters=(threshold, registry.filter("guard", settings=g)),
+                       scorers=tuple(scorers),
                        picker=registry.picker("best", tolerance=g.predictor.explore),
                        require_fresh=False, admission=g.admission)
     if mode.type == "least_load":
