@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
 from shared.messages import AnalyzeReply, SimulateReply, StatusReply
@@ -12,6 +15,9 @@ from shared.subjects import Subjects
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
+STATUS_HEADER = "Status"
+NO_RESPONDERS = "503"
+"""The status of the server's empty answer when no replica listens on the subject."""
 
 
 class SchedulerUnavailable(Exception):
@@ -39,6 +45,11 @@ class SchedulerClient:
         self._sim_dec = msgspec.json.Decoder(SimulateReply)
         self._ana_dec = msgspec.json.Decoder(AnalyzeReply)
         self._status_dec = msgspec.json.Decoder(StatusReply)
+        self._inbox = ""
+        """Prefix of the reply subjects: one wildcard subscription serves every call."""
+        self._starting = asyncio.Lock()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()
 
     async def call(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
         """One request-reply to the queue group; the reply's bytes."""
@@ -46,17 +57,54 @@ class SchedulerClient:
 
     async def _call(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
         try:
-            msg = await self.nc.request(subject, payload, timeout=timeout_s or self.timeout_s)
-        except (NoRespondersError, NatsTimeout, TimeoutError) as err:
+            msg = await self._request(subject, payload, timeout_s or self.timeout_s)
+        except (NatsTimeout, TimeoutError) as err:
             raise SchedulerUnavailable(type(err).__name__) from None
         except Exception as err:  # connection closed / reconnecting
             raise SchedulerUnavailable(str(err) or type(err).__name__) from None
         headers = msg.headers
-        if headers and ERROR_CODE_HEADER in headers:
-            code = headers.get(ERROR_CODE_HEADER, "500")
-            raise SchedulerError(int(code) if code.isdigit() else 500,
-                                 headers.get(ERROR_HEADER, "scheduler error"))
+        if headers:
+            if headers.get(STATUS_HEADER) == NO_RESPONDERS and not msg.data:
+                raise SchedulerUnavailable("NoRespondersError")
+            if ERROR_CODE_HEADER in headers:
+                code = headers.get(ERROR_CODE_HEADER, "500")
+                raise SchedulerError(int(code) if code.isdigit() else 500,
+                                     headers.get(ERROR_HEADER, "scheduler error"))
         return bytes(msg.data)
+
+    async def _request(self, subject: str, payload: bytes, timeout_s: float) -> Msg:
+        """One request-reply, its reply routed by token to the waiting future.
+
+        Lighter than nats-py's ``request`` (no new NUID, wait_for or done-callback per
+        call): about half of its CPU per call under load (bench/README.md, gateway).
+        """
+        inbox = self._inbox or await self._subscribe_replies()
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = reply
+        try:
+            await self.nc.publish(subject, payload, reply=inbox + token)
+            timer = loop.call_later(timeout_s, _time_out, reply)
+            try:
+                return await reply
+            finally:
+                timer.cancel()
+        finally:
+            self._waiting.pop(token, None)
+
+    async def _subscribe_replies(self) -> str:
+        async with self._starting:
+            if not self._inbox:
+                inbox = f"{self.nc.new_inbox()}."
+                await self.nc.subscribe(f"{inbox}*", cb=self._on_reply)
+                self._inbox = inbox
+        return self._inbox
+
+    async def _on_reply(self, msg: Msg) -> None:
+        reply = self._waiting.pop(msg.subject[len(self._inbox):], None)
+        if reply is not None and not reply.done():
+            reply.set_result(msg)
 
     async def select(self, payload: bytes) -> str:
         """The answer for a validated select body; a lost request is retried once.
@@ -103,6 +151,11 @@ class SchedulerClient:
             return count
         finally:
             await sub.unsubscribe()
+
+
+def _time_out(reply: asyncio.Future[Msg]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
 
 
 class _Answer(msgspec.Struct):
