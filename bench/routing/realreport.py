@@ -204,7 +204,7 @@ def plot(rows: Sequence[RouterRuns], slo_s: float, stem: Path, title: str) -> li
     axes[0, 0].legend(loc="upper right", fontsize=6, ncol=engines + 1)
     axes[-1, 0].set_xlabel("time (s)")
     fig.suptitle(f"Engine waiting queues from /metrics at 5 Hz ({title}, run 1)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.3 * len(rows) + 1)))
     fig.savefig(out[1], dpi=100)
     plt.close(fig)
     return out
