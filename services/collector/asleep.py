@@ -31,6 +31,14 @@ class AsleepTracker:
             addresses = {m.key: member_key(m.host, m.port) for m in members}
             results = [self._with_worker_signal(r, addresses.get(r.key, r.key), sleeping)
                        for r in batch.members]
+            # A member left unscraped (a sleeping worker instance is unavailable at once)
+            # still carries its worker's word, so the scheduler knows why it is out.
+            scraped = {r.key for r in results}
+            for m in members:
+                reason = sleeping.get(m.key) or sleeping.get(addresses[m.key])
+                if m.key not in scraped and reason is not None:
+                    results.append(MemberMetrics(key=m.key, scraped_at=batch.round_started_at,
+                                                 ok=False, asleep=True, asleep_reason=reason))
             batch = msgspec.structs.replace(batch, members=results)
         self._log_changes(pool, batch.members)
         return batch

@@ -57,10 +57,12 @@ class MemberState:
 
     def exclusion(self) -> str | None:
         """Why selection skips this member, or None when it is a candidate."""
-        if not self.available:
-            return "unavailable (down or disabled)"
+        # Asleep first: a sleeping worker instance is also made unavailable at once, and
+        # the operator should read the cause, not its consequence.
         if self.asleep:
             return f"asleep: {self.asleep_reason or 'engine reports sleeping'}"
+        if not self.available:
+            return "unavailable (down or disabled)"
         return None
 
     def apply(self, m: MemberMetrics) -> bool:
@@ -77,7 +79,9 @@ class MemberState:
         if m.asleep or m.ok:
             self.asleep, self.asleep_reason = m.asleep, m.asleep_reason
         if not m.ok:
-            self.last_error = m.error or "scrape failed"
+            # No error and asleep: not scraped at all (its worker says it sleeps).
+            if m.error is not None or not m.asleep:
+                self.last_error = m.error or "scrape failed"
             return self.asleep != was_asleep
         self.last_error = None
         self._learn_batch_size(m)
