@@ -367,7 +367,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def pool_source(self, pool: PoolConfig) -> str:
         if pool.role is not None:
-            return "pd"  # file, admin API or workers, plus health and drain (services/pd)
+            return "pd"  # file, admin API or workers, plus health and drain (shared/pd_source.py)
         if pool.source:
             return pool.source
         return "f5" if self.f5 is not None and pool.roles is None else "static"

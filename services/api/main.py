@@ -27,12 +27,11 @@ from services.api.gateway.proxy import Gateway, GatewaySettings
 from services.api.gateway.route_keys import RouteKeys
 from services.api.gateway.upstream import Upstream
 from services.api.metrics import SelectMetrics
+from services.api.pd_admin import PDAdmin, pd_router
 from services.api.records import records_router
 from services.api.scheduler_client import SchedulerClient
 from services.api.status_page import status_page_router
 from services.api.workers import workers_router
-from services.pd.admin import PDAdmin, pd_router
-from services.pd.source import PDSource
 from shared.auth import AdminAuth
 from shared.bus import connect_nats
 from shared.config import Config, GatewayConfig, LoadedConfig
@@ -42,6 +41,7 @@ from shared.logs import set_level
 from shared.metrics import metrics_router, new_registry
 from shared.model_registry import ModelRegistry
 from shared.pd_registry import PDRegistry
+from shared.pd_source import PDSource
 from shared.registry_view import RegistryView, announce
 from shared.runtime import run_service
 from shared.scaling import ScalingLog
@@ -145,13 +145,14 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                          catalog, _api_keys(cfg.gateway))
     app = front
     changes = await nc.subscribe(subjects.registry_changed, cb=view.on_event)
-    ended = msgspec.json.Decoder(_PoolOf)
+    ended = msgspec.json.Decoder(_PoolOf | list[_PoolOf])  # one outcome, or a batch
 
     async def on_outcome(msg: Msg) -> None:
         if admission.busy:  # only while requests wait in a line: a slot may be free now
             with contextlib.suppress(msgspec.DecodeError):
                 done = ended.decode(msg.data)
-                admission.freed((done.pool, done.partition))
+                for one in done if isinstance(done, list) else [done]:
+                    admission.freed((one.pool, one.partition))
 
     outcomes = await nc.subscribe(subjects.request_outcome, cb=on_outcome)
     await view.refresh()

@@ -15,7 +15,6 @@ from services.collector.membership import F5Source, MembershipSource, StaticSour
 from services.collector.metrics import CollectorMetrics
 from services.collector.scraper import MetricsScraper, open_clients
 from services.collector.workers_source import SleepingInstances, WorkersSource
-from services.pd.source import PDSource
 from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -23,6 +22,7 @@ from shared.logs import set_level
 from shared.metrics import new_registry, start_listener
 from shared.model_registry import ModelRegistry
 from shared.pd_registry import PDRegistry
+from shared.pd_source import PDSource
 from shared.prefix_events import kv_subject
 from shared.registry_view import RegistryView
 from shared.runtime import run_service

@@ -1,22 +1,26 @@
 """``llmsched pd --config scheduler_config.json``: the seed's PD router, as llmsched services.
 
-One process: the scheduler, the collector (membership, health checks) and the API
-(OpenAI gateway and the PD admin API) run in-process on one event loop, over embedded
-NATS and Valkey unless NATS_URL / REDIS_URL name servers. One process is the simplest
-honest design for one PD pool: the same service code as a deployment runs (routing,
-in-flight counts, health, retries), one Ctrl-C stops it, and a deployment that wants
-replicas runs ``llmsched api/scheduler/collector`` on the generated config instead.
+It writes the llmsched config of one PD pool from the seed's file, starts embedded NATS and
+Valkey unless NATS_URL / REDIS_URL name servers (as ``llmsched up`` does), and runs the
+scheduler, the collector (membership, health checks) and the API (OpenAI gateway and PD admin
+API) as three child processes whose logs share this terminal. Children, not one event loop:
+measured (bench/README.md, PD benchmark), the gateway on the loop that also scrapes metrics,
+checks health and schedules answered several times slower under concurrency. A child that
+exits stops the others and ``llmsched pd`` exits 1, for the operator's supervisor to restart;
+a deployment that wants replicas runs ``llmsched api/scheduler/collector`` on the generated
+config instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +37,9 @@ log = logging.getLogger("llmsched.pd")
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DISCOVER_TIMEOUT_S = 2.0
+SERVICES = ("scheduler", "collector", "api")
+CHILD_POLL_S = 0.5
+STOP_TIMEOUT_S = 20.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmsched pd: {args.config}: {err}", file=sys.stderr)
         return 2
     servers: list[EmbeddedServer] = []
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         if "NATS_URL" not in env:
             servers.append(nats_server(workdir=str(Path(args.run_dir).resolve())).start())
@@ -123,48 +130,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "REDIS_URL" not in env:
             servers.append(valkey_server(workdir=str(Path(args.run_dir).resolve())).start())
             env["REDIS_URL"] = servers[-1].url
+        return run_children(loaded, env, model)
     except EmbeddedServerError as err:
         print(f"llmsched pd: {err}", file=sys.stderr)
-        for server in servers:
-            server.stop()
         return 1
-    try:
-        asyncio.run(serve(loaded, env["NATS_URL"], env["REDIS_URL"], model))
-    except KeyboardInterrupt:
-        pass
     finally:
         for server in reversed(servers):
             server.stop()
-    return 0
 
 
-async def serve(loaded: LoadedConfig, nats_url: str, redis_url: str, model: str) -> None:
-    """Scheduler, collector and API on this loop until SIGINT/SIGTERM."""
-    from services.api.main import serve as serve_api
-    from services.collector.main import serve as serve_collector
-    from services.scheduler.main import serve as serve_scheduler
+def run_children(loaded: LoadedConfig, env: dict[str, str], model: str) -> int:
+    """Scheduler, collector and API until SIGINT/SIGTERM (0) or until one of them exits (1)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        for name in SERVICES:
+            children[name] = subprocess.Popen(
+                [sys.executable, "-m", "services", name, "--config", loaded.path], env=env,
+                start_new_session=True)  # Ctrl-C reaches this process, which stops them
+        announced = False
+        g = loaded.config.global_
+        api = f"http://{url_host(g.api_host)}:{g.api_port}"
+        pool = next(p.pd_pool for p in loaded.config.pools if p.pd_pool is not None)
+        while not stop.wait(CHILD_POLL_S):
+            gone = [(n, c.returncode) for n, c in children.items() if c.poll() is not None]
+            if gone:
+                log.error("%s exited with code %s; stopping the others", *gone[0])
+                code = 1
+                break
+            if not announced and _healthy(api):
+                announced = True
+                log.info("PD router for model %r ready: OpenAI API %s/v1, admin API "
+                         "%s/admin/pd/%s/instances (config %s)", model, api, api, pool,
+                         loaded.path)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for name, child in children.items():
+            try:
+                child.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %gs; killed", name, STOP_TIMEOUT_S)
+                child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(serve_scheduler(loaded, stop, nats_url=nats_url,
-                                                 redis_url=redis_url), name="scheduler"),
-             asyncio.create_task(serve_collector(loaded, stop, nats_url=nats_url,
-                                                 redis_url=redis_url), name="collector"),
-             asyncio.create_task(serve_api(loaded, stop, nats_url=nats_url,
-                                           redis_url=redis_url), name="api")]
-    g = loaded.config.global_
-    pool = next(p for p in loaded.config.pools if p.pd_pool is not None)
-    api = f"http://{url_host(g.api_host)}:{g.api_port}"
-    log.info("PD router for model %r: OpenAI API %s/v1, admin API %s/admin/pd/%s/instances "
-             "(config %s)", model, api, api, pool.pd_pool, loaded.path)
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task is not stopper and task.exception() is not None:
-            log.error("%s failed: %s", task.get_name(), task.exception())
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    stopper.cancel()
+
+def _healthy(api: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(api + "/health", timeout=1.0).status_code == 200
+    return False

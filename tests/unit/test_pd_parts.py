@@ -8,10 +8,10 @@ import pytest
 
 from services.api.gateway.body import parse_request
 from services.api.gateway.pd import PREFILL_KV, decode_body, prefill_body
-from services.pd.health import advance
-from services.pd.members import WorkerMember, members_of
 from shared.config import parse_config
 from shared.pd_config import PDSettings
+from shared.pd_health import advance
+from shared.pd_members import WorkerMember, members_of
 from shared.pd_registry import HealthRecord, PDMemberRecord
 
 POOL = parse_config("""

@@ -30,6 +30,8 @@ from services.api.gateway.proxy import (
     Send,
     Target,
     _Exchange,
+    _route_fields,
+    _Seen,
     _usage,
 )
 from services.api.gateway.upstream import UpstreamBroken, UpstreamFailed, UpstreamResponse
@@ -89,8 +91,8 @@ class PDExchange(_Exchange):
     """The prefill and decode attempts of one client request."""
 
     def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
-                 send: Send) -> None:
-        super().__init__(gw, request, target, send)
+                 send: Send, seen: _Seen | None = None) -> None:
+        super().__init__(gw, request, target, send, seen)
         self.tried_roles: dict[Role, list[str]] = {"prefill": [], "decode": []}
         self.failures: dict[Role, int] = {"prefill": 0, "decode": 0}
         self.routed: dict[Role, tuple[str, str, int]] = {}
@@ -118,9 +120,17 @@ class PDExchange(_Exchange):
         path = PATHS[self.request.kind]
         served = self.target.served_model
         while True:
-            decode_id, decode_member, decode_url = await self._pick("decode")
+            # Both roles routed at once (one route round trip, not two); no decode instance
+            # means no prefill is run for nothing.
+            decode, prefill = await asyncio.gather(self._pick("decode"), self._pick("prefill"),
+                                                   return_exceptions=True)
+            if isinstance(decode, BaseException):
+                raise decode
+            if isinstance(prefill, BaseException):
+                raise prefill
+            decode_id, decode_member, decode_url = decode
             try:
-                kv_params = await self._prefill()
+                kv_params = await self._prefill(prefill)
             except _Relayed:
                 return
             body = decode_body(self.request, served, kv_params)
@@ -147,13 +157,15 @@ class PDExchange(_Exchange):
             await self._relay_stage("decode", upstream, decode_id, decode_member, attempt)
             return
 
-    async def _prefill(self) -> Any:
+    async def _prefill(self, first: tuple[str, str, str]) -> Any:
         """Run the prefill on one instance after another; its ``kv_transfer_params``."""
         gw = self.gw
         body = prefill_body(self.request, self.target.served_model)
         path = PATHS[self.request.kind]
+        pick: tuple[str, str, str] | None = first
         while True:
-            request_id, member, url = await self._pick("prefill")
+            request_id, member, url = pick or await self._pick("prefill")
+            pick = None
             attempt = self.routed["prefill"][2]
             dispatched = gw.clock()
             try:
@@ -229,7 +241,7 @@ class PDExchange(_Exchange):
                         pool=pool[0], partition=pool[1], request_id=request_id,
                         exclude=list(self.tried_roles[role]),
                         prompt_chars=self.request.prompt_chars,
-                        ttl_s=gw.settings.inflight_ttl_s))
+                        ttl_s=gw.settings.inflight_ttl_s, **_route_fields(self.request)))
                 except RouterUnavailable:
                     del self.routed[role]
                     raise GatewayError(503, "no scheduler answered; retry shortly",
@@ -280,6 +292,8 @@ class PDExchange(_Exchange):
         tail = bytearray(upstream.first)
         parse_whole = not self.request.stream and upstream.status < 400
         error: str | None = None
+        if self.seen is not None:
+            self.seen.status, self.seen.ttft = upstream.status, ttft
         try:
             await send({"type": "http.response.start", "status": upstream.status,
                         "headers": upstream.headers})

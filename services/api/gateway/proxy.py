@@ -153,7 +153,7 @@ class Gateway:
         if target.pd:  # imported here: pd.py builds on this module
             from services.api.gateway.pd import PDExchange
 
-            exchange = PDExchange(self, request, target, send)
+            exchange = PDExchange(self, request, target, send, seen)
         # The exchange runs in this task; a watcher cancels it if the client goes away.
         this = asyncio.current_task()
         assert this is not None

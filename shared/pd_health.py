@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
-from services.pd.members import PDMember
 from shared.members import url_host
 from shared.pd_config import PDSettings
+from shared.pd_members import PDMember
 from shared.pd_registry import HealthRecord
 
 log = logging.getLogger("llmsched.pd.health")

@@ -14,8 +14,6 @@ from fastapi import APIRouter, Query, Request, Response
 from redis.exceptions import RedisError
 
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
-from services.pd.members import PDMember
-from services.pd.source import PDSource
 from shared.auth import AdminAuth
 from shared.config import Config, PoolConfig
 from shared.decoding import decode_object
@@ -24,7 +22,9 @@ from shared.members import MemberAddressError, member_key, parse_member_key, url
 from shared.model_spec import ALIAS_PATTERN
 from shared.openapi import errors
 from shared.pd_config import ROLES, role_pool
+from shared.pd_members import PDMember
 from shared.pd_registry import HealthRecord, PDMemberRecord
+from shared.pd_source import PDSource
 
 log = logging.getLogger("llmsched.pd.admin")
 
@@ -264,7 +264,7 @@ def pd_router(admin: PDAdmin, auth: AdminAuth) -> APIRouter:
         return await guarded(request, work)
 
     @router.get("/admin/pd/{pool}/instances", summary="A PD pool's instances (of one role)",
-                responses={**listed, **errors(400, 401, 404, 503)})
+                responses={**listed, **errors(400, 401, 404, 422, 503)})
     async def instances(pool: str, request: Request, partition: Partition = "Common",
                         role: Annotated[Literal["prefill", "decode"] | None,
                                         Query(description="Only this role")] = None
@@ -305,7 +305,7 @@ def pd_router(admin: PDAdmin, auth: AdminAuth) -> APIRouter:
     @router.post("/admin/pd/{pool}/instances/{instance_id}/drain",
                  summary="Drain an instance: no new requests; those in flight finish "
                          "(until drain_timeout)",
-                 responses={**errors(401, 404, 503)})
+                 responses={**errors(401, 404, 422, 503)})
     async def drain(pool: str, instance_id: str, request: Request,
                     partition: Partition = "Common",
                     wait: Annotated[bool, Query(description="Answer once drained or timed "

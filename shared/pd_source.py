@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from services.pd.health import check_members
-from services.pd.members import PDMember, WorkerMember, members_of
 from shared.config import PoolConfig
 from shared.messages import MemberInfo, PoolSnapshot
+from shared.pd_health import check_members
+from shared.pd_members import PDMember, WorkerMember, members_of
 from shared.pd_registry import HealthRecord, MemberRole, PDRegistry
 from shared.workers import RoutableInstance, WorkerRegistry
 
