@@ -18,6 +18,10 @@ ERROR_HEADER = "Nats-Service-Error"
 STATUS_HEADER = "Status"
 NO_RESPONDERS = "503"
 """The status of the server's empty answer when no replica listens on the subject."""
+RETRY_PAUSE_S = 0.01
+"""The first pause before asking again after an immediate failure (then doubling)."""
+RETRY_PAUSE_MAX_S = 0.1
+"""The longest such pause."""
 
 
 class SchedulerUnavailable(Exception):
@@ -106,18 +110,32 @@ class SchedulerClient:
         if reply is not None and not reply.done():
             reply.set_result(msg)
 
-    async def select(self, payload: bytes) -> str:
-        """The answer for a validated select body; a lost request is retried once.
+    async def ask(self, subject: str, payload: bytes) -> bytes:
+        """One request-reply within the budget (``timeout_s``), asked again while it fails.
 
-        A replica that dies holding a request never answers it: the second attempt goes to
-        another replica of the queue group, within the same overall budget.
+        A replica that dies holding a request never answers it: after half the budget the
+        request goes again, to another replica of the queue group. A failure that comes at
+        once (no replica subscribed: the NATS node every replica was on died and they are
+        reconnecting to another; the connection itself reconnecting) is asked again after
+        a short pause, until the budget ends.
         """
-        half = self.timeout_s / 2
-        try:
-            raw = await self._call(self._select_subject, payload, half)
-        except SchedulerUnavailable:
-            raw = await self._call(self._select_subject, payload, half)
-        return self._answer_dec.decode(raw).answer
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        wait = self.timeout_s / 2
+        pause = RETRY_PAUSE_S
+        while True:
+            try:
+                return await self._call(subject, payload, wait)
+            except SchedulerUnavailable:
+                if deadline - loop.time() <= pause:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_PAUSE_MAX_S)
+            wait = deadline - loop.time()
+
+    async def select(self, payload: bytes) -> str:
+        """The answer for a validated select body (asked again as :meth:`ask` says)."""
+        return self._answer_dec.decode(await self.ask(self._select_subject, payload)).answer
 
     async def simulate(self, payload: bytes) -> SimulateReply:
         return self._sim_dec.decode(await self._call(self.subjects.simulate, payload, 30))

@@ -21,7 +21,7 @@ from services.scheduler.persist import StatePersister, warm_up
 from services.scheduler.plugins.registry import default_registry
 from services.scheduler.selections import RedisSelectionStore
 from services.scheduler.view import MemberState
-from shared.bus import connect_nats
+from shared.bus import EventBatch, connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
@@ -62,15 +62,12 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                                counts=counts)
     watcher = ConfigWatcher(loaded)
     nc = await connect_nats(f"scheduler-{replica}", nats_url, no_echo=True)
-    sel_enc = msgspec.json.Encoder()
+    # A lost selection only costs the other replicas this request's count until its outcome
+    # or expiry.
+    selections = EventBatch[SelectionEvent](nc, subjects.selection, "selection event(s)")
 
     async def announce(event: SelectionEvent) -> None:
-        # A buffered publish (nats-py's flusher writes it); a lost one only costs the other
-        # replicas this request's count until its outcome or expiry.
-        try:
-            await nc.publish(subjects.selection, sel_enc.encode(event))
-        except Exception as err:
-            log.debug("Selection event not published: %s", err)
+        selections.add(event)
 
     endpoints = SchedulerEndpoints(core, replica=replica, config_version=loaded.version,
                                    store_ok=health, announce=announce, metrics=metrics)
@@ -121,20 +118,32 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 log.info("Pool %s:%s member %s awake: back in selection", batch.pool,
                          batch.partition, member.key)
 
-    sel_dec = msgspec.json.Decoder(SelectionEvent)
-    out_dec = msgspec.json.Decoder(OutcomeEvent)
+    sel_dec = msgspec.json.Decoder(SelectionEvent | list[SelectionEvent])  # one, or a batch
+    out_dec = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent])  # one, or a batch
 
     async def on_selection(msg: Msg) -> None:
         try:
-            core.apply_selection(sel_dec.decode(msg.data))
+            events = sel_dec.decode(msg.data)
         except msgspec.DecodeError as err:
             log.warning("Dropping malformed selection event: %s", err)
+            return
+        if isinstance(events, list):
+            for event in events:
+                core.apply_selection(event)
+        else:
+            core.apply_selection(events)
 
     async def on_outcome(msg: Msg) -> None:
         try:
-            core.apply_outcome(out_dec.decode(msg.data))
+            outcomes = out_dec.decode(msg.data)
         except msgspec.DecodeError as err:
             log.warning("Dropping malformed outcome event: %s", err)
+            return
+        if isinstance(outcomes, list):
+            for outcome in outcomes:
+                core.apply_outcome(outcome)
+        else:
+            core.apply_outcome(outcomes)
 
     kv_dec = msgspec.json.Decoder(KvUpdate)
 

@@ -66,10 +66,11 @@ async def test_outcome_events_report_each_request_and_a_client_disconnect_cancel
     await fleet.wait_states("sim-model", lambda s: "ACTIVE" in s.values(), 30, "one ACTIVE")
     nc = await nats.connect(nats_url)
     outcomes: list[OutcomeEvent] = []
-    decoder = msgspec.json.Decoder(OutcomeEvent)
+    decoder = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent])  # one, or a batch
 
     async def collect(msg: Any) -> None:
-        outcomes.append(decoder.decode(msg.data))
+        got = decoder.decode(msg.data)
+        outcomes.extend(got if isinstance(got, list) else [got])
 
     await nc.subscribe(Subjects(prefix).request_outcome, cb=collect)
     try:

@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 
 from services.api.gateway.proxy import RouterUnavailable
 from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from shared.bus import EventBatch
 from shared.routing import DemandEvent, OutcomeEvent, RouteReply, RouteRequest
 from shared.subjects import Subjects
 
@@ -18,7 +19,7 @@ log = logging.getLogger("llmsched.api.gateway")
 
 
 class NatsRouter:
-    """``route`` on the scheduler queue group; a lost request is asked again once."""
+    """``route`` on the scheduler queue group; asked again within the budget (``ask``)."""
 
     def __init__(self, client: SchedulerClient) -> None:
         self.client = client
@@ -26,13 +27,8 @@ class NatsRouter:
         self._decode = msgspec.json.Decoder(RouteReply).decode
 
     async def route(self, request: RouteRequest) -> RouteReply:
-        payload = self._encode(request)
-        half = self.client.timeout_s / 2
         try:
-            try:
-                raw = await self.client.call(self.client.subjects.route, payload, half)
-            except SchedulerUnavailable:
-                raw = await self.client.call(self.client.subjects.route, payload, half)
+            raw = await self.client.ask(self.client.subjects.route, self._encode(request))
         except SchedulerUnavailable as err:
             raise RouterUnavailable(str(err)) from None
         except SchedulerError as err:
@@ -49,13 +45,12 @@ class NatsEvents:
         self.gateway_id = gateway_id
         self._encode = msgspec.json.Encoder().encode
         self._pending: set[asyncio.Future[None]] = set()
+        self._outcomes = EventBatch[OutcomeEvent](nc, subjects.request_outcome,
+                                                  "outcome event(s)")
 
     async def outcome(self, event: OutcomeEvent) -> None:
-        """nats-py only appends to its buffer here; its flusher writes in the background."""
-        try:
-            await self.nc.publish(self.subjects.request_outcome, self._encode(event))
-        except Exception as err:  # bus down: the scheduler's expiry covers the lost outcome
-            log.debug("Outcome event not published: %s", err)
+        """Outcomes of one loop pass go out together (the scheduler's expiry covers a loss)."""
+        self._outcomes.add(event)
 
     async def demand(self, alias: str, waiting: int) -> None:
         event = DemandEvent(alias=alias, waiting=waiting, gateway=self.gateway_id,
