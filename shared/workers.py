@@ -17,7 +17,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from shared.state import redis_url
+from shared.state import open_redis
 
 log = logging.getLogger("llmsched.registry")
 
@@ -119,12 +119,7 @@ class WorkerRegistry:
                  lost_after_s: float = 15.0, check_interval_s: float | None = None,
                  forget_after_s: float = FORGET_AFTER_S,
                  clock: Callable[[], float] = time.time) -> None:
-        if isinstance(redis, aioredis.Redis):
-            self.redis, self._owned = redis, False
-        else:
-            self.redis = aioredis.Redis.from_url(redis_url(redis), socket_timeout=2.0,
-                                                 socket_connect_timeout=2.0)
-            self._owned = True
+        self.redis, self._owned = open_redis(redis)
         self.prefix = prefix
         self.lost_after_s = lost_after_s
         self.check_interval_s = check_interval_s or max(0.1, min(1.0, lost_after_s / 5))

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from shared.state import redis_url
+from shared.state import connect_redis
 
 Deltas = dict[str, dict[str, int]]
 """Hash key → answer → how many to add (may be empty: just read)."""
@@ -30,8 +30,8 @@ class RedisSelectionStore:
     """
 
     def __init__(self, url: str | None = None) -> None:
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url(url), socket_timeout=1.0, socket_connect_timeout=1.0,
+        self._redis: aioredis.Redis = connect_redis(
+            url, socket_timeout=1.0, socket_connect_timeout=1.0,
             health_check_interval=5, retry_on_timeout=False)
 
     async def add_and_read(self, deltas: Deltas, ttl_s: float) -> dict[str, dict[str, int]]:
