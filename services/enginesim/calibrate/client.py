@@ -269,8 +269,10 @@ async def open_loop(client: EngineClient, arrivals: Sequence[Arrival], duration:
     return OpenLoopRun(results, samples, start, duration, censored=len(pending))
 
 
-def session(timeout_s: float = 600.0, connections: int = 512) -> aiohttp.ClientSession:
-    """An aiohttp session sized for open-loop bursts."""
+def session(timeout_s: float = 600.0, connections: int = 8192) -> aiohttp.ClientSession:
+    """An aiohttp session sized for open-loop bursts: an open loop past saturation keeps
+    hundreds of requests in flight, and a pool limit would queue them in the client, where
+    the engine cannot count them as waiting."""
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         connector=aiohttp.TCPConnector(limit=connections, force_close=False))
