@@ -127,6 +127,10 @@ class WorkerRegistry:
         self.clock = clock
         self._decode = msgspec.json.Decoder(WorkerRecord).decode
         self._encode = msgspec.json.Encoder().encode
+        self._outage = False
+        """The last check failed: Redis could take no heartbeat."""
+        self._heard_since = 0.0
+        """When the last outage the detector saw ended."""
 
     # -- keys and storage -----------------------------------------------------------
     def key(self, worker_id: str) -> str:
@@ -292,16 +296,36 @@ class WorkerRegistry:
         wanted = ("running", "sleeping") if include_sleeping else ("running",)
         return [i for i in await self.instances() if i.state in wanted and i.url]
 
+    def silence(self, record: WorkerRecord, now: float) -> float:
+        """Seconds without a heartbeat the registry could have taken.
+
+        While Redis was unreachable heartbeats were refused (503), so that time is no
+        worker's fault: silence counts from the end of the last outage this detector saw.
+        """
+        return now - max(record.last_heartbeat, self._heard_since)
+
     async def check(self) -> list[str]:
         """Mark silent workers lost; returns the ids newly marked."""
         now = self.clock()
+        try:
+            return await self._check(now)
+        except (RedisError, OSError):
+            self._outage = True
+            raise
+
+    async def _check(self, now: float) -> list[str]:
         lost: list[str] = []
-        for record in await self.workers():
-            if record.state != "active" or now - record.last_heartbeat <= self.lost_after(record):
+        records = await self.workers()
+        if self._outage:
+            self._outage = False
+            self._heard_since = now
+            log.info("Worker registry reachable again; silence counts from now")
+        for record in records:
+            if record.state != "active" or self.silence(record, now) <= self.lost_after(record):
                 continue
 
             def change(current: WorkerRecord) -> WorkerRecord | None:
-                silent = now - current.last_heartbeat
+                silent = self.silence(current, now)
                 if current.state != "active" or silent <= self.lost_after(current):
                     return None  # a heartbeat slipped in meanwhile
                 return msgspec.structs.replace(current, state="lost", lost_at=now)
