@@ -14,7 +14,7 @@ from shared.autoscaling import AutoscalingOverrides
 from shared.decoding import decode_object
 from shared.errors import BadRequest
 from shared.model_spec import ModelSpec
-from shared.state import open_redis
+from shared.state import open_redis, write_replicated
 
 log = logging.getLogger("llmsched.registry")
 
@@ -69,7 +69,11 @@ class _RegisterBody(ModelSpec, kw_only=True):
 
 
 class ModelRegistry:
-    """``<prefix>:model:<alias>`` records plus the ``<prefix>:models`` index set."""
+    """``<prefix>:model:<alias>`` records plus the ``<prefix>:models`` index set.
+
+    Nothing re-asserts a registration, so each write waits for a replica behind Sentinel
+    (shared.state.write_replicated): a failover right after it loses nothing.
+    """
 
     def __init__(self, redis: aioredis.Redis | str | None = None, prefix: str = "llmsched",
                  clock: Callable[[], float] = time.time) -> None:
@@ -93,8 +97,13 @@ class ModelRegistry:
         old = await self.get(spec.alias)
         record = ModelRecord(spec=spec, autoscaling=autoscaling,
                              registered_at=old.registered_at if old else now, updated_at=now)
-        await self.redis.set(self.key(spec.alias), self._encode(record))
-        await self.redis.sadd(self.index_key, spec.alias)
+        encoded = self._encode(record)
+
+        def write(pipe: Any) -> None:
+            pipe.set(self.key(spec.alias), encoded)
+            pipe.sadd(self.index_key, spec.alias)
+
+        await write_replicated(self.redis, write, f"model {spec.alias}")
         log.info("Model %s %s (%s)", spec.alias, "updated" if old else "registered",
                  "fake" if spec.fake else spec.model_name)
         return record, old is None
@@ -102,8 +111,12 @@ class ModelRegistry:
     async def delete(self, alias: str) -> ModelRecord | None:
         """Forget an alias; returns what was registered."""
         old = await self.get(alias)
-        await self.redis.delete(self.key(alias))
-        await self.redis.srem(self.index_key, alias)
+
+        def write(pipe: Any) -> None:
+            pipe.delete(self.key(alias))
+            pipe.srem(self.index_key, alias)
+
+        await write_replicated(self.redis, write, f"model {alias} deleted")
         if old is not None:
             log.info("Model %s deleted", alias)
         return old

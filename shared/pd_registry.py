@@ -14,6 +14,8 @@ from typing import Literal
 import msgspec
 import redis.asyncio as aioredis
 
+from shared.state import write_replicated
+
 Origin = Literal["api", "config", "worker"]
 MemberState = Literal["active", "draining", "removed"]
 MemberRole = Literal["prefill", "decode", "both"]
@@ -82,11 +84,16 @@ class PDRegistry:
 
     async def put(self, pool: str, partition: str, record: PDMemberRecord) -> None:
         record.updated_at = self.clock()
-        await self.redis.hset(self.members_key(pool, partition), record.id,
-                              self._encode(record))
+        encoded = self._encode(record)
+        await write_replicated(self.redis, lambda pipe: pipe.hset(
+            self.members_key(pool, partition), record.id, encoded),
+            f"PD member {record.id} of {pool}")
 
     async def delete(self, pool: str, partition: str, member_id: str) -> bool:
-        return bool(await self.redis.hdel(self.members_key(pool, partition), member_id))
+        results = await write_replicated(self.redis, lambda pipe: pipe.hdel(
+            self.members_key(pool, partition), member_id),
+            f"PD member {member_id} of {pool} deleted")
+        return bool(results[0])
 
     async def health(self, pool: str, partition: str) -> dict[str, HealthRecord]:
         raw = await self.redis.hgetall(self.health_key(pool, partition))

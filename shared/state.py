@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -152,6 +153,40 @@ def connect_redis(url: str | None = None, **options: Any) -> aioredis.Redis:
         username=sentinel_url.username, password=sentinel_url.password, **tls, **options)
     client.manager = sentinel
     return client
+
+
+REPLICA_WAIT_MS = 1000
+"""How long a registry write waits for a replica's acknowledgement (Sentinel sets only)."""
+
+
+def replicas_to_wait_for(client: aioredis.Redis) -> int:
+    """Replicas a registry write waits for: one behind Sentinel (whose failover promotes a
+    replica: a write only the old primary had would be lost), none for a single server."""
+    return 1 if isinstance(client, SentinelRedis) else 0
+
+
+async def write_replicated(client: aioredis.Redis, build: Callable[[Any], None],
+                           what: str) -> list[Any]:
+    """Run the writes ``build`` queues on one pipeline, then ``WAIT`` for a replica.
+
+    Replication is asynchronous: a write the primary acknowledged but no replica has yet
+    is lost when the primary dies and a replica is promoted. Registrations are written
+    once (nothing re-asserts them), so they wait until a replica has them — at most
+    REPLICA_WAIT_MS, then the write stands with a warning (a replica down must not stop
+    registrations). Returns the results of ``build``'s commands.
+    """
+    wanted = replicas_to_wait_for(client)
+    async with client.pipeline(transaction=False) as pipe:
+        build(pipe)
+        if wanted:
+            pipe.wait(wanted, REPLICA_WAIT_MS)
+        results: list[Any] = await pipe.execute()
+    if not wanted:
+        return results
+    if int(results[-1]) < wanted:
+        log.warning("%s: written on the primary, not yet on a replica after %d ms (a failover "
+                    "now would lose it)", what, REPLICA_WAIT_MS)
+    return results[:-1]
 
 
 def open_redis(redis: aioredis.Redis | str | None) -> tuple[aioredis.Redis, bool]:
