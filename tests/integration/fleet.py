@@ -17,7 +17,7 @@ from services.collector.main import serve as serve_collector
 from services.scheduler.main import serve as serve_scheduler
 from services.worker.instances import WorkerSettings
 from services.worker.main import Worker, WorkerOptions
-from tests.integration.system import InProcess, load, wait_until, write_config
+from tests.integration.system import InProcess, edit_config, load, wait_until, write_config
 
 FAKE = {"alias": "fake-model", "model_name": "__fake__", "fake": True,
         "fake_response": "FAKE_OK", "fake_delay_ms": 200, "fake_capacity": 2}
@@ -99,14 +99,16 @@ MakeFleet = Callable[..., Awaitable[Fleet]]
 @pytest.fixture
 async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
                      ) -> AsyncIterator[MakeFleet]:
-    """``fleet = await make_fleet(autoscaling={...}, pools=[...], autoscalers=1)``."""
+    """``fleet = await make_fleet(autoscaling={...}, pools=[...], autoscalers=1)``;
+    ``global_={...}`` sets keys of the config's ``global`` section before anything starts."""
     fleets: list[Fleet] = []
 
     async def factory(*, pools: list[dict[str, Any]] | None = None, schedulers: int = 1,
                       autoscalers: int = 1, autoscaling: dict[str, Any] | None = None,
                       gateway: dict[str, Any] | None = None, worker: bool = True,
                       modes: list[dict[str, Any]] | None = None,
-                      config: dict[str, Any] | None = None) -> Fleet:
+                      config: dict[str, Any] | None = None,
+                      global_: dict[str, Any] | None = None) -> Fleet:
         extra: dict[str, Any] = {"autoscaling": {"scale_interval_s": 0.5, "cooldown_s": 0.5,
                                                  "down_after_s": 1.0, "drain_timeout_s": 10,
                                                  **(autoscaling or {})}}
@@ -117,6 +119,8 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
         extra.update(config or {})  # other top-level sections (metrics, engines, ...)
         path = write_config(tmp_path / "config.yaml", prefix, pools or [], metrics_ms=200,
                             extra=extra)
+        if global_:  # keys of the ``global`` section, merged (not replacing it)
+            edit_config(path, lambda doc: doc["global"].update(global_))
         loaded = load(path)
         port = loaded.config.global_.api_port
         fleet = Fleet(api=f"http://127.0.0.1:{port}", http=httpx.AsyncClient(timeout=60),
