@@ -123,6 +123,19 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         return 2 * self.pool_fetch_interval
 
 
+MIN_DEFAULT_LEASE_S = 0.3
+"""Floor of the default collector lease: shorter ones hand pools over on event-loop pauses."""
+
+
+class CollectorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How several collector processes split the pools (docs/collector.md)."""
+
+    lease_ms: float | None = None
+    """MILLISECONDS a collector's heartbeat and pool leases live without renewal: a killed
+    collector's pools move to a survivor within about 1.2 × this (default: twice the
+    shortest scrape interval, at least 300)."""
+
+
 class PredictorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The greybox TTFT predictor (an online ridge regression of log TTFT per member)."""
 
@@ -328,6 +341,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     global_: GlobalConfig = msgspec.field(default_factory=GlobalConfig, name="global")
     f5: F5Config | None = None
     scheduler: SchedulerConfig = SchedulerConfig()
+    collector: CollectorConfig = CollectorConfig()
     modes: list[ModeConfig] = msgspec.field(default_factory=lambda: [ModeConfig()])
     pools: list[PoolConfig] = []
     engines: dict[str, EngineMetricsSpec] = {}
@@ -360,6 +374,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         if members <= s.fast_scrape_max_members:
             return s.fast_scrape_interval / 1000.0
         return 1.0
+
+    def collector_lease_s(self) -> float:
+        """Seconds a collector's heartbeat and pool leases live (``collector.lease_ms``)."""
+        if self.collector.lease_ms is not None:
+            return self.collector.lease_ms / 1000.0
+        s = self.scheduler
+        if s.metrics_fetch_interval is not None:
+            shortest = s.metrics_fetch_interval / 1000.0
+        elif s.fast_scrape_max_members > 0:
+            shortest = min(1.0, s.fast_scrape_interval / 1000.0)
+        else:
+            shortest = 1.0
+        return max(MIN_DEFAULT_LEASE_S, 2 * shortest)
 
     def stale_after_s(self, members: int) -> float:
         """Metrics of a pool of ``members`` older than this are stale."""
@@ -468,6 +495,9 @@ def validate(config: Config) -> None:
     if s.fast_scrape_max_members < 0:
         raise ConfigError("scheduler.fast_scrape_max_members", "must be >= 0")
     _check_positive("scheduler.stale_after_intervals", s.stale_after_intervals)
+    if config.collector.lease_ms is not None and config.collector.lease_ms < 100:
+        raise ConfigError("collector.lease_ms",
+                          f"must be >= 100 (milliseconds), got {config.collector.lease_ms}")
     if config.f5 is not None and not 0 < config.f5.port < 65536:
         raise ConfigError("f5.port", f"must be a TCP port 1..65535, got {config.f5.port}")
     mode_names: set[str] = set()

@@ -15,6 +15,7 @@ from services.collector.asleep import AsleepTracker
 from services.collector.kv_events import KvEventsBridge
 from services.collector.membership import MembershipSource
 from services.collector.metrics import CollectorMetrics
+from services.collector.ownership import PoolOwnership
 from services.collector.scraper import MetricsScraper
 from services.collector.workers_source import SleepingInstances
 from shared.config import Config, PoolConfig
@@ -41,6 +42,9 @@ class Collector:
         self.asleep = AsleepTracker()
         self.kv: KvEventsBridge | None = None
         """Listens to the KV-cache events of pools with ``kv_events`` (set by the service)."""
+        self.ownership: PoolOwnership | None = None
+        """Which pools this collector serves when several run (None: every pool)."""
+        self._sources: dict[str, MembershipSource] = {}
         self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
         self._tasks: dict[tuple[str, str],
                           tuple[PoolConfig, MembershipSource, asyncio.Task[None]]] = {}
@@ -62,24 +66,48 @@ class Collector:
         implicit = [config.implicit_pool(alias, engine)
                     for alias, engine in sorted(self.registered.items())
                     if config.configured_alias(alias) is None]
+        before = {p.ident for p in self.pools}
         self.pools = [*config.pools, *implicit]
-        wanted = {p.ident: p for p in self.pools}
+        self._sources = sources
+        self.follow_ownership()
+        if self.ownership is not None and {p.ident for p in self.pools} != before:
+            self.ownership.kick()  # lease new pools now, not at the next heartbeat
+
+    def pool_idents(self) -> list[tuple[str, str]]:
+        """Every pool of the config and the registry (whoever owns it)."""
+        return [p.ident for p in self.pools]
+
+    def mine(self, ident: tuple[str, str], now: float | None = None) -> bool:
+        """Does this collector serve the pool now (always, when it runs alone)?"""
+        return self.ownership is None or self.ownership.owns(ident, now)
+
+    def follow_ownership(self) -> None:
+        """Run membership (and with it KV-event bridges) for exactly the pools served now.
+
+        A pool gone from the config is announced removed (registered aliases); a pool
+        handed to another collector is dropped quietly: its new owner publishes it.
+        """
+        config, sources = self.config, self._sources
+        configured = {p.ident: p for p in self.pools}
+        served = {ident: p for ident, p in configured.items() if self.mine(ident)}
         if self.kv is not None:
-            self.kv.retain(set(wanted))
+            self.kv.retain(set(served))
         if self.metrics is not None:
-            self.metrics.forget(set(wanted))
+            self.metrics.forget(set(served))
+            self.metrics.served = len(served)
         for ident, (old_cfg, old_source, task) in list(self._tasks.items()):
-            new_cfg = wanted.get(ident)
+            new_cfg = served.get(ident)
             new_source = sources.get(config.pool_source(new_cfg)) if new_cfg else None
             if new_cfg != old_cfg or new_source is not old_source:
                 task.cancel()
                 del self._tasks[ident]
                 if new_cfg is None:
                     gone = self.snapshots.pop(ident, None)
-                    if gone is not None and ident[1] == MODELS_PARTITION:
+                    if (gone is not None and ident not in configured
+                            and ident[1] == MODELS_PARTITION):
                         self._announce_removed(gone)
                     self.asleep.forget(ident)
-        for ident, pool in wanted.items():
+        for ident, pool in served.items():
             if ident not in self._tasks:
                 source = sources[config.pool_source(pool)]
                 task = asyncio.create_task(self._membership(pool, source),
@@ -138,7 +166,7 @@ class Collector:
         jobs = []
         for pool in self.pools:
             snap = self.snapshots.get(pool.ident)
-            if snap is None:
+            if snap is None or not self.mine(pool.ident):
                 continue
             if now is not None:
                 if self._due.get(pool.ident, 0.0) > now:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 
 import httpx
 
@@ -13,6 +16,7 @@ from services.collector.kv_events import KvEventsBridge
 from services.collector.loops import Collector
 from services.collector.membership import F5Source, MembershipSource, StaticSource
 from services.collector.metrics import CollectorMetrics
+from services.collector.ownership import PoolOwnership
 from services.collector.scraper import MetricsScraper, open_clients
 from services.collector.workers_source import SleepingInstances, WorkersSource
 from shared.bus import connect_nats
@@ -26,6 +30,7 @@ from shared.pd_source import PDSource
 from shared.prefix_events import kv_subject
 from shared.registry_view import RegistryView
 from shared.runtime import run_service
+from shared.state import connect_redis
 from shared.subjects import Subjects
 from shared.workers import WorkerRegistry
 
@@ -88,19 +93,31 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 redis_url: str | None = None) -> None:
     """Fetch memberships and scrape metrics until ``stop`` is set."""
     cfg = loaded.config
+    me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     prom = new_registry()
-    metrics = CollectorMetrics(prom)
     nc = await connect_nats("collector", nats_url)
     registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
     sources = _Sources(registry)
+    # Its own client with short timeouts: an unreachable store must turn into fail-open
+    # scraping within about one lease, not after redis-py's defaults.
+    timeout = max(0.25, min(1.0, cfg.collector_lease_s()))
+    lease_redis = connect_redis(redis_url, socket_timeout=timeout,
+                                socket_connect_timeout=timeout, retry_on_timeout=False)
+    ownership = PoolOwnership(lease_redis, cfg.global_.prefix, me,
+                              lease_s=cfg.collector_lease_s())
+    metrics = CollectorMetrics(prom, ownership=ownership)
     # Many small clients: httpx's pool does per-request work that grows with its size.
-    async with open_clients(SCRAPE_CLIENTS) as clients, MetricsScraper(clients) as scraper:
+    async with open_clients(SCRAPE_CLIENTS) as clients, \
+            MetricsScraper(clients, user_agent=f"llmsched-collector/{me}") as scraper:
         sleeping = SleepingInstances(registry)
         collector = Collector(nc, Subjects(cfg.global_.prefix), scraper, cfg, sleeping=sleeping,
                               metrics=metrics)
         collector.kv = KvEventsBridge(nc.publish, lambda partition, pool: kv_subject(
             cfg.global_.prefix, partition, pool))
+        collector.ownership = ownership
         collector.apply_config(cfg, await sources.sources(cfg))
+        await ownership.tick(collector.pool_idents())  # one round trip before the first fetch
+        collector.follow_ownership()
         watcher = ConfigWatcher(loaded)
         models = ModelRegistry(registry.redis, prefix=cfg.global_.prefix)
         view = RegistryView(models, registry)
@@ -120,15 +137,21 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
 
         async def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
             set_level(new.config.global_.effective_log_level)
+            ownership.lease_s = new.config.collector_lease_s()
             collector.apply_config(new.config, await sources.sources(new.config))
 
         watcher.subscribe(on_config)
         tasks = [asyncio.create_task(watcher.run(stop)),
                  asyncio.create_task(view.run(stop)),
                  asyncio.create_task(sleeping.run(stop)),
-                 asyncio.create_task(collector.run_scrapes(stop))]
+                 asyncio.create_task(collector.run_scrapes(stop)),
+                 asyncio.create_task(ownership.run(stop, collector.pool_idents,
+                                                   collector.follow_ownership))]
         listener = await start_listener(prom, "collector", cfg.metrics)
-        log.info("Collector running: %d configured pools, scrape every %s", len(cfg.pools),
+        log.info("Collector %s running: %d configured pools (%d served here, lease %g ms), "
+                 "scrape every %s", me, len(cfg.pools),
+                 len(ownership.active(collector.pool_idents())),
+                 ownership.lease_s * 1000,
                  f"{cfg.scheduler.metrics_fetch_interval:g} ms"
                  if cfg.scheduler.metrics_fetch_interval is not None else
                  f"{cfg.scheduler.fast_scrape_interval:g} ms (pools of up to "
@@ -143,8 +166,10 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await changes.unsubscribe()
+            await ownership.leave()  # the others take this one's pools over at once
             await collector.close()
             await sources.close()
             await registry.close()
+            await lease_redis.aclose()
             with contextlib.suppress(Exception):
                 await nc.drain()

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.collector.ownership import PoolOwnership
 from shared.messages import MetricsBatch
 from shared.metrics import LATENCY_BUCKETS_S
 
@@ -19,7 +20,11 @@ class CollectorMetrics(Collector):
     """``llmsched_collector_*``; the metrics age gauge is computed when scraped."""
 
     def __init__(self, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 ownership: PoolOwnership | None = None) -> None:
+        self.ownership = ownership
+        self.served = 0
+        """Pools this collector serves now (the collector keeps it current)."""
         labels = ["pool", "partition"]
         self._duration = Histogram("llmsched_collector_scrape_duration_seconds",
                                    "Time to scrape every available member of a pool once",
@@ -71,3 +76,13 @@ class CollectorMetrics(Collector):
             if last:
                 age.add_metric(list(pool), now - min(last.values()))
         yield age
+        yield GaugeMetricFamily("llmsched_collector_pools_served",
+                                "Pools this collector fetches and scrapes now (the others are "
+                                "another collector's)", value=self.served)
+        if self.ownership is not None:
+            yield GaugeMetricFamily("llmsched_collector_live_collectors",
+                                    "Collectors splitting the pools, as last seen in the state "
+                                    "store", value=len(self.ownership.members))
+            yield GaugeMetricFamily("llmsched_collector_fail_open",
+                                    "1 while the state store is unreachable and this collector "
+                                    "scrapes every pool", value=int(self.ownership.fail_open()))

@@ -92,7 +92,10 @@ class MetricsScraper:
     """
 
     def __init__(self, clients: httpx.AsyncClient | Sequence[httpx.AsyncClient], *,
-                 max_concurrency: int = DEFAULT_CONCURRENCY) -> None:
+                 max_concurrency: int = DEFAULT_CONCURRENCY,
+                 user_agent: str | None = None) -> None:
+        self.user_agent = user_agent
+        """Sent with every scrape (the collector's id), so an engine can tell who asks."""
         self._clients = [clients] if isinstance(clients, httpx.AsyncClient) else list(clients)
         if not self._clients:
             raise ValueError("MetricsScraper needs at least one httpx.AsyncClient")
@@ -135,6 +138,8 @@ class MetricsScraper:
 
     def _plan(self, metrics: MetricsConfig, spec: EngineMetricsSpec) -> _PoolPlan:
         headers: dict[str, str] = {}
+        if self.user_agent:
+            headers["User-Agent"] = self.user_agent
         secrets: list[str] = []
         if metrics.metric_user:
             password = metrics.basic_password()
