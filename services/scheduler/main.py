@@ -24,18 +24,23 @@ from services.scheduler.view import MemberState
 from shared.bus import EventBatch, connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
+from shared.lease import Lease
 from shared.logs import set_level
 from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
 from shared.metrics import new_registry, start_listener
 from shared.prefix_events import KvUpdate, kv_subject_all
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
-from shared.state import RedisStateStore
+from shared.state import RedisStateStore, connect_redis
 from shared.subjects import RedisKeys, Subjects
 
 log = logging.getLogger("llmsched.scheduler")
 
 PERSIST_STOP_TIMEOUT_S = 5.0
+LOAD_PERIOD_S = 1.0
+LOAD_LEASE_TTL_S = 3.0
+"""Load events come from the replica holding this lease; a dead holder is replaced within
+this long plus one tick."""
 
 
 def run(loaded: LoadedConfig) -> int:
@@ -171,9 +176,13 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,
              subjects.scheduler_group, subjects.scheduler_queue)
     persisting = asyncio.create_task(persister.run(stop))
+    lease_redis = connect_redis(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
+                                retry_on_timeout=False)
+    publisher = Lease(lease_redis, f"{cfg.global_.prefix}:scheduler:load-publisher", replica,
+                      LOAD_LEASE_TTL_S, role="load publisher", logger=log)
     tasks = [
         asyncio.create_task(watcher.run(stop)),
-        asyncio.create_task(_publish_load(nc, subjects, core, stop)),
+        asyncio.create_task(_publish_load(nc, subjects, core, stop, publisher)),
         asyncio.create_task(_expire_inflight(core, stop)),
     ]
     try:
@@ -189,6 +198,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await publisher.release()  # another replica publishes from its next tick
+        await lease_redis.aclose()
         # The persister ends by itself after a last flush; cancelled in the middle of one,
         # its selection counts could be added twice. Then the answers given since.
         with contextlib.suppress(Exception):
@@ -201,13 +212,30 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
 
 
 async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
-                        stop: asyncio.Event) -> None:
-    """One load event per pool every evaluation tick (the metrics interval, at least 1 s)."""
+                        stop: asyncio.Event, lease: Lease) -> None:
+    """One load event per pool every tick (1 s), from the replica holding ``lease`` only.
+
+    Every replica holds the same view, so one publisher is enough; the others renew
+    nothing and try to take the lease each tick. With the state store unreachable a
+    replica publishes anyway (fail open: duplicates beat silence).
+    """
     enc = msgspec.json.Encoder()
+    failing_open = False
     while True:
-        period = 1.0
-        if await sleep_or_stop(stop, period):
+        if await sleep_or_stop(stop, LOAD_PERIOD_S):
             return
+        held = await lease.hold()
+        outage = not held and not lease.reachable
+        if outage != failing_open:
+            failing_open = outage
+            if outage:
+                log.warning("State store unreachable: replica %s publishes load events "
+                            "itself until it answers (fail open)", lease.holder)
+            else:
+                log.info("State store reachable again: load events come from the lease "
+                         "holder only")
+        if not held and not outage:
+            continue
         now = time.time()
         for pool in list(core.view.pools.values()):
             serving = [m for m in pool.members.values() if m.available and not m.asleep]
