@@ -9,6 +9,7 @@ FastAPI as usual.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -16,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from services.api.gateway.body import BODY_IDLE_S
 from services.api.metrics import SelectMetrics
 from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
 from services.api.validation import (
@@ -144,7 +146,11 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+        except TimeoutError:
+            raise BadRequest(None, f"no byte of the request body for {BODY_IDLE_S:g}s", 408,
+                             "request_timeout") from None
         if message["type"] == "http.disconnect":
             raise BadRequest(None, "client disconnected before sending the body",
                              code="invalid_body")

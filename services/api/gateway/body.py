@@ -11,6 +11,9 @@ Kind = Literal["chat", "completions"]
 
 MAX_BODY_BYTES = 32 << 20
 """Largest request body accepted (long prompts and images as data URLs fit)."""
+BODY_IDLE_S = 10.0
+"""A client that sends no byte of its announced body for this long gets 408 (select and
+gateway routes): a slow client is served, a silent one does not hold a connection for ever."""
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode

@@ -6,6 +6,7 @@ Like the select fast path, the gateway skips FastAPI's request machinery: its ba
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from services.api.gateway.body import MAX_BODY_BYTES, GatewayError, Kind
+from services.api.gateway.body import BODY_IDLE_S, MAX_BODY_BYTES, GatewayError, Kind
 from services.api.gateway.catalog import Catalog
 from services.api.gateway.proxy import Gateway
 from shared.access_log import log_request
@@ -108,7 +109,11 @@ async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+        except TimeoutError:
+            raise GatewayError(408, f"no byte of the request body for {BODY_IDLE_S:g}s",
+                               code="request_timeout") from None
         if message["type"] == "http.disconnect":
             raise GatewayError(400, "client disconnected before sending the body")
         chunk = message.get("body", b"")
