@@ -79,14 +79,17 @@ def test_killed_services_come_back_and_no_select_fails(tmp_path: Path) -> None:
             loop.wait_more(20)
             # A scheduler replica, gracefully then abruptly: the API's retry covers both.
             for name, sig in (("scheduler-2", signal.SIGTERM), ("scheduler-1", signal.SIGKILL)):
+                loop.phase = f"{name} {sig.name}"
                 restarted(up, name, kill(up, name, sig))
                 scheduler_replicas(api, 2)
                 loop.wait_more(20)
             # One API process, then both at once, under load: requests in flight finish,
             # new connections wait in the shared socket's backlog until a process accepts.
+            loop.phase = "api-1 SIGTERM"
             restarted(up, "api-1", kill(up, "api-1", signal.SIGTERM))
             api_listening(up, "api-1")
             loop.wait_more(20)
+            loop.phase = "api-1 and api-2 SIGTERM"
             old = [kill(up, name, signal.SIGTERM) for name in ("api-1", "api-2")]
             for name, pid in zip(("api-1", "api-2"), old, strict=True):
                 restarted(up, name, pid)
@@ -95,7 +98,9 @@ def test_killed_services_come_back_and_no_select_fails(tmp_path: Path) -> None:
         finally:
             loop.stop()
         assert loop.failures == [], (f"{len(loop.failures)} of {loop.ok + len(loop.failures)} "
-                                     f"selects failed:\n" + "\n".join(loop.failures[:30]))
+                                     f"selects failed:\n" + "\n".join(loop.failures[:30])
+                                     + "\nlogs then:\n"
+                                     + up.log_lines_at([f[:8] for f in loop.failures[:5]]))
         # SIGKILL loses only requests in flight: none here, so none may fail. With the other
         # process alive it answers; with both killed, the backlog holds the connection.
         for victims in (("api-2",), ("api-1", "api-2")):

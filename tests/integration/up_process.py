@@ -105,6 +105,16 @@ class UpProcess:
             out.append(f"--- {path.name} ---\n" + "\n".join(tail))
         return "\n".join(out)
 
+    def log_lines_at(self, stamps: list[str], limit: int = 60) -> str:
+        """Every service log's lines written in the seconds ``stamps`` (``HH:MM:SS``)."""
+        out = []
+        for path in sorted((self.run_dir / "logs").glob("*.log")):
+            hits = [line for line in path.read_text(errors="replace").splitlines()
+                    if any(stamp in line for stamp in stamps)]
+            if hits:
+                out.append(f"--- {path.name} ---\n" + "\n".join(hits[:limit]))
+        return "\n".join(out)
+
     def stop(self) -> str:
         """SIGINT, as Ctrl-C does; returns everything up printed."""
         if self.proc.poll() is None:
@@ -195,13 +205,15 @@ class SelectLoop:
         self.body = body
         self.ok = 0
         self.failures: list[str] = []
+        self.phase = "start"
+        """What the test is doing now; each failure names it."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.strftime("%H:%M:%S")
+            started = f"{time.strftime('%H:%M:%S')} [{self.phase}]"
             try:
                 status, text = select(self.api, self.body)
             except OSError as err:
