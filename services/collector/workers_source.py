@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
+import msgspec
+
 from shared.config import PoolConfig
 from shared.members import member_key
 from shared.messages import MemberInfo, PoolSnapshot
@@ -45,18 +47,18 @@ class WorkersSource:
         self._registry = registry
         self._clock = clock
         self._last: dict[tuple[str, str], frozenset[str]] = {}
+        self._good: dict[tuple[str, str], PoolSnapshot] = {}
+        """Each pool's last snapshot read from the registry, kept through its outages."""
 
     async def snapshot(self, pool: PoolConfig, engine_type: str | None = None) -> PoolSnapshot:
-        """The alias's instances now (empty with an error if Redis is unreachable)."""
+        """The alias's instances now; while Redis is unreachable, the last ones read."""
         alias = pool.model or pool.name
         try:
             instances = [i for i in await self._registry.instances()
                          if i.state in ("running", "sleeping", "draining") and i.url]
         except Exception as err:
-            return PoolSnapshot(pool=pool.name, partition=pool.partition,
-                                engine_type=engine_type or pool.engine_type, source="workers",
-                                members=[], fetched_at=self._clock(),
-                                error=f"worker registry unreachable: {err}")
+            return self._failed(pool, engine_type or pool.engine_type,
+                                f"worker registry unreachable: {err}")
         members = []
         for inst in instances:
             address = _address(inst)
@@ -74,9 +76,31 @@ class WorkersSource:
             log.info("Pool %s:%s from workers (model %s): %d instance(s) %s", pool.name,
                      pool.partition, alias, len(members), ", ".join(sorted(keys)) or "-")
             self._last[pool.ident] = keys
-        return PoolSnapshot(pool=pool.name, partition=pool.partition,
+        if pool.ident in self._good and self._good[pool.ident].stale_since is not None:
+            log.info("Pool %s:%s: worker registry reachable again", pool.name, pool.partition)
+        good = PoolSnapshot(pool=pool.name, partition=pool.partition,
                             engine_type=engine_type or pool.engine_type, source="workers",
                             members=members, fetched_at=self._clock())
+        self._good[pool.ident] = good
+        return good
+
+    def _failed(self, pool: PoolConfig, engine: str, error: str) -> PoolSnapshot:
+        """The last members read, marked stale (none if the registry was never read).
+
+        An unreachable registry says nothing about the instances: they keep serving, so
+        selection keeps them (scrapes still tell whether each one is up).
+        """
+        last = self._good.get(pool.ident)
+        if last is None:
+            return PoolSnapshot(pool=pool.name, partition=pool.partition, engine_type=engine,
+                                source="workers", members=[], fetched_at=self._clock(),
+                                error=error)
+        if last.stale_since is None:
+            log.warning("Pool %s:%s: %s; keeping its %d last member(s)", pool.name,
+                        pool.partition, error, len(last.members))
+            last = msgspec.structs.replace(last, stale_since=last.fetched_at)
+            self._good[pool.ident] = last
+        return msgspec.structs.replace(last, fetched_at=self._clock(), error=error)
 
     def next_delay(self, pool: PoolConfig) -> float | None:
         """Follow the registry quickly: a lost worker must leave selection within seconds."""
