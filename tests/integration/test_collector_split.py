@@ -76,16 +76,22 @@ def pid_of(agent: str) -> int:
     return int(collector_id(agent).rsplit("-", 2)[-2])
 
 
-def overlaps(hits: list[tuple[float, str]]) -> dict[tuple[str, str], int]:
-    """For each pair (earlier, later scraper): earlier's scrapes after later's first one."""
-    first: dict[str, float] = {}
+def doubled(hits: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Scrapes made while another collector was scraping the same pool.
+
+    A scrape by X is doubled when some other collector Y scraped the pool just before
+    and just after it, those two within 1.5 intervals (Y was on its regular cadence).
+    A clean hand-over doubles nothing; one overlapping round doubles two scrapes (the old
+    owner's extra one and the new owner's first).
+    """
+    out = []
     for at, agent in hits:
-        first.setdefault(agent, at)
-    out: dict[tuple[str, str], int] = {}
-    for later, started in first.items():
-        for earlier, began in first.items():
-            if began < started:
-                out[(earlier, later)] = sum(1 for at, a in hits if a == earlier and at > started)
+        for other in {a for _t, a in hits if a != agent}:
+            before = [t for t, a in hits if a == other and t < at]
+            after = [t for t, a in hits if a == other and t > at]
+            if before and after and min(after) - max(before) <= 1.5 * INTERVAL_S:
+                out.append((at, agent))
+                break
     return out
 
 
@@ -180,10 +186,10 @@ async def test_collectors_split_pools_and_take_over_a_killed_ones(
             if i not in orphaned:
                 assert after[i] == steady[i], (i, steady, after)
 
-        # Never two collectors on one pool beyond one overlapping round at a hand-over.
+        # Never two collectors on one pool, but for one overlapping round at a hand-over.
         for i, (engine, _server) in enumerate(engines):
-            assert all(n <= 1 for n in overlaps(engine.hits).values()), (
-                i, overlaps(engine.hits), engine.hits, logs())
+            assert len(doubled(engine.hits)) <= 2, (i, doubled(engine.hits), engine.hits,
+                                                    logs())
     finally:
         for child in children:
             child.terminate()
