@@ -48,6 +48,7 @@ from shared.messages import (
     SelectReply,
     SelectRequest,
 )
+from shared.routing import OutcomeEvent
 from shared.subjects import Subjects
 
 SCRIPT = Path(__file__).resolve()
@@ -174,14 +175,25 @@ def time_per_call_us(fn: Callable[[], object], budget_s: float) -> float:
     return min(_loop_time(fn, reps) / reps for _ in range(3)) * 1e6
 
 
-def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
-    """µs per ``SchedulerCore.select`` (and with the scheduler's/API's codec work around it)."""
+def measure_decisions(plan: Plan, mode: str | None = None) -> list[dict[str, Any]]:
+    """µs per ``SchedulerCore.select`` (and with the scheduler's/API's codec work around it).
+
+    ``mode``: the pools' routing mode (None: the default); ``greybox`` adds its guard and
+    per-member TTFT prediction to every decision, and each decision's outcome (which ends
+    its in-flight count) is in the time too.
+    """
     from services.api.validation import decode_select
     from services.scheduler.core import SchedulerCore
+    from services.scheduler.decide import Decision
     from services.scheduler.plugins.registry import default_registry
     from shared.config import parse_config
 
-    config = parse_config(yaml.safe_dump(config_doc("bench_inproc", 8080), sort_keys=False))
+    doc = config_doc("bench_inproc", 8080)
+    if mode == "greybox":
+        doc["modes"].append({"name": "greybox", "type": "greybox"})
+        for pool_doc in doc["pools"]:
+            pool_doc["mode"] = "greybox"
+    config = parse_config(yaml.safe_dump(doc, sort_keys=False))
     core = SchedulerCore(config, default_registry())
     fleet = Fleet()
     request_dec = msgspec.json.Decoder(SelectRequest)
@@ -192,8 +204,16 @@ def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
         req = SelectRequest(pool_name=pool.name, partition=PARTITION, members=pool.members)
         raw = pool.body()
 
+        def select_and_end(req: SelectRequest) -> Decision:
+            decision, event = core.select(req)
+            if event is not None:  # greybox counts it in flight: its outcome ends it
+                core.apply_outcome(OutcomeEvent(request_id=event.request_id, pool=event.pool,
+                                                partition=event.partition, member=event.member,
+                                                status=200))
+            return decision
+
         def handler(raw: bytes = raw) -> bytes:  # what the scheduler's select endpoint does
-            decision, _event = core.select(request_dec.decode(raw))
+            decision = select_and_end(request_dec.decode(raw))
             return encode(SelectReply(answer=decision.answer, reason=decision.reason))
 
         def api_codec(raw: bytes = raw) -> bytes:  # the API's validation and re-encoding
@@ -203,11 +223,11 @@ def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
             core.view.apply_metrics(fleet.metrics(pool))
 
         fresh_metrics()
-        check, _event = core.select(req)
+        check = select_and_end(req)
         if check.reason != "selected":
             raise BenchError(f"in-process select on {pool.name} answered {check}")
         def decide(req: SelectRequest = req) -> object:
-            return core.select(req)[0]
+            return select_and_end(req)
 
         decide_us = time_per_call_us(decide, plan.decide_s)
         fresh_metrics()
@@ -215,10 +235,12 @@ def measure_decisions(plan: Plan) -> list[dict[str, Any]]:
         fresh_metrics()
         api_us = time_per_call_us(api_codec, plan.decide_s)
         fresh_metrics()
-        if core.select(req)[0].reason != "selected":
-            raise BenchError(f"in-process select on {pool.name} stopped selecting")
+        if select_and_end(req).reason != "selected":
+            raise BenchError(f"in-process select on {pool.name} stopped selecting: "
+                             f"{select_and_end(req)}")
         results.append({
-            "pool": pool.name, "members": pool.size, "body_bytes": len(raw),
+            "pool": pool.name, "mode": mode or "default", "members": pool.size,
+            "body_bytes": len(raw),
             "decide_us": round(decide_us, 2),
             "scheduler_handler_us": round(handler_us, 2),
             "api_codec_us": round(api_us, 2),
@@ -640,7 +662,8 @@ def summarize(decisions: list[dict[str, Any]], system: dict[str, Any], connectio
     bare_cpu = _median([r["server_cpu_us_per_req"].get("bare", 0.0) for r in bare_n])
     api_cpu = _median([r["server_cpu_us_per_req"].get("api", 0.0) for r in api_n])
     nats_small = next(r for r in system["nats_runs"] if r["members"] == SMALL.size)
-    scaling = {d["members"]: d["decide_us"] for d in decisions}
+    scaling = {d["members"]: d["decide_us"] for d in decisions if d["mode"] == "default"}
+    greybox = {d["members"]: d["decide_us"] for d in decisions if d["mode"] == "greybox"}
     return {
         "api_p50_ms_c1": api_p50, "bare_p50_ms_c1": bare_p50,
         "api_added_p50_ms_c1": round(api_p50 - bare_p50, 4),
@@ -653,6 +676,7 @@ def summarize(decisions: list[dict[str, Any]], system: dict[str, Any], connectio
         "nats_rps_by_members": {str(r["members"]): r["rps"] for r in system["nats_runs"]},
         "decide_us_by_members": {str(k): v for k, v in scaling.items()},
         "decide_1000_over_100": round(scaling[LARGE.size] / scaling[MEDIUM.size], 2),
+        "greybox_decide_1000_us": round(greybox[LARGE.size], 1),
         "bars": {
             "api_p50_le_1ms": api_p50 <= BARS["api_p50_ms"],
             "api_bare_ratio_ge_0.60": ratio >= BARS["api_bare_ratio"],
@@ -725,12 +749,16 @@ def print_report(meta: dict[str, Any], decisions: list[dict[str, Any]],
     print(f"  → 3-member pool {summary['nats_rps_by_members'][str(SMALL.size)]:,.0f}/s;"
           f" bar ≥ 5,000/s: {verdict(bars['nats_small_ge_5000'])}")
     print("\nDecision cost in-process (best of 3)")
-    print(f"  {'members':<10}{'decide µs':>11}{'ns/member':>11}{'sched handler µs':>18}"
-          f"{'API codec µs':>14}")
+    print(f"  {'mode':<9}{'members':<10}{'decide µs':>11}{'ns/member':>11}"
+          f"{'sched handler µs':>18}{'API codec µs':>14}")
     for d in decisions:
-        print(f"  {d['members']:<10}{d['decide_us']:>11.2f}{d['decide_ns_per_member']:>11.1f}"
-              f"{d['scheduler_handler_us']:>18.2f}{d['api_codec_us']:>14.2f}")
+        print(f"  {d['mode']:<9}{d['members']:<10}{d['decide_us']:>11.2f}"
+              f"{d['decide_ns_per_member']:>11.1f}{d['scheduler_handler_us']:>18.2f}"
+              f"{d['api_codec_us']:>14.2f}")
     print(f"  → 1000 vs 100 members: ×{summary['decide_1000_over_100']} (linear would be ×10)")
+    greybox_us = summary["greybox_decide_1000_us"]
+    print(f"  → greybox, 1000 members: {greybox_us / 1000:.3f} ms per decision; bar ≤ 2 ms: "
+          f"{verdict(greybox_us <= 2000)}")
 
 
 def versions() -> dict[str, str]:
@@ -756,7 +784,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "connections": args.connections, "nats_inflight": args.inflight,
             "plan": plan.__dict__, "versions": versions()}
     print("Decision cost in-process...", flush=True)
-    decisions = measure_decisions(plan)
+    decisions = measure_decisions(plan) + measure_decisions(plan, "greybox")
     with running_stack(args.keep_logs) as stack:
         system = run_fast(measure_system(stack, plan, args.connections, args.inflight))
     summary = summarize(decisions, system, args.connections)
