@@ -1,9 +1,13 @@
 """Keep deploy/docker-compose.yml and deploy/Dockerfile honest without a Docker engine.
 
 The compose file is parsed and every service's command, mount, port and env var is
-checked against the code (``services.cli``, ``shared.config``, ``pyproject.toml``).
+checked against the code (``services.cli``, the worker's and the simulator's command
+lines, ``shared.config``, ``pyproject.toml``), in both of its shapes: the default (one
+NATS node) and the ``nats-cluster`` profile with ``deploy/nats-cluster.env`` (three
+nodes), each resolved as compose would (``${VAR:-default}`` interpolation, profiles).
 Each checker returns a list of problems; the real files must give none, and every
-checker is run once against a deliberately broken copy to prove it can fail.
+checker is run once against a deliberately broken copy to prove it can fail. The
+cluster's NATS commands are also run, on loopback, with the real nats-server.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import re
 import shlex
 import sys
+import time
 import tomllib
 import types
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +37,10 @@ from setuptools import find_packages
 from services import cli
 from services.enginesim import cli as sim_cli
 from services.enginesim.config import SimConfigError
+from services.worker import main as worker_main
 from shared.config import ConfigError, LoadedConfig, load_config, parse_config
+from shared.embedded import EmbeddedServer, nats_server
+from shared.http_server import free_port
 from shared.members import parse_member_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +50,11 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 PYPROJECT = REPO / "pyproject.toml"
 
 ENGINE_SIM = "engine-sim"
+WORKER = "worker"
 NATS_PORT = 4222
+NATS_CLUSTER_ENV = DEPLOY / "nats-cluster.env"
+REPLICATED_ROLES = ("scheduler", "collector")
+"""Roles the compose file runs at least two replicas of."""
 REDIS_PORT = 6379
 NATS_IMAGES = ("nats",)
 REDIS_IMAGES = ("redis", "valkey/valkey", "bitnami/redis", "bitnami/valkey")
@@ -66,10 +82,82 @@ LISTENER_ROLES = ("scheduler", "collector", "autoscaler")
 # --------------------------------------------------------------------------- helpers
 
 
-def load_compose() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Variant:
+    """One shape of the compose file: the profiles switched on and the env file read."""
+
+    name: str
+    profiles: frozenset[str] = frozenset()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def env_file_vars(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a compose env file (comments and blanks skipped)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def variants() -> list[Variant]:
+    cluster_env = env_file_vars(NATS_CLUSTER_ENV)
+    profiles = frozenset(p.strip() for p in cluster_env.get("COMPOSE_PROFILES", "").split(",")
+                         if p.strip())
+    return [Variant("default"), Variant("nats-cluster", profiles, cluster_env)]
+
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}"
+                  r"|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``$$``."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        op, default = m.group(2), m.group(3) or ""
+        value = env.get(name)
+        if op == ":-" and not value:
+            return default
+        if op == "-" and value is None:
+            return default
+        if op in (":?", "?") and (value is None or (op == ":?" and not value)):
+            raise ValueError(f"${{{name}}} is required: {default}")
+        return value or ""
+
+    return _VAR.sub(one, text)
+
+
+def _interpolated(node: Any, env: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, dict):
+        return {k: _interpolated(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolated(v, env) for v in node]
+    return node
+
+
+def resolve(raw: dict[str, Any], variant: Variant) -> dict[str, Any]:
+    """The compose file as ``docker compose`` would run it in ``variant``."""
+    data: dict[str, Any] = _interpolated(raw, variant.env)
+    data["services"] = {name: svc for name, svc in data["services"].items()
+                        if not svc.get("profiles") or set(svc["profiles"]) & variant.profiles}
+    return data
+
+
+def load_raw_compose() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE_FILE.read_text())
     assert isinstance(data, dict) and isinstance(data.get("services"), dict)
     return data
+
+
+def load_compose(variant: Variant | None = None) -> dict[str, Any]:
+    return resolve(load_raw_compose(), variant or variants()[0])
 
 
 def command_of(service: dict[str, Any]) -> list[str]:
@@ -242,6 +330,8 @@ def check_commands(compose: dict[str, Any], base: Path) -> list[str]:
             continue
         if cmd[0] == ENGINE_SIM:
             continue  # checked by check_engine_dispatch: main() hands it to the simulator
+        if cmd[0] == WORKER:
+            continue  # checked by check_worker with the worker's own command line
         try:
             args = cli.build_parser().parse_args(cmd)
         except SystemExit:
@@ -250,7 +340,7 @@ def check_commands(compose: dict[str, Any], base: Path) -> list[str]:
         if args.command not in cli.SERVICES:
             problems.append(f"{name}: {args.command!r} is not a service subcommand")
     roles = {role_of(svc) for svc in ours.values()}
-    for role in (*cli.SERVICES, ENGINE_SIM):
+    for role in (*cli.SERVICES, WORKER, ENGINE_SIM):
         if role not in roles:
             problems.append(f"no service runs `llmsched {role}`")
     return problems
@@ -430,7 +520,9 @@ def check_bus_urls(compose: dict[str, Any], base: Path) -> list[str]:
                     problems.append(f"{name}: {var}={url} uses port {url_port}, want {port}")
                 if _image_repo(str(services[host].get("image", ""))) not in images:
                     problems.append(f"{name}: {var} points at {host}, not a {images[0]} image")
-                if host not in deps:
+                # A node of a profile cannot be a dependency (the default shape would not
+                # start); the client library fails over to it once it runs.
+                if host not in deps and not services[host].get("profiles"):
                     problems.append(f"{name}: does not depend_on {host}")
     return problems
 
@@ -450,23 +542,35 @@ def check_env_vars(
     return problems
 
 
-def check_scheduler_replicas(compose: dict[str, Any], base: Path) -> list[str]:
-    total = 0
-    for svc in llmsched_services(compose, base).values():
-        if role_of(svc) == "scheduler":
-            replicas = (svc.get("deploy") or {}).get("replicas", svc.get("scale", 1))
-            total += int(replicas)
-    return [] if total >= 2 else [f"scheduler runs {total} replica(s), want >= 2"]
+def replicas_of(svc: dict[str, Any]) -> int:
+    return int((svc.get("deploy") or {}).get("replicas", svc.get("scale", 1)))
+
+
+def check_replicas(compose: dict[str, Any], base: Path) -> list[str]:
+    problems = []
+    for role in REPLICATED_ROLES:
+        total = sum(replicas_of(svc) for svc in llmsched_services(compose, base).values()
+                    if role_of(svc) == role)
+        if total < 2:
+            problems.append(f"{role} runs {total} replica(s), want >= 2")
+    return problems
 
 
 def check_depends_on(compose: dict[str, Any], base: Path) -> list[str]:
     services = compose["services"]
-    return [
+    problems = [
         f"{name}: depends_on {dep!r}, which is no service"
         for name, svc in services.items()
         for dep in depends_on_names(svc)
         if dep not in services
     ]
+    problems += [
+        f"{name}: depends_on {dep!r}, which runs only under a profile"
+        for name, svc in services.items() if not svc.get("profiles")
+        for dep in depends_on_names(svc)
+        if dep in services and services[dep].get("profiles")
+    ]
+    return problems
 
 
 def check_pool_engines(
@@ -498,6 +602,153 @@ def check_pool_engines(
         ]
         if exposed and port not in exposed:
             problems.append(f"pool member {host}:{port}: {host} exposes {exposed}")
+    return problems
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def _worker_args(cmd: list[str]) -> Any:
+    """The worker's parsed command line (None when it does not parse)."""
+    try:
+        return worker_main.build_parser().parse_args(cmd[1:])
+    except SystemExit:
+        return None
+
+
+def check_worker(compose: dict[str, Any], base: Path,
+                 configs: dict[str, LoadedConfig]) -> list[str]:
+    """Each worker parses, listens where containers reach it and registers with an API."""
+    problems: list[str] = []
+    services = compose["services"]
+    api_ports = {name: loaded.config.global_.api_port for name, loaded in configs.items()
+                 if role_of(services[name]) == "api"}
+    for name, svc in llmsched_services(compose, base).items():
+        cmd = command_of(svc)
+        if role_of(svc) != WORKER:
+            continue
+        args = _worker_args(cmd)
+        if args is None:
+            problems.append(f"{name}: {cmd} does not parse with the worker's command line")
+            continue
+        try:
+            worker_main.options_from_args(args)
+        except ValueError as err:
+            problems.append(f"{name}: worker arguments rejected: {err}")
+        if args.host not in LISTEN_ALL:
+            problems.append(f"{name}: worker binds {args.host}: unreachable from other "
+                            "containers")
+        exposed = container_ports(svc.get("expose", [])) + [
+            c for _, c in published_ports(svc.get("ports", []))]
+        if args.port not in exposed:
+            problems.append(f"{name}: worker listens on {args.port}, exposes {exposed}")
+        if args.advertise_host != name or replicas_of(svc) != 1:
+            problems.append(f"{name}: --advertise-host {args.advertise_host} (and 1 replica) "
+                            f"is how other containers reach its engines; want {name}")
+        if not args.worker_id:
+            problems.append(f"{name}: no --worker-id: a recreated container would register as "
+                            "another worker")
+        manager = urlsplit(args.manager_url or "")
+        if manager.hostname not in api_ports:
+            problems.append(f"{name}: --manager-url {args.manager_url} is no API service "
+                            f"({sorted(api_ports)})")
+        elif (manager.port or 80) != api_ports[manager.hostname]:
+            problems.append(f"{name}: --manager-url port {manager.port}, the API listens on "
+                            f"{api_ports[manager.hostname]}")
+        elif manager.hostname not in depends_on_names(svc):
+            problems.append(f"{name}: does not depend_on {manager.hostname}")
+    return problems
+
+
+# --------------------------------------------------------------------------- NATS
+
+
+NATS_VALUE_FLAGS = {"-a": "addr", "--addr": "addr", "--net": "addr", "-p": "port",
+                    "--port": "port", "-m": "http_port", "--http_port": "http_port",
+                    "-n": "server_name", "--name": "server_name",
+                    "--server_name": "server_name", "--cluster": "cluster",
+                    "--cluster_listen": "cluster", "--routes": "routes",
+                    "--cluster_name": "cluster_name"}
+
+
+def nats_flags(cmd: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(the flags the checks read, every other argument) of a nats-server command."""
+    known: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(cmd):
+        flag, eq, value = cmd[i].partition("=")
+        if flag in NATS_VALUE_FLAGS:
+            if not eq:
+                i += 1
+                value = cmd[i] if i < len(cmd) else ""
+            known[NATS_VALUE_FLAGS[flag]] = value
+        else:
+            rest.append(cmd[i])
+        i += 1
+    return known, rest
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url if "//" in url else f"nats://{url}")
+    return parts.hostname or "", parts.port or default_port
+
+
+def check_nats(compose: dict[str, Any], base: Path) -> list[str]:
+    """NATS nodes: one, or a cluster whose routes connect every pair of nodes; every
+    service's NATS_URL lists every node."""
+    nodes = services_of_image(compose, NATS_IMAGES)
+    problems: list[str] = []
+    if not nodes:
+        return ["no NATS service"]
+    flags = {name: nats_flags(command_of(svc))[0] for name, svc in nodes.items()}
+    for name, svc in nodes.items():
+        f = flags[name]
+        if int(f.get("port", NATS_PORT)) != NATS_PORT:
+            problems.append(f"{name}: clients port {f['port']}, NATS_URL uses {NATS_PORT}")
+        if not (svc.get("healthcheck") or {}).get("test"):
+            problems.append(f"{name}: no healthcheck")
+        if replicas_of(svc) != 1:
+            problems.append(f"{name}: a NATS node is one container, not {replicas_of(svc)}")
+    for name, svc in llmsched_services(compose, base).items():
+        if role_of(svc) in cli.SERVICES:
+            listed = {_host_port(u.strip(), NATS_PORT)[0]
+                      for u in environment_of(svc, base).get("NATS_URL", "").split(",")}
+            if missing := sorted(set(nodes) - listed):
+                problems.append(f"{name}: NATS_URL does not list {', '.join(missing)}")
+    if len(nodes) == 1:
+        return problems
+    names = [f.get("server_name", "") for f in flags.values()]
+    if "" in names or len(set(names)) != len(names):
+        problems.append(f"NATS nodes need distinct --server_name values, got {names}")
+    if len({f.get("cluster_name", "") for f in flags.values()} - {""}) != 1 or any(
+            "cluster_name" not in f for f in flags.values()):
+        problems.append("NATS nodes do not share one --cluster_name")
+    cluster_port: dict[str, int] = {}
+    for name, f in flags.items():
+        if "cluster" not in f:
+            problems.append(f"{name}: no --cluster: it takes no routes")
+            continue
+        host, port = _host_port(f["cluster"], 6222)
+        if host not in LISTEN_ALL:
+            problems.append(f"{name}: --cluster binds {host}: unreachable from other nodes")
+        cluster_port[name] = port
+    routes: set[tuple[str, str]] = set()
+    for name, f in flags.items():
+        for url in filter(None, (u.strip() for u in f.get("routes", "").split(","))):
+            host, port = _host_port(url, 6222)
+            if host not in nodes:
+                problems.append(f"{name}: route {url} names no NATS service")
+            elif cluster_port.get(host) != port:
+                problems.append(f"{name}: route {url}: {host} takes routes on "
+                                f"{cluster_port.get(host)}")
+            elif host != name:
+                routes.add((name, host))
+    for a in sorted(nodes):
+        for b in sorted(nodes):
+            if a < b and (a, b) not in routes and (b, a) not in routes:
+                problems.append(f"no route between {a} and {b}: neither solicits the other, "
+                                "so they connect only while a third node gossips them in")
     return problems
 
 
@@ -535,6 +786,9 @@ def metrics_ports(compose: dict[str, Any], base: Path,
             ports[name] = set(sim_ports(cmd))
         elif name in configs and role == "api":
             ports[name] = {configs[name].config.global_.api_port}
+        elif role == WORKER:
+            args = _worker_args(cmd)
+            ports[name] = {args.port} if args is not None else set()
         elif name in configs and role in LISTENER_ROLES:
             port = configs[name].config.metrics.port_of(role)
             ports[name] = {port} if port else set()
@@ -577,13 +831,13 @@ def check_prometheus(compose: dict[str, Any], base: Path, configs: dict[str, Loa
             problems.append(f"job {job}: {host}:{port} is not a metrics port of {host} "
                             f"(it serves /metrics on {sorted(ports.get(host, set()))})")
         jobs = [j for j in doc["scrape_configs"] if j.get("job_name") == job]
-        replicas = int((services[host].get("deploy") or {}).get("replicas", 1))
+        replicas = replicas_of(services[host])
         if replicas > 1 and not any(j.get("dns_sd_configs") for j in jobs):
             problems.append(f"job {job}: {host} runs {replicas} replicas; a static target "
                             "reaches one of them (use dns_sd_configs)")
     for name, svc in ours.items():
         role = role_of(svc)
-        if role in cli.SERVICES and role != "worker" and name not in scraped:
+        if role in (*cli.SERVICES, WORKER) and name not in scraped:
             problems.append(f"nothing scrapes {name} (llmsched {role})")
         if role in LISTENER_ROLES and name in configs:
             metrics = configs[name].config.metrics
@@ -664,8 +918,10 @@ def compose_problems(compose: dict[str, Any], base: Path = DEPLOY) -> list[str]:
     problems += check_api_port(compose, base, configs)
     problems += check_bus_urls(compose, base)
     problems += check_env_vars(compose, base, configs)
-    problems += check_scheduler_replicas(compose, base)
+    problems += check_replicas(compose, base)
     problems += check_depends_on(compose, base)
+    problems += check_worker(compose, base, configs)
+    problems += check_nats(compose, base)
     problems += check_pool_engines(compose, base, configs)
     problems += check_prometheus(compose, base, configs)
     problems += check_grafana(compose, base)
@@ -793,9 +1049,17 @@ def check_compose_build(compose: dict[str, Any], base: Path) -> list[str]:
 # --------------------------------------------------------------------------- tests
 
 
+VARIANTS = {v.name: v for v in variants()}
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_compose()
+    return load_compose(VARIANTS["default"])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    return load_compose(VARIANTS["nats-cluster"])
 
 
 @pytest.fixture(scope="module")
@@ -803,8 +1067,33 @@ def pyproject() -> dict[str, Any]:
     return tomllib.loads(PYPROJECT.read_text())
 
 
-def test_compose_file_is_consistent_with_the_code(compose: dict[str, Any]) -> None:
-    assert compose_problems(compose) == []
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_compose_file_is_consistent_with_the_code(variant: str) -> None:
+    assert compose_problems(load_compose(VARIANTS[variant])) == []
+
+
+def test_nats_one_node_by_default_three_in_the_cluster_profile(
+        compose: dict[str, Any], cluster: dict[str, Any]) -> None:
+    assert sorted(services_of_image(compose, NATS_IMAGES)) == ["nats"]
+    nodes = sorted(services_of_image(cluster, NATS_IMAGES))
+    assert nodes == ["nats", "nats-2", "nats-3"], nodes
+    assert VARIANTS["nats-cluster"].profiles == {"nats-cluster"}
+    for name, svc in llmsched_services(cluster, DEPLOY).items():
+        if role_of(svc) in cli.SERVICES:
+            urls = environment_of(svc, DEPLOY)["NATS_URL"].split(",")
+            assert sorted(_host_port(u, NATS_PORT)[0] for u in urls) == nodes, (name, urls)
+    # Every other service is the same in both shapes.
+    others = set(compose["services"])
+    assert set(cluster["services"]) - others == {"nats-2", "nats-3"}
+
+
+def test_interpolation_follows_compose() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    cases = {"${SET}": "x", "${UNSET}": "", "${UNSET:-d}": "d", "${EMPTY:-d}": "d",
+             "${EMPTY-d}": "", "${UNSET-d}": "d", "$SET/$$SET": "x/$SET", "a${SET}b": "axb"}
+    assert {k: interpolate(k, env) for k in cases} == cases
+    with pytest.raises(ValueError, match="needed"):
+        interpolate("${UNSET:?needed}", env)
 
 
 def test_compose_build_uses_repository_root(compose: dict[str, Any]) -> None:
@@ -813,7 +1102,10 @@ def test_compose_build_uses_repository_root(compose: dict[str, Any]) -> None:
 
 def test_every_service_role_and_three_engines_present(compose: dict[str, Any]) -> None:
     roles = [role_of(s) for s in llmsched_services(compose, DEPLOY).values()]
-    assert set(cli.SERVICES) <= set(roles)
+    assert {*cli.SERVICES, WORKER} <= set(roles)
+    for role in REPLICATED_ROLES:
+        assert sum(replicas_of(s) for s in llmsched_services(compose, DEPLOY).values()
+                   if role_of(s) == role) == 2, role
     engines = [s for s in compose["services"].values() if role_of(s) == ENGINE_SIM]
     assert len(engines) == 3
     speeds = {option_value(command_of(s), "--speed") for s in engines}
@@ -927,8 +1219,36 @@ BROKEN: list[tuple[str, Mutation, str]] = [
                                   ["./grafana/provisioning:/etc/grafana/provisioning:ro"]),
      "dashboard provider"),
     ("grafana without prometheus", _set("grafana", "depends_on", {}), "depend_on prometheus"),
-    ("scheduler scaled, scraped by name", lambda c: c["services"]["collector"].__setitem__(
+    ("autoscaler scaled, scraped by name", lambda c: c["services"]["autoscaler"].__setitem__(
         "deploy", {"replicas": 2}), "reaches one of them"),
+    ("one collector", lambda c: c["services"]["collector"].pop("deploy"),
+     "collector runs 1 replica"),
+    ("worker missing", lambda c: c["services"].pop("worker"), "llmsched worker"),
+    ("worker bad flag", _set("worker", "command", ["worker", "--port", "x"]),
+     "does not parse with the worker"),
+    ("worker on loopback", _set("worker", "command",
+                                ["worker", "--port", "8100", "--advertise-host", "worker",
+                                 "--worker-id", "w", "--manager-url", "http://api:8080"]),
+     "unreachable from other containers"),
+    ("worker port unexposed", _set("worker", "expose", ["8101"]), "exposes [8101]"),
+    ("worker advertised by IP", _set("worker", "command",
+                                     ["worker", "--host", "0.0.0.0", "--port", "8100",
+                                      "--worker-id", "w", "--manager-url", "http://api:8080"]),
+     "--advertise-host"),
+    ("worker manager port", _set("worker", "command",
+                                 ["worker", "--host", "0.0.0.0", "--port", "8100",
+                                  "--advertise-host", "worker", "--worker-id", "w",
+                                  "--manager-url", "http://api:9090"]), "the API listens on"),
+    ("worker manager host", _set("worker", "command",
+                                 ["worker", "--host", "0.0.0.0", "--port", "8100",
+                                  "--advertise-host", "worker", "--worker-id", "w",
+                                  "--manager-url", "http://scheduler:8080"]),
+     "is no API service"),
+    ("worker without api", _set("worker", "depends_on", {}), "does not depend_on api"),
+    ("nats client port", lambda c: c["services"]["nats"]["command"].extend(["-p", "4223"]),
+     "clients port 4223"),
+    ("depends on a profile", lambda c: c["services"]["nats"].__setitem__(
+        "profiles", ["nats-cluster"]), "runs only under a profile"),
 ]
 
 
@@ -940,6 +1260,134 @@ def test_compose_checker_catches(compose: dict[str, Any], mutate: Mutation,
     mutate(broken)
     problems = compose_problems(broken)
     assert any(expected in p for p in problems), problems
+
+
+def _nats_flag(name: str, flag: str, value: str | None) -> Mutation:
+    """Set (or with None drop) one flag of a NATS node's command."""
+
+    def mutate(c: dict[str, Any]) -> None:
+        cmd = c["services"][name]["command"]
+        if flag in cmd:
+            i = cmd.index(flag)
+            del cmd[i:i + 2]
+        if value is not None:
+            cmd.extend([flag, value])
+
+    return mutate
+
+
+def _both(first: Mutation, second: Mutation) -> Mutation:
+    def mutate(c: dict[str, Any]) -> None:
+        first(c)
+        second(c)
+
+    return mutate
+
+
+def _nats_url(name: str, url: str) -> Mutation:
+    return lambda c: c["services"][name]["environment"].__setitem__("NATS_URL", url)
+
+
+CLUSTER_BREAKS: list[tuple[str, Mutation, str]] = [
+    ("pair without a route", _both(_nats_flag("nats-3", "--routes", None),
+                                   _nats_flag("nats-2", "--routes", "nats://nats:6222")),
+     "no route between nats-2 and nats-3"),
+    ("route to a ghost", _nats_flag("nats-2", "--routes", "nats://nats:6222,nats://nats-9:6222"),
+     "nats-9:6222 names no NATS service"),
+    ("route to the wrong port", _nats_flag("nats-3", "--routes",
+                                           "nats://nats:6223,nats://nats-2:6222"),
+     "takes routes on 6222"),
+    ("another cluster name", _nats_flag("nats-3", "--cluster_name", "other"),
+     "one --cluster_name"),
+    ("same server name", _nats_flag("nats-3", "--server_name", "nats-2"),
+     "distinct --server_name"),
+    ("no cluster listener", _nats_flag("nats", "--cluster", None), "nats: no --cluster"),
+    ("cluster on loopback", _nats_flag("nats-2", "--cluster", "nats://127.0.0.1:6222"),
+     "unreachable from other nodes"),
+    ("NATS_URL misses a node", _nats_url("api", "nats://nats:4222,nats://nats-2:4222"),
+     "api: NATS_URL does not list nats-3"),
+    ("node without healthcheck", lambda c: c["services"]["nats-3"].pop("healthcheck"),
+     "nats-3: no healthcheck"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in CLUSTER_BREAKS],
+                         ids=[n for n, _, _ in CLUSTER_BREAKS])
+def test_cluster_checker_catches(cluster: dict[str, Any], mutate: Mutation,
+                                 expected: str) -> None:
+    broken = copy.deepcopy(cluster)
+    mutate(broken)
+    problems = compose_problems(broken)
+    assert any(expected in p for p in problems), problems
+
+
+def loopback_nats_argv(cmd: list[str], me: str, cluster_ports: dict[str, int]) -> list[str]:
+    """A compose NATS node's arguments for nats-server on loopback: its cluster listener
+    and routes moved to ``cluster_ports`` (clients and monitoring ports are added by the
+    caller), every other flag kept."""
+    flags, rest = nats_flags(cmd)
+    argv = list(rest)
+    for key in ("server_name", "cluster_name"):
+        if key in flags:
+            argv += [f"--{key}", flags[key]]
+    if "cluster" in flags:
+        argv += ["--cluster", f"nats://127.0.0.1:{cluster_ports[me]}"]
+    routes = [f"nats://127.0.0.1:{cluster_ports[_host_port(u.strip(), 6222)[0]]}"
+              for u in flags.get("routes", "").split(",") if u.strip()]
+    if routes:
+        argv += ["--routes", ",".join(routes)]
+    return argv
+
+
+def _peers(monitor_port: int) -> set[str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/routez", timeout=2) as r:
+            routes = json.loads(r.read()).get("routes") or []
+    except (urllib.error.URLError, OSError, ValueError):
+        return set()
+    return {str(route.get("remote_name")) for route in routes}
+
+
+@pytest.mark.integration
+def test_cluster_nats_commands_form_a_cluster_that_survives_any_node_restarting(
+        cluster: dict[str, Any], tmp_path: Path) -> None:
+    """The profile's three NATS commands, run by the real nats-server on loopback, route to
+    each other; with node 1 (the one every route names) down, node 2 restarts and still
+    finds node 3; node 1 back, all three are routed again."""
+    nodes = services_of_image(cluster, NATS_IMAGES)
+    cluster_ports = {name: free_port() for name in nodes}
+    monitor = {name: free_port() for name in nodes}
+    servers: dict[str, EmbeddedServer] = {
+        name: nats_server(workdir=str(tmp_path), log_name=f"{name}.log", extra=[
+            *loopback_nats_argv(command_of(svc), name, cluster_ports),
+            "-m", str(monitor[name])])
+        for name, svc in nodes.items()}
+    names = {name: nats_flags(command_of(svc))[0]["server_name"] for name, svc in nodes.items()}
+
+    def wait_mesh(up: list[str], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        seen: dict[str, set[str]] = {}
+        while time.monotonic() < deadline:
+            seen = {n: _peers(monitor[n]) for n in up}
+            if all(seen[n] == {names[o] for o in up if o != n} for n in up):
+                return
+            time.sleep(0.2)
+        logs = {n: servers[n].log_tail(600) for n in up}
+        raise AssertionError(f"nodes {up} not routed to each other: peers {seen}; logs {logs}")
+
+    try:
+        for server in servers.values():
+            server.start()
+        wait_mesh(list(nodes))
+        servers["nats"].kill()
+        servers["nats-2"].stop()
+        servers["nats-2"].start()
+        wait_mesh(["nats-2", "nats-3"])
+        servers["nats"].start()
+        wait_mesh(list(nodes))
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 def _configs(compose: dict[str, Any]) -> dict[str, LoadedConfig]:
@@ -954,8 +1402,15 @@ def _job(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 PROMETHEUS_BREAKS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
-    ("collector port", lambda d: _job(d, "llmsched-collector")["static_configs"][0].__setitem__(
-        "targets", ["collector:9999"]), "collector:9999 is not a metrics port"),
+    ("collector port", lambda d: _job(d, "llmsched-collector")["dns_sd_configs"][0].__setitem__(
+        "port", 9999), "collector:9999 is not a metrics port"),
+    ("collector replicas behind one name", lambda d: _job(d, "llmsched-collector").update(
+        dns_sd_configs=[], static_configs=[{"targets": ["collector:9102"]}]),
+     "reaches one of them"),
+    ("worker unscraped", lambda d: d["scrape_configs"].remove(_job(d, "llmsched-worker")),
+     "nothing scrapes worker"),
+    ("worker port", lambda d: _job(d, "llmsched-worker")["static_configs"][0].__setitem__(
+        "targets", ["worker:8080"]), "worker:8080 is not a metrics port"),
     ("scheduler port", lambda d: _job(d, "llmsched-scheduler")["dns_sd_configs"][0].__setitem__(
         "port", 9102), "scheduler:9102 is not a metrics port"),
     ("api unscraped", lambda d: d["scrape_configs"].remove(_job(d, "llmsched-api")),
