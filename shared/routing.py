@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
+
+TtftAt = Literal["first_token", "headers"]
+"""What an outcome's ``ttft_s`` measured: the first token, or only the response headers."""
 
 
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +74,9 @@ class OutcomeEvent(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     ttft_s: float | None = None
     """Time to the first byte as the client saw it (from its arrival, holds included)."""
+    ttft_at: TtftAt = "first_token"
+    """``headers``: ``ttft_s`` is only the time to the response headers (an F5 report), which
+    a streaming engine sends before its first token; it never trains the TTFT predictor."""
     upstream_ttft_s: float | None = None
     """Time to the first byte from this attempt's dispatch to the engine (what it did)."""
     e2e_s: float | None = None

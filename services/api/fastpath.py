@@ -134,10 +134,12 @@ def _bus_down(report: OutcomeReport, why: str) -> Reply:
 
 
 def outcome_event(report: OutcomeReport, at: float) -> OutcomeEvent:
-    """The bus event of a report: no request id, so it finishes the member's oldest select."""
+    """The bus event of a report: no request id, so it takes the member's oldest select
+    (which leaves the count at the member's next scrape after ``at``)."""
     return OutcomeEvent(request_id="", pool=report.pool_name, partition=report.partition,
                         member=report.member, status=report.status,
                         ttft_s=None if report.ttft_ms is None else report.ttft_ms / 1000.0,
+                        ttft_at=report.ttft_at,
                         e2e_s=None if report.e2e_ms is None else report.e2e_ms / 1000.0,
                         final=True, at=at)
 

@@ -10,6 +10,7 @@ import msgspec
 from shared.errors import BadRequest
 from shared.members import MemberAddressError, parse_member_key
 from shared.messages import SelectRequest
+from shared.routing import TtftAt
 
 MAX_MEMBERS = 10_000
 MAX_PREFIX_HASHES = 1024
@@ -44,8 +45,12 @@ class OutcomeReport(msgspec.Struct, kw_only=True):
         ge=0, le=599, description="HTTP status the engine answered; 0 when it answered"
         " nothing (refused, reset, timed out)")]
     ttft_ms: Annotated[Millis | None, msgspec.Meta(
-        description="Milliseconds from sending the request to the member to its first token"
-        " (the shipped iRule sends the time to the response headers)")] = None
+        description="Milliseconds from sending the request to the member to what `ttft_at`"
+        " names")] = None
+    ttft_at: Annotated[TtftAt, msgspec.Meta(
+        description="What `ttft_ms` measured: `headers` (the response headers, what the"
+        " shipped iRule sees; a streaming engine sends them before its first token) or"
+        " `first_token`. Only `first_token` reports teach the TTFT predictor")] = "headers"
     e2e_ms: Annotated[Millis | None, msgspec.Meta(
         description="Milliseconds from sending the request to the end of the response")] = None
 

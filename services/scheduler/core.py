@@ -138,7 +138,9 @@ class SchedulerCore:
                                event.prefix_hashes, event.at)
 
     def apply_outcome(self, event: OutcomeEvent) -> None:
-        """A routed request finished (or failed): it leaves the count and teaches."""
+        """A routed request finished (or failed): it leaves the count and teaches (an F5
+        report at the response headers leaves it at the member's next scrape, and does
+        not teach)."""
         self.feedback.outcome(event)
 
     def apply_kv(self, update: KvUpdate) -> None:
@@ -147,7 +149,16 @@ class SchedulerCore:
 
     def expire_inflight(self) -> int:
         """Drop requests whose outcome never came; returns how many."""
+        for ident in self.inflight.reported_pools():
+            self._settle(ident)
         return self.feedback.expire()
+
+    def _settle(self, ident: tuple[str, str]) -> None:
+        """Reported selects of a pool leave the count at their member's next scrape (or
+        after the pool's staleness window, when its metrics fail)."""
+        pool = self.view.pools.get(ident)
+        wait_s = self.config.stale_after_s(len(pool.members) if pool else 0)
+        self.feedback.settle(ident, self.clock(), wait_s)
 
     def _count_routed(self, pool: PoolState, member: MemberState, request_id: str,
                       ttl_s: float, ctx: DecisionContext) -> SelectionEvent:
@@ -178,6 +189,7 @@ class SchedulerCore:
             return RouteReply(answer="none", reason="pool_unknown"), None
         if pool is None or not pool.members:
             return RouteReply(answer="none", reason="pool_empty"), None
+        self._settle((pool.name, pool.partition))
         active = [m for m in pool.members.values() if m.exclusion() is None]
         tried = set(req.exclude)
         keys = [m.key for m in active if m.key not in tried]
@@ -232,12 +244,15 @@ class SchedulerCore:
         """One decision, counted in the pool's selection statistics.
 
         A greybox pool also counts the selection as in flight (until the iRule reports
-        the outcome, or ``select_inflight_ttl_s`` passes): the event tells the replicas.
+        its outcome and a scrape of the member shows the engine holding it, or until
+        ``select_inflight_ttl_s`` passes): the event tells the replicas.
         """
         pool, profile, fallback = self._lookup(req.pool_name, req.partition)
         if profile is None:
             log.debug("pool %s:%s answer none: not configured", req.pool_name, req.partition)
             return Decision("none", "pool_unknown"), None
+        if pool is not None:
+            self._settle((pool.name, pool.partition))
         ctx = self._ctx(req.pool_name, req.partition)
         if pool is not None:
             self._keys(ctx, pool, self.prefix.select_hashes(req.prefix_hashes, req.prefix_key),
@@ -273,6 +288,7 @@ class SchedulerCore:
         pool = self.view.pools.get(cfg.ident)
         now = self.clock()
         mode = self.config.mode_for(cfg).name
+        self._settle(cfg.ident)
         if pool is None:
             return PoolStatus(name=name, partition=partition, engine_type=cfg.engine_type,
                               member_count=0, members=[], source=self.config.pool_source(cfg),

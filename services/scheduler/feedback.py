@@ -98,22 +98,50 @@ class Feedback:
                     tuple(event.features), event.predicted_ttft_s, event.at)
 
     def outcome(self, event: OutcomeEvent) -> None:
-        """A request ended: it leaves the count, teaches the predictor, feeds the breaker."""
+        """A request ended: it leaves the count, teaches the predictor, feeds the breaker.
+
+        A report without request id (the F5 iRule's) names only the member: it takes the
+        member's oldest select. A failure ends it at once; a success may come at the
+        engine's response headers, when the request has only started, so the select keeps
+        counting until a scrape shows the engine holding it (see :meth:`settle`).
+        """
         now = self.clock()
+        ok = 200 <= event.status < 400 and event.error is None
+        member = (event.pool, event.partition, event.member)
         if event.request_id:
             entry = self.inflight.done(event.request_id, now)
-        else:  # an outcome report without an id (the F5 iRule): the member's oldest request
-            entry = self.inflight.done_oldest((event.pool, event.partition, event.member))
-        ident = entry.member if entry is not None else (event.pool, event.partition,
-                                                        event.member)
+        elif ok:
+            entry = self.inflight.report_oldest(member, event.at or now)
+        else:
+            entry = self.inflight.done_oldest(member)
+        ident = entry.member if entry is not None else member
         if entry is not None:
             self.sync(ident)
+            if entry.reported_at is not None:  # its scrape may have come before the report
+                self._settle_member(ident, self.member(ident))
         routed = self._routed.pop(entry.request_id, None) if entry is not None else None
-        ok = 200 <= event.status < 400 and event.error is None
-        if routed is not None and ok and (event.upstream_ttft_s or event.ttft_s) is not None:
+        if (routed is not None and ok and event.ttft_at == "first_token"
+                and (event.upstream_ttft_s or event.ttft_s) is not None):
             self._learn(ident, routed, event, now)
         if event.final or not ok:
             self._breaker(ident, ok, now)
+
+    def settle(self, pool: tuple[str, str], now: float, wait_s: float) -> None:
+        """Reported selects of ``pool`` whose member was scraped since, or that waited
+        ``wait_s`` for a scrape in vain, leave the count."""
+        reported = self.inflight.reported(*pool)
+        if not reported:
+            return
+        state = self.view.pools.get(pool)
+        for key in list(reported):
+            member = None if state is None else state.members.get(key)
+            self._settle_member((pool[0], pool[1], key), member, now - wait_s)
+
+    def _settle_member(self, ident: MemberIdent, member: MemberState | None,
+                       reported_before: float = float("-inf")) -> None:
+        scraped_at = None if member is None else member.metrics_at
+        if self.inflight.settle(ident, scraped_at, reported_before) and member is not None:
+            member.inflight = self.inflight.count(ident)
 
     def _learn(self, ident: MemberIdent, routed: Routed, event: OutcomeEvent,
                now: float) -> None:

@@ -3,11 +3,19 @@
 Every scheduler replica applies the same selection and outcome events, so each holds
 the same counts. A request whose outcome is never reported (a lost event, an F5 path
 without outcome reports, a crashed API) leaves at its expiry instead of counting forever.
+
+An F5 outcome report carries no request id and comes at the engine's response headers,
+which a streaming engine sends at once: the request has only started. Such a report marks
+the member's oldest select *reported*; it keeps counting until a metrics scrape of the
+member taken after the report (the engine's own running/waiting figures then hold it),
+or, when no scrape comes (failing metrics), for the pool's staleness window. Every
+replica applies the same reports and scrapes, so all agree.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass
 
 MemberIdent = tuple[str, str, str]
@@ -15,6 +23,11 @@ MemberIdent = tuple[str, str, str]
 
 EARLY_DONE_TTL_S = 60.0
 """How long an outcome that arrived before its selection is remembered."""
+
+SCRAPE_MARGIN_S = 0.05
+"""A reported request leaves the count at the first scrape taken at least this long after
+its report: the engine may add a request just after sending its headers, a scrape's time
+is when its answer arrived, and the API's and the collector's clocks may differ a little."""
 
 
 @dataclass(slots=True)
@@ -25,6 +38,8 @@ class InflightEntry:
     member: MemberIdent
     started_at: float
     expires_at: float
+    reported_at: float | None = None
+    """When an outcome report without request id named it (it counts until a scrape)."""
 
 
 class InflightTracker:
@@ -35,6 +50,8 @@ class InflightTracker:
         self._counts: dict[MemberIdent, int] = {}
         self._expiry: list[tuple[float, str]] = []
         self._done_early: dict[str, float] = {}
+        self._reported: dict[tuple[str, str], dict[str, deque[InflightEntry]]] = {}
+        """(pool, partition) → member key → reported entries, in the order of their reports."""
         self.expired_total = 0
         """Requests that left by expiry rather than by an outcome (lost outcome events)."""
 
@@ -63,18 +80,80 @@ class InflightTracker:
             self._done_early[request_id] = now + EARLY_DONE_TTL_S
             return None
         self._drop(entry.member)
+        if entry.reported_at is not None:
+            self._unlist(entry.member, entry)
         return entry
 
     def done_oldest(self, member: MemberIdent) -> InflightEntry | None:
-        """Finish the oldest request of ``member`` (outcome reports that carry no request id)."""
-        oldest: InflightEntry | None = None
-        for entry in self._entries.values():
-            if entry.member == member and (oldest is None or entry.started_at < oldest.started_at):
-                oldest = entry
+        """Finish the oldest unreported request of ``member`` (a failed report without id)."""
+        oldest = self._oldest_unreported(member)
         if oldest is not None:
             del self._entries[oldest.request_id]
             self._drop(member)
         return oldest
+
+    def report_oldest(self, member: MemberIdent, at: float) -> InflightEntry | None:
+        """Mark the oldest unreported request of ``member`` reported at ``at``; it keeps
+        counting until :meth:`settle` sees a scrape of the member taken after ``at``."""
+        oldest = self._oldest_unreported(member)
+        if oldest is not None:
+            oldest.reported_at = at
+            pool = self._reported.setdefault((member[0], member[1]), {})
+            pool.setdefault(member[2], deque()).append(oldest)
+        return oldest
+
+    def _oldest_unreported(self, member: MemberIdent) -> InflightEntry | None:
+        oldest: InflightEntry | None = None
+        for entry in self._entries.values():
+            if (entry.member == member and entry.reported_at is None
+                    and (oldest is None or entry.started_at < oldest.started_at)):
+                oldest = entry
+        return oldest
+
+    def reported(self, pool: str, partition: str) -> dict[str, deque[InflightEntry]]:
+        """Member key → reported requests still counted, for one pool (do not modify)."""
+        return self._reported.get((pool, partition), {})
+
+    def reported_pools(self) -> list[tuple[str, str]]:
+        """Pools with reported requests still counted."""
+        return list(self._reported)
+
+    def settle(self, member: MemberIdent, scraped_at: float | None,
+               reported_before: float = float("-inf")) -> int:
+        """The reported requests of ``member`` that its scrape taken at ``scraped_at``
+        already holds, or that were reported before ``reported_before`` (no scrape came in
+        time: the member's metrics fail), leave the count; returns how many left."""
+        pool = self._reported.get((member[0], member[1]))
+        queue = None if pool is None else pool.get(member[2])
+        if pool is None or queue is None:
+            return 0
+        seen = float("-inf") if scraped_at is None else scraped_at - SCRAPE_MARGIN_S
+        left = 0
+        while queue:
+            entry = queue[0]
+            reported_at = entry.reported_at
+            if reported_at is not None and reported_at > seen and reported_at >= reported_before:
+                break
+            queue.popleft()
+            del self._entries[entry.request_id]
+            self._drop(member)
+            left += 1
+        if not queue:
+            self._unlist(member)
+        return left
+
+    def _unlist(self, member: MemberIdent, entry: InflightEntry | None = None) -> None:
+        """Take ``entry`` (None: every entry) of ``member`` off the reported lists."""
+        pool = self._reported.get((member[0], member[1]))
+        if pool is None:
+            return
+        queue = pool.get(member[2])
+        if queue is not None and entry is not None:
+            queue.remove(entry)
+        if queue is not None and (entry is None or not queue):
+            del pool[member[2]]
+        if not pool:
+            del self._reported[(member[0], member[1])]
 
     def _drop(self, member: MemberIdent) -> None:
         left = self._counts.get(member, 0) - 1
@@ -94,6 +173,8 @@ class InflightTracker:
                 continue  # already done (stale heap item)
             del self._entries[request_id]
             self._drop(entry.member)
+            if entry.reported_at is not None:
+                self._unlist(entry.member, entry)
             dropped.append(entry.member)
         self.expired_total += len(dropped)
         if self._done_early:
@@ -118,4 +199,5 @@ class InflightTracker:
         for rid in gone:
             del self._entries[rid]
         self._counts.pop(member, None)
+        self._unlist(member)
         return len(gone)
