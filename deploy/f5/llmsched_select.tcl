@@ -11,8 +11,11 @@
 # "busy" (a greybox pool with admission control: every member is past its
 # limits) answers the client 503 with Retry-After instead of sending the
 # request anywhere. After a request went to the member llmsched picked, the
-# response's status and time are reported (POST /scheduler/outcome,
-# fire-and-forget) so llmsched counts it as finished and learns from it.
+# response's status and time to its headers are reported (POST
+# /scheduler/outcome, fire-and-forget): llmsched stops counting the request once
+# the engine's own figures show it, and a failure feeds its circuit breaker. The
+# report sends no "ttft_at", so llmsched takes it as a header time ("headers"),
+# never as a time to first token.
 #
 # Attach to an HTTP virtual server whose default pool is the LLM pool (with a
 # OneConnect profile so every request gets its own decision). See README.md.
