@@ -147,6 +147,8 @@ class SelectPath:
         report: dict[str, object] = {"pool_name": self.pool, "partition": PARTITION,
                                      "member": key, "status": sent.status}
         took = sent.headers_s if self.report == "headers" else sent.ttft
+        if self.report == "first-token":  # a real TTFT: the predictor may learn from it
+            report["ttft_at"] = "first_token"
         if took != float("inf"):
             report["ttft_ms"] = round(took * 1000, 3)
         task = asyncio.create_task(self._post(session, api, json.dumps(report).encode()))
