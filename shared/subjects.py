@@ -30,6 +30,11 @@ class Subjects:
     def pool_snapshot_all(self) -> str:
         return f"{self.prefix}.pool.snapshot.>"
 
+    @property
+    def pool_resync(self) -> str:
+        """A scheduler replica joined (or reconnected): collectors republish their pools."""
+        return f"{self.prefix}.pool.resync"
+
     def member_metrics(self, partition: str, pool: str) -> str:
         return f"{self.prefix}.member.metrics.{token(partition)}.{token(pool)}"
 

@@ -20,9 +20,14 @@ from services.collector.scraper import MetricsScraper
 from services.collector.workers_source import SleepingInstances
 from shared.config import Config, PoolConfig
 from shared.messages import REMOVED, PoolSnapshot
+from shared.runtime import sleep_or_stop
 from shared.subjects import MODELS_PARTITION, Subjects
 
 log = logging.getLogger("llmsched.collector")
+
+RESYNC_MIN_GAP_S = 1.0
+"""Resync answers: at most one republish of each pool this often, however many ask."""
+RECONNECT_POLL_S = 0.5
 
 
 class Collector:
@@ -46,6 +51,9 @@ class Collector:
         """Which pools this collector serves when several run (None: every pool)."""
         self._sources: dict[str, MembershipSource] = {}
         self.snapshots: dict[tuple[str, str], PoolSnapshot] = {}
+        self._last_metrics: dict[tuple[str, str], bytes] = {}
+        """The last published metrics batch of each pool served, for resyncs."""
+        self._resync = asyncio.Event()
         self._tasks: dict[tuple[str, str],
                           tuple[PoolConfig, MembershipSource, asyncio.Task[None]]] = {}
         self._enc = msgspec.json.Encoder()
@@ -103,6 +111,7 @@ class Collector:
                 del self._tasks[ident]
                 if new_cfg is None:
                     gone = self.snapshots.pop(ident, None)
+                    self._last_metrics.pop(ident, None)
                     if (gone is not None and ident not in configured
                             and ident[1] == MODELS_PARTITION):
                         self._announce_removed(gone)
@@ -190,9 +199,10 @@ class Collector:
         if self.metrics is not None:
             self.metrics.scraped(pool.ident, batch, time.perf_counter() - started)
         batch = self.asleep.apply(pool, snap.members, batch, sleeping)
+        data = self._enc.encode(batch)
+        self._last_metrics[pool.ident] = data
         try:
-            await self.nc.publish(self.subjects.member_metrics(pool.partition, pool.name),
-                                  self._enc.encode(batch))
+            await self.nc.publish(self.subjects.member_metrics(pool.partition, pool.name), data)
         except Exception as err:
             log.warning("Metrics of %s:%s not published: %s", pool.name, pool.partition, err)
         return len(batch.members)
@@ -214,10 +224,63 @@ class Collector:
                 log.warning("Scrape rounds fall %.2fs behind their intervals (too many members "
                             "for this collector, or a slow machine)", late)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_any(stop), self._next_due(now) - now)
+                await asyncio.wait_for(self._wait_any(stop, self._wake),
+                                       self._next_due(now) - now)
 
-    async def _wait_any(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
+    def resync_requested(self) -> None:
+        """A scheduler replica joined or reconnected: republish the pools served here."""
+        self._resync.set()
+
+    async def run_resyncs(self, stop: asyncio.Event) -> None:
+        """Answer resync requests: republish at once, then at most once per
+        ``RESYNC_MIN_GAP_S``; requests in between are answered together by the next round
+        (so every one is answered after it arrived, and many replicas do not storm).
+
+        Also republishes after this collector reconnects to NATS: a replica that came back
+        first asked while nobody was listening.
+        """
+        reconnects = self.nc.stats["reconnects"]
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_any(stop, self._resync), RECONNECT_POLL_S)
+            if stop.is_set():
+                return
+            if self.nc.stats["reconnects"] != reconnects and self.nc.is_connected:
+                reconnects = self.nc.stats["reconnects"]
+                log.info("Reconnected to NATS: republishing the pools served here")
+                self._resync.set()
+            if not self._resync.is_set():
+                continue
+            self._resync.clear()
+            await self.republish()
+            if await sleep_or_stop(stop, RESYNC_MIN_GAP_S):
+                return
+
+    async def republish(self) -> int:
+        """Publish again the current snapshot and last metrics batch of every pool served
+        here (only the owner of a pool answers); returns the pools republished."""
+        count = 0
+        for pool in list(self.pools):
+            snap = self.snapshots.get(pool.ident)
+            if snap is None or not self.mine(pool.ident):
+                continue  # not fetched yet (its first fetch publishes it), or not ours
+            metrics = self._last_metrics.get(pool.ident)
+            try:
+                await self.nc.publish(self.subjects.pool_snapshot(pool.partition, pool.name),
+                                      self._enc.encode(snap))
+                if metrics is not None:
+                    await self.nc.publish(
+                        self.subjects.member_metrics(pool.partition, pool.name), metrics)
+            except Exception as err:
+                log.warning("Resync of %s:%s not published: %s", pool.name, pool.partition,
+                            err)
+                continue
+            count += 1
+        log.info("Resync asked: republished %d pool(s)", count)
+        return count
+
+    async def _wait_any(self, stop: asyncio.Event, event: asyncio.Event) -> None:
+        waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(event.wait())]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:

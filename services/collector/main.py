@@ -10,6 +10,7 @@ import socket
 import uuid
 
 import httpx
+from nats.aio.msg import Msg
 
 from services.collector.f5_client import F5Client, http_client_for
 from services.collector.kv_events import KvEventsBridge
@@ -135,6 +136,11 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         changes = await nc.subscribe(Subjects(cfg.global_.prefix).registry_changed,
                                      cb=view.on_event)
 
+        async def on_resync(_msg: Msg) -> None:
+            collector.resync_requested()
+
+        resyncs = await nc.subscribe(Subjects(cfg.global_.prefix).pool_resync, cb=on_resync)
+
         async def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
             set_level(new.config.global_.effective_log_level)
             ownership.lease_s = new.config.collector_lease_s()
@@ -145,6 +151,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                  asyncio.create_task(view.run(stop)),
                  asyncio.create_task(sleeping.run(stop)),
                  asyncio.create_task(collector.run_scrapes(stop)),
+                 asyncio.create_task(collector.run_resyncs(stop)),
                  asyncio.create_task(ownership.run(stop, collector.pool_idents,
                                                    collector.follow_ownership))]
         listener = await start_listener(prom, "collector", cfg.metrics)
@@ -164,8 +171,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await changes.unsubscribe()
+            for sub in (changes, resyncs):
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             await ownership.leave()  # the others take this one's pools over at once
             await collector.close()
             await sources.close()
