@@ -41,6 +41,10 @@ LOAD_PERIOD_S = 1.0
 LOAD_LEASE_TTL_S = 3.0
 """Load events come from the replica holding this lease; a dead holder is replaced within
 this long plus one tick."""
+RESYNC_WAIT_S = 0.5
+"""At start, how long a replica waits (counted from its resync request, warm-up included)
+for the collectors' answers before joining the queue group, when pools are still unknown."""
+RECONNECT_POLL_S = 0.5
 
 
 def run(loaded: LoadedConfig) -> int:
@@ -86,7 +90,10 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     snap_dec = msgspec.json.Decoder(PoolSnapshot)
     met_dec = msgspec.json.Decoder(MetricsBatch)
 
+    arrived = asyncio.Event()
+
     async def on_snapshot(msg: Msg) -> None:
+        arrived.set()
         try:
             snap = snap_dec.decode(msg.data)
         except msgspec.DecodeError as err:
@@ -112,6 +119,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         except msgspec.DecodeError as err:
             log.warning("Dropping malformed metrics batch on %s: %s", msg.subject, err)
             return
+        if _seen(core, batch):
+            return  # a resync's copy of a batch this replica already has: learn nothing twice
         sleep_changes: list[MemberState] = []
         if core.view.apply_metrics(batch, sleep_changes) is not None:
             persister.metrics_changed((batch.pool, batch.partition))
@@ -165,12 +174,15 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         await nc.subscribe(subjects.request_outcome, cb=on_outcome),
         await nc.subscribe(kv_subject_all(cfg.global_.prefix), cb=on_kv),
     ]
+    asked = time.monotonic()
+    await _ask_resync(nc, subjects, replica)  # after subscribing: the answers reach us
     try:
         restored = await warm_up(store, keys, core.view, accept=core.accept_snapshot)
         log.info("Warmed up from the state store: %d pools", restored)
     except Exception as err:
         health["ok"] = False
         log.warning("State store unreachable at start (%s); starting from live events only", err)
+    await _await_pools(core, arrived, asked + RESYNC_WAIT_S)
     service = await start_service(nc, subjects, endpoints)
     listener = await start_listener(prom, "scheduler", cfg.metrics)
     log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,
@@ -184,6 +196,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         asyncio.create_task(watcher.run(stop)),
         asyncio.create_task(_publish_load(nc, subjects, core, stop, publisher)),
         asyncio.create_task(_expire_inflight(core, stop)),
+        asyncio.create_task(_resync_on_reconnect(nc, subjects, replica, stop)),
     ]
     try:
         await stop.wait()
@@ -209,6 +222,52 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             await nc.drain()
         await counts.close()
         await store.close()
+
+
+async def _ask_resync(nc: NATS, subjects: Subjects, replica: str) -> None:
+    """Ask the collectors to republish their pools now (fail open: none answering, the
+    replica keeps what it has and the next fetches bring the rest)."""
+    try:
+        await nc.publish(subjects.pool_resync, replica.encode())
+        await nc.flush(timeout=2)
+    except Exception as err:
+        log.warning("Resync request not sent (%s); pools arrive with the next fetches", err)
+
+
+async def _await_pools(core: SchedulerCore, arrived: asyncio.Event, deadline: float) -> None:
+    """Wait until every configured pool is known, at most until ``deadline`` (monotonic);
+    ``arrived`` is set on each snapshot."""
+    wanted = {pool.ident for pool in core.config.pools}
+    while not wanted <= core.view.pools.keys():
+        arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), deadline - time.monotonic())
+        if time.monotonic() >= deadline:
+            return
+
+
+async def _resync_on_reconnect(nc: NATS, subjects: Subjects, replica: str,
+                               stop: asyncio.Event) -> None:
+    """After a NATS outage, ask for a resync: snapshots published meanwhile were lost."""
+    seen = nc.stats["reconnects"]
+    while not await sleep_or_stop(stop, RECONNECT_POLL_S):
+        if nc.stats["reconnects"] != seen and nc.is_connected:
+            seen = nc.stats["reconnects"]
+            log.info("Reconnected to NATS: asking the collectors for a resync")
+            await _ask_resync(nc, subjects, replica)
+
+
+def _seen(core: SchedulerCore, batch: MetricsBatch) -> bool:
+    """Whether every member of ``batch`` was already applied from this very scrape."""
+    pool = core.view.get(batch.pool, batch.partition)
+    if pool is None:
+        return False
+    for m in batch.members:
+        member = pool.members.get(m.key)  # members the pool lacks are ignored anyway
+        if member is not None and (member.last_scrape_at is None
+                                   or m.scraped_at > member.last_scrape_at):
+            return False
+    return True
 
 
 async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
