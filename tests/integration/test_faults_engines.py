@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +19,11 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
+from shared.http_server import free_port
 from shared.routing import OutcomeEvent
 from shared.subjects import Subjects
-from tests.integration.fleet import MakeFleet
-from tests.integration.system import wait_until
+from tests.integration.fleet import FAKE, Fleet, MakeFleet
+from tests.integration.system import REPO, wait_until
 from tests.integration.timed_traffic import TimedTraffic, chat_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -147,3 +152,117 @@ async def _running(http: httpx.AsyncClient, members: list[str]) -> str:
 
 async def _served(traffic: TimedTraffic, since: float, n: int) -> bool:
     return traffic.count(lambda a: a.status == 200, since) >= n
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[Callable[[str, str], WorkerProcess]]:
+    """``start(worker_id, api_url)``: ``python -m services worker`` as a child process."""
+    started: list[WorkerProcess] = []
+
+    def start(worker_id: str, api: str) -> WorkerProcess:
+        port = free_port()
+        log = tmp_path / f"{worker_id}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services", "worker", "--port", str(port),
+                 "--manager-url", api, "--worker-id", worker_id, "--heartbeat-interval",
+                 "0.2", "--log-dir", str(tmp_path / f"logs-{worker_id}")],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        started.append(WorkerProcess(proc, f"http://127.0.0.1:{port}", log))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(10)
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+async def _members(fleet: Fleet) -> list[str]:
+    r = await fleet.http.get(f"{fleet.api}/pools/fake-model/@models/status")
+    if r.status_code != 200:
+        return []
+    return sorted(m["key"] for m in r.json()["members"] if m["available"])
+
+
+async def test_a_worker_process_killed_costs_only_the_requests_on_its_engines(
+        make_fleet: MakeFleet, worker_process: Callable[[str, str], WorkerProcess],
+        outcomes: list[OutcomeEvent]) -> None:
+    """A worker process running two of an alias's three instances is SIGKILLed (its
+    simulated engines live in it and die with it) while gateway requests run.
+
+    Allowed: the requests in flight on its engines when it dies fail (``502
+    upstream_failed`` once no other instance is left to try), and its instances stay
+    routable until the registry marks it lost, which it must within
+    ``worker_lost_after_s`` (+ the detector's interval and a busy box's slack). Not
+    allowed: a request started after the kill failing (a refused connection before the
+    first byte is tried again on another instance), the instances staying in the pool
+    after the worker is lost, or the other worker's instance leaving it."""
+    fleet = await make_fleet(worker=False, autoscalers=0,
+                             global_={"worker_lost_after_s": LOST_AFTER_S,
+                                      "select_timeout_ms": 3000})
+    spec = {**FAKE, "fake_delay_ms": 300, "fake_capacity": 8}
+    await fleet.register(spec)
+    doomed = worker_process("w-proc", fleet.api)
+    survivor = await fleet.add_worker("w1")
+
+    async def started(url: str, name: str) -> None:
+        async def up() -> bool:
+            r = await fleet.http.post(f"{url}/instances/start", json={**spec, "instance": name})
+            assert r.status_code in (200, 201, 409), r.text
+            return True
+        await wait_until(up, 60, f"{name} started on {url}")
+
+    await started(doomed.url, "fake-model-p1")
+    await started(doomed.url, "fake-model-p2")
+    await started(survivor.url, "fake-model-w1")
+    dead = sorted(f"127.0.0.1:{i['port']}" for i in await _instances(fleet.http, doomed.url))
+    alive = [f"127.0.0.1:{i['port']}" for i in await _instances(fleet.http, survivor.url)]
+    assert len(dead) == 2 and len(alive) == 1, (dead, alive)
+
+    async def pooled() -> bool:
+        return await _members(fleet) == sorted(dead + alive)
+    await wait_until(pooled, 60, "the three instances in the alias's pool")
+    traffic = TimedTraffic(chat_sender(fleet.api, "fake-model"), concurrency=6).start()
+    try:
+        await wait_until(lambda: _served(traffic, 0, 30), 60, "traffic flowing")
+        doomed.proc.kill()
+        killed = time.monotonic()
+        doomed.proc.wait(10)
+
+        async def lost() -> bool:
+            r = await fleet.http.get(f"{fleet.api}/admin/workers")
+            return any(w["worker_id"] == "w-proc" and w["state"] == "lost"
+                       for w in r.json()["workers"])
+        await wait_until(lost, LOST_AFTER_S + SLACK_S + 10, "w-proc marked lost")
+        lost_after = time.monotonic() - killed
+
+        async def left() -> bool:
+            return await _members(fleet) == alive
+        await wait_until(left, SLACK_S + 10, "its instances out of the pool")
+        left_after = time.monotonic() - killed
+        out = time.monotonic()
+        await wait_until(lambda: _served(traffic, out, 30), 60,
+                         "traffic served by the other worker")
+    finally:
+        await traffic.stop()
+    in_flight = [a for a in traffic.answers if a.at < killed < a.at + a.took]
+    failed = [a for a in traffic.answers if a.status != 200]
+    retried = [o for o in outcomes if o.final and o.status == 200 and o.retries > 0]
+    seen = (f"lost after {lost_after:.1f}s, out of the pool after {left_after:.1f}s; "
+            f"{len(in_flight)} in flight at the kill; {len(retried)} served after a retry; "
+            f"answers: {traffic.summary().most_common(6)}; failed: {failed[:5]}")
+    print(seen)
+    assert lost_after <= LOST_AFTER_S + SLACK_S, seen
+    wrong = [a for a in failed if not (a.at < killed and a.status == 502
+                                       and a.code == "upstream_failed")]
+    assert not wrong, f"{len(wrong)} requests failed that could have been served; {seen}"
+    assert retried, f"no request was tried again elsewhere; {seen}"
