@@ -47,35 +47,41 @@ class TimedTraffic:
     answers: list[Answer] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _http: httpx.AsyncClient | None = None
 
     def start(self) -> TimedTraffic:
+        """One connection per client (a shared pool: cheap even for hundreds of clients)."""
+        limits = httpx.Limits(max_connections=self.concurrency,
+                              max_keepalive_connections=self.concurrency)
+        self._http = httpx.AsyncClient(timeout=self.timeout_s, limits=limits)
         for _ in range(self.concurrency):
-            self._tasks.append(asyncio.create_task(self._client()))
+            self._tasks.append(asyncio.create_task(self._client(self._http)))
         return self
 
-    async def _client(self) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as http:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    r = await self.send(http)
-                    answer = Answer(started, time.monotonic() - started, r.status_code,
-                                    r.text[:300], r.headers.get("retry-after"))
-                except httpx.HTTPError as err:
-                    answer = Answer(started, time.monotonic() - started, 0,
-                                    f"{type(err).__name__}: {err}", None)
-                self.answers.append(answer)
-                await asyncio.sleep(0)
+    async def _client(self, http: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                r = await self.send(http)
+                answer = Answer(started, time.monotonic() - started, r.status_code,
+                                r.text[:300], r.headers.get("retry-after"))
+            except httpx.HTTPError as err:
+                answer = Answer(started, time.monotonic() - started, 0,
+                                f"{type(err).__name__}: {err}", None)
+            self.answers.append(answer)
+            await asyncio.sleep(0)
 
     async def stop(self) -> None:
         self._stop.set()
-        done, pending = await asyncio.wait(self._tasks, timeout=self.timeout_s + 30)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            with contextlib.suppress(Exception):
-                task.result()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=self.timeout_s + 30)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                with contextlib.suppress(Exception):
+                    task.result()
+        if self._http is not None:
+            await self._http.aclose()
 
     def count(self, good: Callable[[Answer], bool], since: float = 0.0) -> int:
         return sum(1 for a in self.answers if a.at >= since and good(a))
