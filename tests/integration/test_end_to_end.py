@@ -71,11 +71,11 @@ async def test_f5_pool_end_to_end(tmp_path: Path, nats_url: str, redis_url: str,
             # Over the threshold: engine 0 is never chosen.
             engines[0].set(waiting=20)
 
-            async def first_excluded() -> bool:
-                answers = {(await http.post(f"{api}/scheduler/select", json=body)).text
-                           for _ in range(10)}
-                return keys[0] not in answers
-            await wait_until(first_excluded, 15, "engine 0 over the threshold to be excluded")
+            async def first_over() -> bool:  # the scheduler has the new figure
+                r = await http.get(f"{api}/pools/llm-pool/Tenant1/status")
+                member = next(m for m in r.json()["members"] if m["key"] == keys[0])
+                return bool(member["metrics"]["waiting_queue"] == 20)
+            await wait_until(first_over, 15, "engine 0's waiting queue of 20 in the status")
             got = Counter([(await http.post(f"{api}/scheduler/select", json=body)).text
                            for _ in range(40)])
             assert keys[0] not in got and set(got) <= set(keys[1:]), got
