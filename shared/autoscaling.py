@@ -34,6 +34,8 @@ class AutoscalingOverrides(msgspec.Struct, frozen=True, kw_only=True,
     """Quiet seconds after an action (default: one interval)."""
     down_after_s: NonNegative | None = None
     """Seconds load must stay low before a step down (default: two intervals)."""
+    up_after_s: NonNegative | None = None
+    """Seconds load must stay high before a scale-up (default 1.5; waiting requests skip it)."""
     drain_timeout_s: NonNegative | None = None
     """Seconds an instance drains before sleeping anyway (default 30)."""
 

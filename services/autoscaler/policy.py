@@ -4,7 +4,9 @@ Load = Σ in-flight / Σ capacity of ACTIVE instances. Above ``load_high``: wake
 shallowest sleeping instance, else start one (up to ``max_replicas``). Below
 ``load_low``: one instance one step ACTIVE → SLEEP_1 → SLEEP_2 → UNLOADED, never below
 ``min_replicas`` active. Hysteresis: the band between the thresholds, a cooldown after
-every action, a low load that must last ``down_after_s`` before stepping down, and no
+every action, a high load that must last ``up_after_s`` before a scale-up (one load event
+that counted a request twice — its next one already routed, its outcome not yet applied —
+wakes nothing), a low load that must last ``down_after_s`` before stepping down, and no
 step down that would push the remaining instances above ``load_high``.
 """
 
@@ -36,6 +38,9 @@ class ScalingSettings:
     """Quiet time after any action before the next one (default: one scale interval)."""
     down_after_s: float | None = None
     """How long load must stay below load_low before a step down (default: 2 intervals)."""
+    up_after_s: float = 1.5
+    """How long load must stay above load_high before a scale-up: longer than one load event
+    (they come every second), shorter than any wake. Requests waiting skip it."""
     drain_timeout_s: float = 30.0
     """How long an instance drains before it sleeps even with requests in flight."""
 
@@ -109,6 +114,7 @@ class AliasMemory:
 
     last_action_at: float = float("-inf")
     low_since: float | None = None
+    high_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +144,11 @@ def decide(view: AliasView, settings: ScalingSettings, memory: AliasMemory, now:
             memory.low_since = now
     else:
         memory.low_since = None
+    if load > settings.load_high:
+        if memory.high_since is None:
+            memory.high_since = now
+    else:
+        memory.high_since = None
     cooling = now - memory.last_action_at < settings.cooldown and not urgent
     stranded = sorted((i for i in view.instances if i.state in SLEEP_ORDER and i.inflight),
                       key=lambda i: (-i.inflight, i.name))
@@ -164,6 +175,11 @@ def decide(view: AliasView, settings: ScalingSettings, memory: AliasMemory, now:
             return Decision(None, load, f"{summary}: waiting for a starting instance", memory)
         if cooling:
             return Decision(None, load, f"{summary}: above threshold, cooling down", memory)
+        high_for = 0.0 if memory.high_since is None else now - memory.high_since
+        if (len(active) >= settings.min_replicas and not urgent and not view.waiting
+                and high_for < settings.up_after_s):
+            return Decision(None, load, f"{summary}: high for {high_for:.1f}s of "
+                            f"{settings.up_after_s:.1f}s", memory)
         why = (f"load {_fmt(load)} > {settings.load_high}" if load > settings.load_high
                else f"{len(active)} active < min_replicas {settings.min_replicas}")
         action = _scale_up(view, settings, why)

@@ -13,7 +13,8 @@ from services.autoscaler.policy import (
 )
 
 S = ScalingSettings(load_high=0.7, load_low=0.3, min_replicas=1, max_replicas=3,
-                    scale_interval_s=10)
+                    scale_interval_s=10, up_after_s=0)
+"""Scale-ups act at the first high evaluation here; ``up_after_s`` has its own test."""
 
 
 def inst(name: str, state: str, inflight: int = 0, capacity: int = 4) -> InstanceView:
@@ -129,3 +130,22 @@ def test_requests_stranded_on_a_sleeping_instance_wake_it_whatever_the_load() ->
     view = AliasView("m", (inst("m", "ACTIVE", 0), inst("m-r2", "SLEEP_1", 2)))
     d = decide(view, S, AliasMemory(last_action_at=99.9), now=100)
     assert d.action is not None and (d.action.kind, d.action.instance) == ("wake", "m-r2")
+
+
+def test_a_high_load_must_last_up_after_s_unless_requests_wait() -> None:
+    """One load event that counted a request twice wakes nothing; a lasting one does."""
+    settings = ScalingSettings(load_high=0.7, load_low=0.3, min_replicas=1, max_replicas=3,
+                               scale_interval_s=0.5, up_after_s=1.5)
+    high = AliasView("m", (inst("m", "ACTIVE", 8, capacity=10), inst("m-r2", "SLEEP_1")))
+    steady = AliasView("m", (inst("m", "ACTIVE", 7, capacity=10), inst("m-r2", "SLEEP_1")))
+    memory = AliasMemory()
+    assert decide(high, settings, memory, now=0).action is None
+    assert decide(high, settings, memory, now=1.0).action is None
+    assert decide(steady, settings, memory, now=1.5).action is None  # back at the threshold
+    assert decide(high, settings, memory, now=2.0).action is None  # the clock starts again
+    woke = decide(high, settings, memory, now=3.5).action
+    assert woke is not None and woke.kind == "wake", woke
+    waiting = AliasView("m", (inst("m", "ACTIVE", 8, capacity=10), inst("m-r2", "SLEEP_1")),
+                        waiting=2)
+    assert decide(waiting, settings, AliasMemory(), now=0).action is not None
+    assert decide(high, settings, AliasMemory(), now=0, urgent=True).action is not None
