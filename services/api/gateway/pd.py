@@ -22,9 +22,7 @@ import msgspec
 from services.api.gateway.admission import Ticket
 from services.api.gateway.body import GatewayError, GatewayRequest
 from services.api.gateway.proxy import (
-    MAX_PARSED_BODY,
     PATHS,
-    USAGE_TAIL_BYTES,
     Gateway,
     RouterUnavailable,
     Send,
@@ -286,46 +284,14 @@ class PDExchange(_Exchange):
     async def _relay_stage(self, role: Role, upstream: UpstreamResponse, request_id: str,
                            member: str, attempt: int) -> None:
         """Stream one stage's answer to the client chunk by chunk; report when done."""
-        gw = self.gw
-        send = self.send
-        ttft = gw.clock() - self.started
-        tail = bytearray(upstream.first)
-        parse_whole = not self.request.stream and upstream.status < 400
-        error: str | None = None
-        if self.seen is not None:
-            self.seen.status, self.seen.ttft = upstream.status, ttft
-        try:
-            await send({"type": "http.response.start", "status": upstream.status,
-                        "headers": upstream.headers})
-            if upstream.first:
-                await send({"type": "http.response.body", "body": upstream.first,
-                            "more_body": True})
-            async for chunk in upstream.rest():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                tail += chunk
-                if parse_whole:
-                    if len(tail) > MAX_PARSED_BODY:
-                        parse_whole = False
-                elif len(tail) > 2 * USAGE_TAIL_BYTES:
-                    del tail[:-USAGE_TAIL_BYTES]
-            self.answered = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            upstream.close()
-        except asyncio.CancelledError:
-            error = "client disconnected"
-            upstream.abort()
-            raise
-        except Exception as err:  # the engine died mid-stream: the client sees a cut stream
-            error = f"stream broken: {type(err).__name__}: {err}"
-            upstream.abort()
-            log.warning("Request %s to %s broke after the first byte: %s", request_id, member,
-                        error)
-        finally:
-            prompt, completion = _usage(bytes(tail), whole=parse_whole)
+        async def report(error: str | None, ttft: float, prompt: int | None,
+                         completion: int | None) -> None:
             await self._stage_report(role, request_id, member, attempt,
                                      status=upstream.status, error=error, final=True,
-                                     ttft=ttft, e2e=gw.clock() - self.started,
+                                     ttft=ttft, e2e=self.gw.clock() - self.started,
                                      prompt_tokens=prompt, completion_tokens=completion)
+
+        await self._stream(upstream, request_id, member, report)
 
     async def _stage_report(self, role: Role, request_id: str, member: str, attempt: int, *,
                             status: int, error: str | None, final: bool,

@@ -309,9 +309,22 @@ class _Exchange:
     async def _relay(self, upstream: UpstreamResponse, request_id: str, member: str,
                      attempt: int, engine_ttft: float) -> None:
         """Stream the engine's answer to the client chunk by chunk; report when done."""
-        gw = self.gw
+        async def report(error: str | None, ttft: float, prompt: int | None,
+                         completion: int | None) -> None:
+            await self._report(request_id, member, attempt, status=upstream.status,
+                               error=error, ttft=ttft, engine_ttft=engine_ttft,
+                               e2e=self.gw.clock() - self.started, prompt_tokens=prompt,
+                               completion_tokens=completion, final=True)
+
+        await self._stream(upstream, request_id, member, report)
+
+    async def _stream(self, upstream: UpstreamResponse, request_id: str, member: str,
+                      report: Callable[[str | None, float, int | None, int | None],
+                                       Awaitable[None]]) -> None:
+        """Relay ``upstream`` to the client chunk by chunk, then ``report`` (error, TTFT,
+        prompt and completion tokens) however it ended."""
+        ttft = self.gw.clock() - self.started
         send = self.send
-        ttft = gw.clock() - self.started
         tail = bytearray(upstream.first)
         parse_whole = not self.request.stream and upstream.status < 400
         error: str | None = None
@@ -345,10 +358,7 @@ class _Exchange:
                         error)
         finally:
             prompt, completion = _usage(bytes(tail), whole=parse_whole)
-            await self._report(request_id, member, attempt, status=upstream.status,
-                               error=error, ttft=ttft, engine_ttft=engine_ttft,
-                               e2e=gw.clock() - self.started, prompt_tokens=prompt,
-                               completion_tokens=completion, final=True)
+            await report(error, ttft, prompt, completion)
 
     async def _report(self, request_id: str, member: str, attempt: int, *, status: int,
                 error: str | None, final: bool, ttft: float | None = None,
