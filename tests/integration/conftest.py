@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
+import nats
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from services.api.main import serve as serve_api
 from services.scheduler.main import serve as serve_scheduler
+from shared.registry_view import RegistryChanged
+from shared.subjects import Subjects
 from tests.integration.system import Bus, InProcess, load, wait_until, write_config
 
 
@@ -78,6 +84,21 @@ async def make_stack(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
             await svc.stop()
         await stack.http.aclose()
         await stack.bus.close()
+
+
+@pytest.fixture
+async def changes(nats_url: str, prefix: str) -> AsyncIterator[list[tuple[str, str, str]]]:
+    """Every ``registry.changed`` event of the test, as (kind, name, op)."""
+    seen: list[tuple[str, str, str]] = []
+    nc: NATS = await nats.connect(nats_url)
+
+    async def on_change(msg: Msg) -> None:
+        event = msgspec.json.decode(msg.data, type=RegistryChanged)
+        seen.append((event.kind, event.name, event.op))
+
+    await nc.subscribe(Subjects(prefix).registry_changed, cb=on_change)
+    yield seen
+    await nc.drain()
 
 
 from tests.integration.fleet import make_fleet  # noqa: E402,F401  (fixture)

@@ -16,20 +16,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-import nats
 import pytest
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
 from shared.embedded import EmbeddedServer
-from shared.registry_view import RegistryChanged
 from shared.state import connect_redis
-from shared.subjects import Subjects
 from shared.workers import RegisterRequest, WorkerRegistry
 from tests.integration.fleet import FAKE, Fleet, MakeFleet
 from tests.integration.load_helpers import Traffic
@@ -59,21 +53,6 @@ def valkey() -> Iterator[EmbeddedServer]:
 def redis_url(valkey: EmbeddedServer) -> str:
     """The fleet's services use the Redis this test hangs."""
     return valkey.url
-
-
-@pytest.fixture
-async def changes(nats_url: str, prefix: str) -> AsyncIterator[list[tuple[str, str, str]]]:
-    """Every ``registry.changed`` event of the test, as (kind, name, op)."""
-    seen: list[tuple[str, str, str]] = []
-    nc: NATS = await nats.connect(nats_url)
-
-    async def on_change(msg: Msg) -> None:
-        event = msgspec.json.decode(msg.data, type=RegistryChanged)
-        seen.append((event.kind, event.name, event.op))
-
-    await nc.subscribe(Subjects(prefix).registry_changed, cb=on_change)
-    yield seen
-    await nc.drain()
 
 
 def hang(server: EmbeddedServer) -> None:

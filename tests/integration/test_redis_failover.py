@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-import nats
 import pytest
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from shared.embedded import SentinelSet
-from shared.registry_view import RegistryChanged
-from shared.subjects import Subjects
 from tests.integration.fleet import FAKE, Fleet, MakeFleet
 from tests.integration.load_helpers import Traffic
 from tests.integration.select_traffic import SelectTraffic
@@ -63,21 +57,6 @@ def sentinels() -> Iterator[SentinelSet]:
 def redis_url(sentinels: SentinelSet) -> str:
     """Every service of the fleet reaches Redis through the sentinels."""
     return sentinels.url
-
-
-@pytest.fixture
-async def changes(nats_url: str, prefix: str) -> AsyncIterator[list[tuple[str, str, str]]]:
-    """Every ``registry.changed`` event of the test, as (kind, name, op)."""
-    seen: list[tuple[str, str, str]] = []
-    nc: NATS = await nats.connect(nats_url)
-
-    async def on_change(msg: Msg) -> None:
-        event = msgspec.json.decode(msg.data, type=RegistryChanged)
-        seen.append((event.kind, event.name, event.op))
-
-    await nc.subscribe(Subjects(prefix).registry_changed, cb=on_change)
-    yield seen
-    await nc.drain()
 
 
 async def _state(fleet: Fleet) -> dict[str, Any]:
