@@ -10,6 +10,20 @@ from typing import Any
 import httpx
 
 
+async def stop_clients(stop: asyncio.Event, tasks: list[asyncio.Task[None]],
+                       timeout_s: float = 60.0) -> None:
+    """Tell client loops to stop, wait for them (cancelling stragglers), swallow their ends."""
+    stop.set()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        with contextlib.suppress(Exception):
+            task.result()
+
+
 @dataclass
 class Traffic:
     """``concurrency`` clients each sending chat requests back to back until stopped."""
@@ -46,13 +60,7 @@ class Traffic:
                     self.results.append((0, f"{type(err).__name__}: {err}"))
 
     async def stop(self) -> None:
-        self._stop.set()
-        done, pending = await asyncio.wait(self._tasks, timeout=60)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            with contextlib.suppress(Exception):
-                task.result()
+        await stop_clients(self._stop, self._tasks)
 
     @property
     def failures(self) -> list[tuple[int, str]]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from tests.integration.load_helpers import stop_clients
 
 
 @dataclass
@@ -44,13 +45,7 @@ class SelectTraffic:
                 await asyncio.sleep(0)
 
     async def stop(self) -> None:
-        self._stop.set()
-        done, pending = await asyncio.wait(self._tasks, timeout=60)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            with contextlib.suppress(Exception):
-                task.result()
+        await stop_clients(self._stop, self._tasks)
 
     @property
     def ok(self) -> int:

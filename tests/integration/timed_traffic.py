@@ -4,13 +4,14 @@ it took, so a test can say which answers are allowed in which window and that no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
+
+from tests.integration.load_helpers import stop_clients
 
 Send = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 
@@ -72,14 +73,7 @@ class TimedTraffic:
             await asyncio.sleep(0)
 
     async def stop(self) -> None:
-        self._stop.set()
-        if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=self.timeout_s + 30)
-            for task in pending:
-                task.cancel()
-            for task in done:
-                with contextlib.suppress(Exception):
-                    task.result()
+        await stop_clients(self._stop, self._tasks, self.timeout_s + 30)
         if self._http is not None:
             await self._http.aclose()
 
