@@ -156,6 +156,8 @@ class SchedulerCore:
     def _settle(self, ident: tuple[str, str]) -> None:
         """Reported selects of a pool leave the count at their member's next scrape (or
         after the pool's staleness window, when its metrics fail)."""
+        if not self.inflight.reported(*ident):  # the usual case on the select path
+            return
         pool = self.view.pools.get(ident)
         wait_s = self.config.stale_after_s(len(pool.members) if pool else 0)
         self.feedback.settle(ident, self.clock(), wait_s)
