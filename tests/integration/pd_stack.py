@@ -62,7 +62,7 @@ class PDStack:
         return {self.id_of(f"{m['ip']}:{m['port']}") for m in r.json()["members"]
                 if m["available"] and not m.get("excluded")}
 
-    async def wait_routable(self, role: str, ids: set[str], timeout_s: float = 20.0) -> None:
+    async def wait_routable(self, role: str, ids: set[str], timeout_s: float = 60.0) -> None:
         seen: list[set[str]] = []
 
         async def check() -> bool:
@@ -119,7 +119,7 @@ async def make_pd_fixture(tmp_path: Path, nats_url: str, redis_url: str, prefix:
                 if svc.task.done():
                     svc.task.result()
             return (await stack.http.get(f"{stack.api}/health")).status_code == 200
-        await wait_until(healthy, 20, "API healthy")
+        await wait_until(healthy, 60, "API healthy")
         if listed:
             for role in ("prefill", "decode"):
                 await stack.wait_routable(role, {i for i, (r, _) in engines.items()
