@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ class SelectTraffic:
     answers: frozenset[str] = frozenset()
     timeout_s: float = 30.0
     results: list[tuple[int, str]] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)
+    """``time.monotonic()`` of each failure, in order (to place it against a fault's phases)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -39,10 +42,15 @@ class SelectTraffic:
             while not self._stop.is_set():
                 try:
                     r = await http.post(f"{self.api}/scheduler/select", json=self.body)
-                    self.results.append((r.status_code, r.text[:300]))
+                    self._add(r.status_code, r.text[:300])
                 except httpx.HTTPError as err:
-                    self.results.append((0, f"{type(err).__name__}: {err}"))
+                    self._add(0, f"{type(err).__name__}: {err}")
                 await asyncio.sleep(0)
+
+    def _add(self, status: int, text: str) -> None:
+        self.results.append((status, text))
+        if not self._good(status, text):
+            self.failed_at.append(time.monotonic())
 
     async def stop(self) -> None:
         await stop_clients(self._stop, self._tasks)
