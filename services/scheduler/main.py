@@ -167,12 +167,17 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             log.warning("Dropping malformed KV update: %s", err)
 
+    # Past this many unread messages nats-py drops the next ones (counted and logged, see
+    # shared/slow_consumer.py). The micro endpoints keep nats-py's default: add_endpoint
+    # takes no pending limits.
+    limit = cfg.scheduler.pending_msgs_limit
     subs = [
-        await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot),
-        await nc.subscribe(subjects.member_metrics_all, cb=on_metrics),
-        await nc.subscribe(subjects.selection, cb=on_selection),
-        await nc.subscribe(subjects.request_outcome, cb=on_outcome),
-        await nc.subscribe(kv_subject_all(cfg.global_.prefix), cb=on_kv),
+        await nc.subscribe(subject, cb=cb, pending_msgs_limit=limit)
+        for subject, cb in ((subjects.pool_snapshot_all, on_snapshot),
+                            (subjects.member_metrics_all, on_metrics),
+                            (subjects.selection, on_selection),
+                            (subjects.request_outcome, on_outcome),
+                            (kv_subject_all(cfg.global_.prefix), on_kv))
     ]
     asked = time.monotonic()
     await _ask_resync(nc, subjects, replica)  # after subscribing: the answers reach us
