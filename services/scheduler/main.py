@@ -27,7 +27,7 @@ from shared.config_watch import ConfigWatcher
 from shared.lease import Lease
 from shared.logs import set_level
 from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
-from shared.metrics import new_registry, start_listener
+from shared.metrics import nats_drops, new_registry, start_listener
 from shared.prefix_events import KvUpdate, kv_subject_all
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
@@ -70,7 +70,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health,
                                counts=counts)
     watcher = ConfigWatcher(loaded)
-    nc = await connect_nats(f"scheduler-{replica}", nats_url, no_echo=True)
+    nc = await connect_nats(f"scheduler-{replica}", nats_url, no_echo=True,
+                            on_dropped=nats_drops(prom))
     # A lost selection only costs the other replicas this request's count until its outcome
     # or expiry.
     selections = EventBatch[SelectionEvent](nc, subjects.selection, "selection event(s)")
