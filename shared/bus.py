@@ -13,6 +13,8 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from shared.slow_consumer import DroppedMessages, OnDropped
+
 log = logging.getLogger("llmsched.bus")
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -28,12 +30,17 @@ def nats_servers(url: str | None = None) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-async def connect_nats(name: str, url: str | None = None, *, no_echo: bool = False) -> NATS:
+async def connect_nats(name: str, url: str | None = None, *, no_echo: bool = False,
+                       on_dropped: OnDropped | None = None) -> NATS:
     """Connect, retrying for ever (a service waits for its bus rather than dying).
 
     ``no_echo``: messages this connection publishes are not delivered to its own
     subscriptions (a scheduler replica needs no copy of its own selections).
+    ``on_dropped``: called with the subscription's subject for every message nats-py drops
+    because the subscription is past its pending limits (a slow consumer); those drops are
+    logged a line per subscription at most every 10 s, not one per message.
     """
+    drops = DroppedMessages(name, on_dropped=on_dropped)
 
     async def on_disconnect() -> None:
         log.warning("NATS disconnected (%s)", name)
@@ -42,6 +49,9 @@ async def connect_nats(name: str, url: str | None = None, *, no_echo: bool = Fal
         log.info("NATS reconnected (%s)", name)
 
     async def on_error(err: Exception) -> None:
+        if isinstance(err, nats.errors.SlowConsumerError):
+            drops.dropped(err)  # once per dropped message: counted, logged sparingly
+            return
         log.warning("NATS error (%s): %s", name, err)
 
     delay = 0.2

@@ -98,6 +98,10 @@ class F5Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return os.environ.get(self.password_env, "")
 
 
+DEFAULT_PENDING_MSGS_LIMIT = 512 * 1024
+"""nats-py's own default per subscription (``nats.aio.subscription``)."""
+
+
 class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pool_fetch_interval: float = 10
     """Seconds between F5 member fetches."""
@@ -115,6 +119,9 @@ class SchedulerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Metrics older than this many scrape intervals are stale and score 0."""
     state_ttl: float = 3600
     """Seconds Redis keeps the last snapshot and metrics of a pool."""
+    pending_msgs_limit: int = DEFAULT_PENDING_MSGS_LIMIT
+    """Messages a replica's event subscription (snapshots, metrics, selections, outcomes, KV
+    updates) holds unread before its NATS client drops the next ones; read at start."""
 
     @property
     def effective_pool_fetch_backoff_max(self) -> float:
@@ -495,6 +502,7 @@ def validate(config: Config) -> None:
     if s.fast_scrape_max_members < 0:
         raise ConfigError("scheduler.fast_scrape_max_members", "must be >= 0")
     _check_positive("scheduler.stale_after_intervals", s.stale_after_intervals)
+    _check_positive("scheduler.pending_msgs_limit", s.pending_msgs_limit)
     if config.collector.lease_ms is not None and config.collector.lease_ms < 100:
         raise ConfigError("collector.lease_ms",
                           f"must be >= 100 (milliseconds), got {config.collector.lease_ms}")

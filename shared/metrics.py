@@ -14,6 +14,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -48,6 +49,20 @@ def new_registry() -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+def nats_drops(registry: CollectorRegistry) -> Callable[[str], None]:
+    """``llmsched_nats_dropped_messages_total{subject}`` and the ``on_dropped`` that counts
+    it (:func:`shared.bus.connect_nats`); ``subject`` is the subscription's, as subscribed."""
+    counter = Counter("llmsched_nats_dropped_messages_total",
+                      "Messages dropped by this process's NATS client because a subscription "
+                      "was past its pending limits (it read them slower than they arrived)",
+                      ["subject"], registry=registry)
+
+    def dropped(subject: str) -> None:
+        counter.labels(subject).inc()
+
+    return dropped
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

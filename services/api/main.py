@@ -38,7 +38,7 @@ from shared.config import Config, GatewayConfig, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.http_server import QuietServer, bind_socket, socket_from_fd
 from shared.logs import set_level
-from shared.metrics import metrics_router, new_registry
+from shared.metrics import metrics_router, nats_drops, new_registry
 from shared.model_registry import ModelRegistry
 from shared.pd_registry import PDRegistry
 from shared.pd_source import PDSource
@@ -83,7 +83,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     """
     cfg = loaded.config
     prom = new_registry()
-    nc = await connect_nats("api", nats_url)
+    nc = await connect_nats("api", nats_url, on_dropped=nats_drops(prom))
     store = RedisStateStore(redis_url, keys=RedisKeys(cfg.global_.prefix))
     subjects = Subjects(cfg.global_.prefix)
     client = SchedulerClient(nc, subjects, cfg.global_.select_timeout_ms / 1000.0)

@@ -23,7 +23,7 @@ from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
 from shared.messages import LoadEvent
-from shared.metrics import new_registry, start_listener
+from shared.metrics import nats_drops, new_registry, start_listener
 from shared.model_registry import ModelRegistry
 from shared.registry_view import RegistryView, announce
 from shared.routing import DemandEvent
@@ -63,13 +63,13 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     prefix = cfg.global_.prefix
     subjects = Subjects(prefix)
     name = f"autoscaler-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    nc = await connect_nats("autoscaler", nats_url)
+    prom = new_registry()
+    nc = await connect_nats("autoscaler", nats_url, on_dropped=nats_drops(prom))
     registry = WorkerRegistry(redis_url, prefix=prefix)
     models = ModelRegistry(registry.redis, prefix=prefix)
     view = RegistryView(models, registry)
     lease = Lease(registry.redis, f"{prefix}:autoscaler:leader", name, LEASE_TTL_S)
     encode = msgspec.json.Encoder().encode
-    prom = new_registry()
     metrics: AutoscalerMetrics | None = None
 
     async def publish(record: ActionRecord) -> None:

@@ -24,7 +24,7 @@ from shared.bus import connect_nats
 from shared.config import Config, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.logs import set_level
-from shared.metrics import new_registry, start_listener
+from shared.metrics import nats_drops, new_registry, start_listener
 from shared.model_registry import ModelRegistry
 from shared.pd_registry import PDRegistry
 from shared.pd_source import PDSource
@@ -96,7 +96,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     cfg = loaded.config
     me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     prom = new_registry()
-    nc = await connect_nats("collector", nats_url)
+    nc = await connect_nats("collector", nats_url, on_dropped=nats_drops(prom))
     registry = WorkerRegistry(redis_url, prefix=cfg.global_.prefix)
     sources = _Sources(registry)
     # Its own client with short timeouts: an unreachable store must turn into fail-open

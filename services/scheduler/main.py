@@ -27,7 +27,7 @@ from shared.config_watch import ConfigWatcher
 from shared.lease import Lease
 from shared.logs import set_level
 from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
-from shared.metrics import new_registry, start_listener
+from shared.metrics import nats_drops, new_registry, start_listener
 from shared.prefix_events import KvUpdate, kv_subject_all
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
@@ -70,7 +70,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     persister = StatePersister(store, keys, core.view, cfg.scheduler.state_ttl, health,
                                counts=counts)
     watcher = ConfigWatcher(loaded)
-    nc = await connect_nats(f"scheduler-{replica}", nats_url, no_echo=True)
+    nc = await connect_nats(f"scheduler-{replica}", nats_url, no_echo=True,
+                            on_dropped=nats_drops(prom))
     # A lost selection only costs the other replicas this request's count until its outcome
     # or expiry.
     selections = EventBatch[SelectionEvent](nc, subjects.selection, "selection event(s)")
@@ -167,12 +168,17 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             log.warning("Dropping malformed KV update: %s", err)
 
+    # Past this many unread messages nats-py drops the next ones (counted and logged, see
+    # shared/slow_consumer.py). The micro endpoints keep nats-py's default: add_endpoint
+    # takes no pending limits.
+    limit = cfg.scheduler.pending_msgs_limit
     subs = [
-        await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot),
-        await nc.subscribe(subjects.member_metrics_all, cb=on_metrics),
-        await nc.subscribe(subjects.selection, cb=on_selection),
-        await nc.subscribe(subjects.request_outcome, cb=on_outcome),
-        await nc.subscribe(kv_subject_all(cfg.global_.prefix), cb=on_kv),
+        await nc.subscribe(subject, cb=cb, pending_msgs_limit=limit)
+        for subject, cb in ((subjects.pool_snapshot_all, on_snapshot),
+                            (subjects.member_metrics_all, on_metrics),
+                            (subjects.selection, on_selection),
+                            (subjects.request_outcome, on_outcome),
+                            (kv_subject_all(cfg.global_.prefix), on_kv))
     ]
     asked = time.monotonic()
     await _ask_resync(nc, subjects, replica)  # after subscribing: the answers reach us
