@@ -13,7 +13,6 @@ each error at the client: test_f5_client.py.)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
