@@ -116,6 +116,14 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         collector.kv = KvEventsBridge(nc.publish, lambda partition, pool: kv_subject(
             cfg.global_.prefix, partition, pool))
         collector.ownership = ownership
+
+        async def on_resync(_msg: Msg) -> None:
+            collector.resync_requested()
+
+        # Before the first snapshot goes out: a scheduler replica that subscribed too late
+        # for it asks for a resync, and the server must already route that request here
+        # (one connection keeps order: this SUB reaches it before our first publish).
+        resyncs = await nc.subscribe(Subjects(cfg.global_.prefix).pool_resync, cb=on_resync)
         collector.apply_config(cfg, await sources.sources(cfg))
         await ownership.tick(collector.pool_idents())  # one round trip before the first fetch
         collector.follow_ownership()
@@ -135,11 +143,6 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         view.listeners.append(on_registry)
         changes = await nc.subscribe(Subjects(cfg.global_.prefix).registry_changed,
                                      cb=view.on_event)
-
-        async def on_resync(_msg: Msg) -> None:
-            collector.resync_requested()
-
-        resyncs = await nc.subscribe(Subjects(cfg.global_.prefix).pool_resync, cb=on_resync)
 
         async def on_config(_old: LoadedConfig, new: LoadedConfig) -> None:
             set_level(new.config.global_.effective_log_level)
