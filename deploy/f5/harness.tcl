@@ -21,7 +21,8 @@
 #   respond-header Retry-After 2                     one line per header
 #   respond-body {"error": ...}                      the content
 #
-# and "http_response 200" when HTTP_RESPONSE ran.
+# and "http_response 200" when HTTP_RESPONSE ran, "http_response_data 1" when
+# the rule collected the body (HTTP::collect 1) and HTTP_RESPONSE_DATA ran.
 # Log lines, the requests sent, "harness: events ..." (the events the rule
 # defines, in order) and "harness: sideband_open=N" go to stderr.
 #
@@ -46,6 +47,10 @@
 #                             waiting)
 #   -response-api HOST:PORT   static::llmsched_api from HTTP_RESPONSE on, as if
 #                             the API moved or died while the server worked
+#   -content-type TYPE        the answer's Content-Type (default text/event-stream)
+#   -first-byte-after MS      the body's first byte comes MS milliseconds after
+#                             the request was sent: HTTP_RESPONSE_DATA runs then,
+#                             when the rule called HTTP::collect in HTTP_RESPONSE
 #
 # Exit status: 0 when the iRule ran, 1 when it raised a Tcl error (which on
 # BIG-IP would reset the client connection), 2 for bad arguments.
@@ -68,6 +73,9 @@ namespace eval ::h {
     variable response ""
     variable response_after 0
     variable response_api ""
+    variable content_type "text/event-stream"
+    variable first_byte_after 0
+    variable collect ""
     variable skew_ms 0
     variable responded {}
     variable fired {}
@@ -172,6 +180,27 @@ proc ::HTTP::status {args} {
         error "harness: HTTP::status outside HTTP_RESPONSE"
     }
     return $::h::response
+}
+
+proc ::HTTP::header {args} {
+    # HTTP::header ?value? NAME: only the answer's Content-Type is known.
+    if {$::h::response eq ""} {
+        error "harness: HTTP::header outside HTTP_RESPONSE"
+    }
+    if {[string equal -nocase [lindex $args end] "Content-Type"]} {
+        return $::h::content_type
+    }
+    return ""
+}
+
+proc ::HTTP::collect {args} {
+    if {$::h::response eq ""} {
+        error "harness: HTTP::collect outside HTTP_RESPONSE (requests are not collected)"
+    }
+    if {[llength $args] != 1 || ![string is integer -strict [lindex $args 0]]} {
+        error "harness: HTTP::collect needs a length here (without one the response stalls)"
+    }
+    set ::h::collect [lindex $args 0]
 }
 
 proc ::HTTP::path {args} { return [lindex [split $::h::path "?"] 0] }
@@ -369,6 +398,8 @@ proc ::h::main {argv} {
             -response { set ::h::response_status $v; incr i }
             -response-after { set ::h::response_after $v; incr i }
             -response-api { set ::h::response_api $v; incr i }
+            -content-type { set ::h::content_type $v; incr i }
+            -first-byte-after { set ::h::first_byte_after $v; incr i }
             -set {
                 lappend ::h::overrides $v [lindex $argv [expr {$i + 2}]]
                 incr i 2
@@ -391,7 +422,7 @@ proc ::h::main {argv} {
     puts stderr "harness: events [join $::h::order { }]"
     set code 0
     foreach event {RULE_INIT CLIENT_ACCEPTED HTTP_REQUEST LB_FAILED HTTP_REQUEST_SEND
-                   HTTP_RESPONSE} {
+                   HTTP_RESPONSE HTTP_RESPONSE_DATA} {
         if {$event eq "LB_FAILED" && !$::h::lb_failed} {
             continue
         }
@@ -409,6 +440,14 @@ proc ::h::main {argv} {
                 set ::static::llmsched_api $::h::response_api
             }
             lappend ::h::fired "http_response $::h::response"
+        }
+        if {$event eq "HTTP_RESPONSE_DATA"} {
+            # Only after HTTP_RESPONSE collected the body.
+            if {$::h::collect eq ""} {
+                continue
+            }
+            set ::h::skew_ms $::h::first_byte_after
+            lappend ::h::fired "http_response_data $::h::collect"
         }
         if {![info exists ::h::events($event)]} {
             continue

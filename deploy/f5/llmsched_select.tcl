@@ -15,7 +15,8 @@
 # /scheduler/outcome, fire-and-forget): llmsched stops counting the request once
 # the engine's own figures show it, and a failure feeds its circuit breaker. The
 # report sends no "ttft_at", so llmsched takes it as a header time ("headers"),
-# never as a time to first token.
+# never as a time to first token -- unless llmsched_report_at is "first_byte":
+# then a streamed answer is reported at its first byte, as "first_token".
 #
 # Attach to an HTTP virtual server whose default pool is the LLM pool (with a
 # OneConnect profile so every request gets its own decision). See README.md.
@@ -51,6 +52,14 @@ when RULE_INIT {
     # 1: report each picked request's status and time to its response headers
     # (only greybox pools use them); 0: never.
     set static::llmsched_report_outcomes 1
+    # When a streamed answer (Content-Type text/event-stream, status 200) is
+    # reported: "headers" (at HTTP_RESPONSE; the time is not a TTFT and trains
+    # nothing) or "first_byte" (HTTP::collect 1 holds the headers until the
+    # stream's first byte, which vLLM and SGLang send with the first token; the
+    # time is reported as a TTFT and the TTFT predictor learns from it; the
+    # client gets the headers together with that byte). Answers that are not
+    # streamed are always reported at their headers.
+    set static::llmsched_report_at "headers"
     # Path of the outcome report.
     set static::llmsched_outcome_path "/scheduler/outcome"
     # Milliseconds to connect for a report, and again to hand it to TCP; the
@@ -320,10 +329,50 @@ when HTTP_REQUEST_SEND {
 when HTTP_RESPONSE {
     # Report the status and the milliseconds from sending the request to these
     # response headers (the whole answer when it is not streamed, only its start
-    # when it is). Fire-and-forget: the API's answer is never read, and a failure
-    # costs one warning at most. Not after LB_FAILED: the pool chose that member.
+    # when it is) -- or, with llmsched_report_at "first_byte" and a stream, to
+    # its first byte (HTTP_RESPONSE_DATA). Fire-and-forget: the API's answer is
+    # never read, and a failure costs one warning at most. Not after LB_FAILED:
+    # the pool chose that member.
     if { [info exists llmsched_report] && $llmsched_report ne "" && $llmsched_picked ne "" } {
+        if { $static::llmsched_report_at eq "first_byte" && [HTTP::status] == 200
+             && [string match -nocase "text/event-stream*" [HTTP::header value Content-Type]] } {
+            set llmsched_report "$llmsched_report,\"status\":200"
+            HTTP::collect 1
+            return
+        }
         set llmsched_out "$llmsched_report,\"status\":[HTTP::status],\"ttft_ms\":[expr {[clock clicks -milliseconds] - $llmsched_sent_ms}]\}"
+        set llmsched_report ""
+        set llmsched_out_request "POST $static::llmsched_outcome_path HTTP/1.1\r\nHost: $static::llmsched_host\r\nContent-Type: application/json\r\nContent-Length: [string length $llmsched_out]\r\nConnection: close\r\n\r\n$llmsched_out"
+        set llmsched_out_conn ""
+        set llmsched_out_status ""
+        set llmsched_out_err ""
+        if { [catch {connect -timeout $static::llmsched_outcome_timeout_ms -idle $static::llmsched_idle_s -status llmsched_out_status $static::llmsched_api} llmsched_out_conn] || $llmsched_out_conn eq "" } {
+            set llmsched_out_err "no connection to $static::llmsched_api ($llmsched_out_status$llmsched_out_conn)"
+        } else {
+            set llmsched_out_sent ""
+            if { [catch {send -timeout $static::llmsched_outcome_timeout_ms -status llmsched_out_sent $llmsched_out_conn $llmsched_out_request} llmsched_out_err] || $llmsched_out_sent ne "sent" } {
+                set llmsched_out_err "send failed: $llmsched_out_sent $llmsched_out_err"
+            } else {
+                set llmsched_out_err ""
+            }
+            catch {close $llmsched_out_conn}
+        }
+        if { $llmsched_out_err ne "" } {
+            if { $static::llmsched_log_errors } {
+                log local0.warn "llmsched: $llmsched_pool outcome not reported ($llmsched_out_err)"
+            }
+        } elseif { $static::llmsched_debug } {
+            log local0.debug "llmsched: $llmsched_pool reported $llmsched_out"
+        }
+    }
+}
+
+when HTTP_RESPONSE_DATA {
+    # The stream's first byte (llmsched_report_at "first_byte"): report its time
+    # as a TTFT. The collected byte is released when this event ends. The
+    # sending below is HTTP_RESPONSE's (iRules of v11.0 have no procs).
+    if { [info exists llmsched_report] && $llmsched_report ne "" && $llmsched_picked ne "" } {
+        set llmsched_out "$llmsched_report,\"ttft_ms\":[expr {[clock clicks -milliseconds] - $llmsched_sent_ms}],\"ttft_at\":\"first_token\"\}"
         set llmsched_report ""
         set llmsched_out_request "POST $static::llmsched_outcome_path HTTP/1.1\r\nHost: $static::llmsched_host\r\nContent-Type: application/json\r\nContent-Length: [string length $llmsched_out]\r\nConnection: close\r\n\r\n$llmsched_out"
         set llmsched_out_conn ""

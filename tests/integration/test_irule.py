@@ -234,6 +234,8 @@ class Decision:
     responded: Responded | None = None
     http_response: int | None = None
     """The status HTTP_RESPONSE ran with (None: the event did not run)."""
+    collected: int | None = None
+    """The bytes HTTP_RESPONSE_DATA ran with after HTTP::collect (None: it did not run)."""
 
     def __str__(self) -> str:
         """Everything the harness said: the message of a failed assertion."""
@@ -314,6 +316,8 @@ def _decision(stdout: str, stderr: str, elapsed: float, returncode: int) -> Deci
             decision.responded.body = rest
         elif word == "http_response":
             decision.http_response = int(rest)
+        elif word == "http_response_data":
+            decision.collected = int(rest)
     return decision
 
 
@@ -596,6 +600,52 @@ def test_outcome_is_reported_after_a_pick(select_api: SelectApiStandIn, status: 
     assert after_ms <= ttft <= after_ms + decision.elapsed * 1000 + 1, (ttft, decision)
 
 
+def test_first_byte_report_times_the_streams_first_byte(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9002"
+    headers_ms, first_byte_ms = 5, 300
+    decision = run_irule(select_api.address, THREE, response=200, response_after=headers_ms,
+                         extra=("-set", "llmsched_report_at", "first_byte",
+                                "-first-byte-after", str(first_byte_ms)))
+    assert_member(decision, "127.0.0.1", 9002)
+    assert decision.collected == 1, decision  # HTTP::collect 1, then HTTP_RESPONSE_DATA
+    assert decision.warnings() == [], decision
+    assert decision.open_sideband == 0, decision
+    select_api.wait_for(2, "outcome report", decision)
+    assert select_api.paths() == ["/scheduler/select", "/scheduler/outcome"], decision
+    body = select_api.received[1].json()
+    ttft = body.pop("ttft_ms")
+    assert body == {"pool_name": "demo-pool", "partition": "Common", "member": "127.0.0.1:9002",
+                    "status": 200, "ttft_at": "first_token"}, (body, decision)
+    assert first_byte_ms <= ttft <= first_byte_ms + decision.elapsed * 1000 + 1, (ttft, decision)
+
+
+@pytest.mark.parametrize(("status", "content_type"), [(200, "application/json"),
+                                                      (503, "text/event-stream")])
+def test_first_byte_mode_reports_other_answers_at_their_headers(
+        select_api: SelectApiStandIn, status: int, content_type: str) -> None:
+    # Not a stream (or not a success): the headers' time, no TTFT claimed, nothing held.
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, THREE, response=status, response_after=40,
+                         extra=("-set", "llmsched_report_at", "first_byte",
+                                "-content-type", content_type, "-first-byte-after", "900"))
+    assert decision.http_response == status, decision
+    assert decision.collected is None, decision
+    select_api.wait_for(2, "outcome report", decision)
+    body = select_api.received[1].json()
+    assert "ttft_at" not in body and body["status"] == status, (body, decision)
+    assert 40 <= body["ttft_ms"] < 900, (body, decision)
+
+
+def test_headers_mode_never_collects_a_stream(select_api: SelectApiStandIn) -> None:
+    select_api.answer = "127.0.0.1:9001"
+    decision = run_irule(select_api.address, THREE, response=200, response_after=10,
+                         extra=("-first-byte-after", "900"))
+    assert decision.collected is None, decision
+    select_api.wait_for(2, "outcome report", decision)
+    body = select_api.received[1].json()
+    assert "ttft_at" not in body and body["ttft_ms"] < 900, (body, decision)
+
+
 def test_reported_member_is_the_llmsched_key(select_api: SelectApiStandIn) -> None:
     select_api.answer = "[fd00::8]:8003"
     members = [("10.1.1.5%2", 8001), ("fd00::8%3", 8003)]
@@ -691,6 +741,7 @@ def test_rule_init_defaults_are_sane() -> None:
     assert statics["llmsched_partition"] == '"Common"'
     assert statics["llmsched_busy_retry_after_s"] == "2"
     assert statics["llmsched_report_outcomes"] == "1"
+    assert statics["llmsched_report_at"] == '"headers"'  # never hold headers unasked
     assert statics["llmsched_outcome_path"] == '"/scheduler/outcome"'
     # The client's response waits for a report's connect and send: keep them short.
     assert 0 < int(statics["llmsched_outcome_timeout_ms"]) <= 100
@@ -719,7 +770,7 @@ def test_rule_uses_only_tcl_84_irule_syntax() -> None:
         assert match is None, f"{why}: {match.group(0)!r}" if match else ""
     events = re.findall(r"^when\s+(\w+)", code, flags=re.M)
     assert events == ["RULE_INIT", "CLIENT_ACCEPTED", "HTTP_REQUEST", "LB_FAILED",
-                      "HTTP_REQUEST_SEND", "HTTP_RESPONSE"]
+                      "HTTP_REQUEST_SEND", "HTTP_RESPONSE", "HTTP_RESPONSE_DATA"]
 
 
 def test_tcl_sees_every_event_of_the_rule() -> None:
