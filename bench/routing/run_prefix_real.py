@@ -64,23 +64,36 @@ ROUTERS = ("round-robin", "least-in-flight", "greybox", "cache-aware", "cache-aw
            "cache-aware-2-replicas", "vr-cache_aware", "vr-power_of_two", "sglang-cache_aware")
 
 
-def modes(slo_s: float) -> dict[str, dict[str, Any]]:
+def modes(slo_s: float, overrides: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The llmsched modes; ``overrides`` go into both cache_aware sections."""
     g = {"ttft_slo_ms": round(slo_s * 1000, 1), "max_queue_wait_s": round(6 * slo_s, 3)}
-    cache = {"member_cache_tokens": NUM_GPU_BLOCKS * 16}
+    cache = {"member_cache_tokens": NUM_GPU_BLOCKS * 16, **(overrides or {})}
     return {
         "greybox": {"name": "greybox", "type": "greybox", "greybox": g},
         "cache-aware": {"name": "ca", "type": "cache_aware", "greybox": g, "cache_aware": cache},
         "cache-aware-precise": {"name": "cap", "type": "cache_aware", "greybox": g,
-                                "cache_aware": {"source": "precise"}},
+                                "cache_aware": {"source": "precise", **(overrides or {})}},
     }
 
 
+def override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--cache-aware-set``: the value as JSON when it parses, else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 @contextlib.contextmanager
-def router_stack(name: str, fleet: Fleet, workdir: Path, slo_s: float
+def router_stack(name: str, fleet: Fleet, workdir: Path, slo_s: float,
+                 overrides: dict[str, Any] | None = None
                  ) -> Iterator[tuple[Processes | None, str, str]]:
     """(processes, base URL, model) of router ``name`` over ``fleet`` (None, "", MODEL:
     client side)."""
-    m = modes(slo_s)
+    m = modes(slo_s, overrides)
     if name in ("round-robin", "least-in-flight"):
         yield None, "", MODEL
     elif name in ("greybox", "cache-aware", "cache-aware-precise", "cache-aware-2-replicas"):
@@ -211,11 +224,13 @@ def plot(rows: list[dict[str, Any]], slo_s: float, path: Path) -> None:
 
 
 async def run_one(name: str, trace: list[PrefixRequest], engines: list[Any], workdir: Path,
-                  slo_s: float, timeout_s: float) -> dict[str, Any]:
+                  slo_s: float, timeout_s: float, overrides: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     with prefix_fleet_procs(workdir / "fleet", engines, nice=-5) as fleet:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await wait_fleet(fleet, session)
-            with router_stack(name, fleet, workdir / "router", slo_s) as (procs, url, model):
+            with router_stack(name, fleet, workdir / "router", slo_s,
+                              overrides) as (procs, url, model):
                 if procs is not None:
                     await wait_chat(procs, url, model, session, name)
                 before = await cache_counters(fleet, session)
@@ -238,8 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                              "request rate scales with it, so a 2-core box keeps pace)")
     parser.add_argument("--routers", default=",".join(ROUTERS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-aware-set", type=override, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="a cache_aware setting of llmsched's cache-aware routers, e.g. "
+                             "affinity_margin=2 (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
+    overrides = dict(args.cache_aware_set)
     speeds = tuple(s * args.speed_scale for s in HETERO_SPEEDS)
     engines = prefix_fleet(speeds)
     base = PrefixSpec(duration_s=args.duration, seed=args.seed)
@@ -255,21 +275,23 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         try:
             row = asyncio.run(run_one(name, trace, engines, args.out / f"work-{stamp}" / name,
-                                      slo, timeout_s=max(120.0, 40 * slo)))
+                                      slo, timeout_s=max(120.0, 40 * slo),
+                                      overrides=overrides))
         except StackError as err:
             print(f"  {name}: not run: {err}", flush=True)
             continue
         rows.append(row)
         print(f"  {name}: p90 {fmt_s(row['ttft_p90'])} s, hit rate {row['hit_rate']:.3f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
+    settings = f", cache_aware {overrides}" if overrides else ""
     text = (f"### shared-prefix workload, real time, load {args.load:.0%} of capacity "
-            f"({cap:.2f} req/s), SLO {slo * 1000:.0f} ms\n\n{table(rows)}\n")
+            f"({cap:.2f} req/s), SLO {slo * 1000:.0f} ms{settings}\n\n{table(rows)}\n")
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"prefix-real-{stamp}.md").write_text(text)
     (args.out / f"prefix-real-{stamp}.json").write_text(json.dumps(
         {"capacity_rps": cap, "slo_s": slo, "load": args.load, "speeds": speeds,
-         "rows": rows}, default=str))
+         "cache_aware_overrides": overrides, "rows": rows}, default=str))
     with contextlib.suppress(ImportError):
         plot(rows, slo, args.out / f"prefix-real-{stamp}.png")
     return 0
