@@ -358,26 +358,31 @@ class LlmschedSpec:
     apis: int = 1
     schedulers: int = 1
     log_level: str = "INFO"
+    cache_aware: dict[str, Any] | None = None
+    """The alias's pool runs the ``cache_aware`` mode with these settings (None: greybox)."""
 
 
 def config_doc(spec: LlmschedSpec, prefix: str, api_port: int, keys: Sequence[str]
                ) -> dict[str, Any]:
     """A greybox pool served as an alias by the gateway, and an S1 pool for select."""
+    greybox = {"ttft_slo_ms": round(spec.slo_s * 1000, 1),
+               "max_queue_wait_s": round(6 * spec.slo_s, 3)}
+    modes: list[dict[str, Any]] = [{"name": "greybox", "type": "greybox", "greybox": greybox},
+                                   {"name": "s1", "type": "s1", "w_a": 0.8, "w_b": 0.2}]
+    if spec.cache_aware is not None:
+        modes.append({"name": "ca", "type": "cache_aware", "greybox": greybox,
+                      "cache_aware": spec.cache_aware})
     return {
         "global": {"interval": 60, "api_host": "127.0.0.1", "api_port": api_port,
                    "log_level": spec.log_level, "prefix": prefix, "select_timeout_ms": 500},
         "scheduler": {"pool_fetch_interval": 10, "metrics_fetch_interval": spec.metrics_ms},
-        "modes": [
-            {"name": "greybox", "type": "greybox",
-             "greybox": {"ttft_slo_ms": round(spec.slo_s * 1000, 1),
-                         "max_queue_wait_s": round(6 * spec.slo_s, 3)}},
-            {"name": "s1", "type": "s1", "w_a": 0.8, "w_b": 0.2},
-        ],
+        "modes": modes,
         "gateway": {"max_ongoing_requests": 1000, "hold_queue_size": 1000},
         "pools": [
             {"name": GREYBOX_POOL, "partition": PARTITION, "engine_type": "vllm",
              "source": "static", "model": GREYBOX_ALIAS, "served_model_name": MODEL,
-             "mode": "greybox", "members": list(keys)},
+             "mode": "greybox" if spec.cache_aware is None else "ca",
+             "members": list(keys)},
             {"name": S1_POOL, "partition": PARTITION, "engine_type": "vllm",
              "source": "static", "mode": "s1", "members": list(keys)},
         ],

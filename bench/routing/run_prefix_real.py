@@ -58,7 +58,13 @@ from bench.routing.realstack import (
     wait_fleet,
 )
 from bench.routing.report import fmt_s, pct
-from bench.routing.run_prefix_virtual import NUM_GPU_BLOCKS, capacity, prefix_fleet, unloaded_ttft
+from bench.routing.run_prefix_virtual import (
+    NUM_GPU_BLOCKS,
+    capacity,
+    override,
+    prefix_fleet,
+    unloaded_ttft,
+)
 
 ROUTERS = ("round-robin", "least-in-flight", "greybox", "cache-aware", "cache-aware-precise",
            "cache-aware-2-replicas", "vr-cache_aware", "vr-power_of_two", "sglang-cache_aware")
@@ -74,17 +80,6 @@ def modes(slo_s: float, overrides: dict[str, Any] | None = None) -> dict[str, di
         "cache-aware-precise": {"name": "cap", "type": "cache_aware", "greybox": g,
                                 "cache_aware": {"source": "precise", **(overrides or {})}},
     }
-
-
-def override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` of ``--cache-aware-set``: the value as JSON when it parses, else text."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bench.routing.fleet import HETERO_SPEEDS
 from bench.routing.harness import HOLD, Router
 from bench.routing.prefix_harness import PrefixRunResult, run_prefix
@@ -53,22 +55,39 @@ def prefix_fleet(speeds: tuple[float, ...] = HETERO_SPEEDS, blocks: int = NUM_GP
             for i, speed in enumerate(speeds)]
 
 
-def modes(slo_s: float) -> dict[str, ModeConfig]:
-    """greybox and the cache-aware modes, with the same guard and admission settings."""
+def override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--cache-aware-set``: the value as JSON when it parses, else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def modes(slo_s: float, overrides: dict[str, Any] | None = None) -> dict[str, ModeConfig]:
+    """greybox and the cache-aware modes, with the same guard and admission settings;
+    ``overrides`` go into both cache_aware sections."""
     g = GreyboxConfig(ttft_slo_ms=slo_s * 1000, max_queue_wait_s=6 * slo_s)
     cache = NUM_GPU_BLOCKS * 16  # what the operator sets: num_gpu_blocks x block_size
+    extra = overrides or {}
     return {
         "greybox": ModeConfig(name="greybox", type="greybox", greybox=g),
         "cache-aware": ModeConfig(name="ca", type="cache_aware", greybox=g,
-                                  cache_aware=CacheAwareConfig(member_cache_tokens=cache)),
+                                  cache_aware=msgspec.convert(
+                                      {"member_cache_tokens": cache, **extra},
+                                      CacheAwareConfig)),
         "cache-aware-precise": ModeConfig(name="cap", type="cache_aware", greybox=g,
-                                          cache_aware=CacheAwareConfig(source="precise")),
+                                          cache_aware=msgspec.convert(
+                                              {"source": "precise", **extra},
+                                              CacheAwareConfig)),
     }
 
 
-def routers(engines: int, seed: int, slo_s: float, only: set[str] | None = None
-            ) -> list[Router]:
-    m = modes(slo_s)
+def routers(engines: int, seed: int, slo_s: float, only: set[str] | None = None,
+            overrides: dict[str, Any] | None = None) -> list[Router]:
+    m = modes(slo_s, overrides)
     made: list[Callable[[], Router]] = [
         lambda: RoundRobin(engines), lambda: LeastInFlight(engines, seed),
         lambda: PowerOfTwo(engines, seed),
@@ -161,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-tokens", type=int, default=30,
                         help="median output length (long prompts, short answers)")
     parser.add_argument("--routers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--cache-aware-set", type=override, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="a cache_aware setting for both cache-aware modes (repeatable)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path, help="write PNG plots of seed 0 here")
     args = parser.parse_args(argv)
@@ -182,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             trace: list[PrefixRequest] = generate(dataclasses.replace(
                 base, rate=cap * load, seed=seed))
-            for router in routers(len(engines), seed, slo, only):
+            for router in routers(len(engines), seed, slo, only,
+                                  dict(args.cache_aware_set)):
                 result = run_prefix(trace, engines, router, scrape_interval=SCRAPE_S)
                 per_router.setdefault(router.name, []).append(summarize(result, slo))
                 if seed == 0:

@@ -88,7 +88,9 @@ from services.enginesim.virtual import TraceRequest
 
 CLIENT = ("round-robin", "random", "least-in-flight", "power-of-two")
 LLMSCHED = ("s1-select", "greybox-gw", "greybox-select", "greybox-select-ft",
-            "greybox-gw-2x2", "greybox-select-2x2", "greybox-gw-100ms")
+            "greybox-gw-2x2", "greybox-select-2x2", "greybox-gw-100ms", "cache-aware-gw")
+"""cache-aware-gw: the gateway with the ``cache_aware`` mode (approximate source, default
+settings) instead of greybox: the same workload must not get worse with it on."""
 VLLM_POLICIES = ("round_robin", "power_of_two", "cache_aware")
 """vllm-router's policies run by default. Of the others its --help lists, random is the
 client-side random router, consistent_hash and kv_aware need session keys or KV events
@@ -195,13 +197,14 @@ async def setup(name: str, bench: Bench) -> AsyncIterator[tuple[RealRouter, Cpu,
     wide = name.endswith("-2x2")
     spec = LlmschedSpec(slo_s=bench.slo_s, metrics_ms=100.0 if name.endswith("-100ms")
                         else bench.metrics_ms, apis=2 if wide else 1, schedulers=2 if wide else 1,
-                        log_level=bench.log_level)
+                        log_level=bench.log_level,
+                        cache_aware={} if name == "cache-aware-gw" else None)
     workdir = bench.workdir / f"{name}-{time.time():.0f}"
     with running_llmsched(workdir, spec, fl.keys) as stack:
         await wait_llmsched(stack, fl.keys, bench.session)
         router: RealRouter
         pool = S1_POOL if name == "s1-select" else GREYBOX_POOL
-        if name.startswith("greybox-gw"):
+        if name.startswith(("greybox-gw", "cache-aware-gw")):
             router = OneUrl(name, stack.api_urls, GREYBOX_ALIAS)
         else:
             report = None
