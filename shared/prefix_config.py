@@ -50,6 +50,10 @@ class CacheAwareConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     load_bound: float = 1.5
     """While the predictor is not trusted: a warm member is preferred while its in-flight
     count is at most load_bound × the pool's mean + 1 (bounded load)."""
+    warm_inflight_factor: float = 2.0
+    """The guard's in-flight limit (the engine's batch size) times this for a member that
+    holds at least 30 % of the prompt: the request may wait there for a batch slot instead
+    of being prefilled, and its prefix cached again, on a cold member. 1: no exception."""
     session: SessionConfig | None = None
     """Session affinity (off when absent)."""
 
@@ -105,6 +109,8 @@ def check_cache_aware(path: str, c: CacheAwareConfig) -> tuple[str, str] | None:
         return f"{path}.member_cache_tokens", "must be >= 1"
     if c.affinity_margin < 0:
         return f"{path}.affinity_margin", "must be >= 0"
+    if not 1 <= c.warm_inflight_factor <= 16:
+        return f"{path}.warm_inflight_factor", f"must be 1..16, got {c.warm_inflight_factor}"
     if c.max_blocks > 1024:
         return f"{path}.max_blocks", "must be <= 1024 (the route call carries them)"
     s = c.session

@@ -74,7 +74,7 @@ def exclusion(member: MemberState, profile: Profile, ctx: DecisionContext) -> st
         return "asleep"
     for f in profile.filters:
         if isinstance(f, GuardFilter):
-            reason = guard_reason(member, ctx, f.settings)
+            reason = guard_reason(member, ctx, f.settings, f.warm_factor)
             if reason is not None:
                 return next((name for prefix, name in GUARD_REASONS
                              if reason.startswith(prefix)), "guard")

@@ -87,11 +87,28 @@ def test_the_affinity_breaks_when_the_warm_member_is_the_bottleneck() -> None:
 
 
 def test_the_guard_comes_first() -> None:
-    core, _clock = make_core(greybox=GreyboxConfig(max_inflight=1))
+    core, _clock = make_core(cache=CacheAwareConfig(warm_inflight_factor=1),
+                             greybox=GreyboxConfig(max_inflight=1))
     warm = route(core, "r0", HASHES)
     assert route(core, "r1", HASHES) != warm, "a warm member at its in-flight limit is guarded"
     assert route(core, "r2", HASHES) != warm
     assert route(core, "r3", HASHES) == "busy", "everyone guarded: admission, not a pile-up"
+
+
+def test_a_warm_member_may_take_more_than_its_limit_with_warm_inflight_factor() -> None:
+    core, _clock = make_core(cache=CacheAwareConfig(warm_inflight_factor=2, load_bound=8),
+                             greybox=GreyboxConfig(max_inflight=1))
+    warm = route(core, "r0", HASHES)
+    # Limit 1 x 2 for the member holding the prefix: a second request waits there for a
+    # batch slot; a third would be its third in flight, past 2, and goes elsewhere.
+    assert route(core, "r1", HASHES) == warm
+    third = route(core, "r2", HASHES)
+    assert third not in (warm, "busy"), f"warm {warm}, third {third}"
+    # A cold prompt never passes a member's limit: OTHER goes to the one member with room,
+    # and a third prefix, warm nowhere, finds every member at its limit.
+    free = (set(KEYS) - {warm, third}).pop()
+    assert route(core, "r3", OTHER) == free
+    assert route(core, "r4", text_block_hashes("Summarise this contract. " * 40)) == "busy"
 
 
 def test_distinct_prefixes_spread() -> None:

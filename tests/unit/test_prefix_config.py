@@ -40,6 +40,8 @@ def test_a_cache_aware_config_loads() -> None:
     (("source: precise", "source: exact"), "modes[0].cache_aware.source"),
     (("member_cache_tokens: 35200", "member_cache_tokens: 0"),
      "modes[0].cache_aware.member_cache_tokens"),
+    (("member_cache_tokens: 35200", "member_cache_tokens: 35200, warm_inflight_factor: 0.5"),
+     "modes[0].cache_aware.warm_inflight_factor"),
     (("session: {header: X-Session-ID}", "session: {header: null, body_field: null}"),
      "modes[0].cache_aware.session"),
     (('endpoint: "tcp://{host}:5557"', 'endpoint: "http://{host}:5557"'),

@@ -25,8 +25,13 @@ def inflight_limit(m: MemberState, settings: GreyboxConfig) -> float:
     return max(1.0, base * settings.inflight_limit_factor)
 
 
-def guard_reason(m: MemberState, ctx: DecisionContext, settings: GreyboxConfig) -> str | None:
-    """Why ``m`` is guarded now, or None (updates the KV hysteresis and circuit timers)."""
+def guard_reason(m: MemberState, ctx: DecisionContext, settings: GreyboxConfig,
+                 warm_factor: float = 1.0) -> str | None:
+    """Why ``m`` is guarded now, or None (updates the KV hysteresis and circuit timers).
+
+    ``warm_factor`` multiplies the in-flight limit of a member that holds the request's
+    prefix (cache-aware pools): a short wait for a batch slot there beats a full prefill
+    elsewhere, which would also cache the prefix twice."""
     if m.circuit == "open":
         if ctx.now < m.open_until:
             return f"circuit open ({m.open_until - ctx.now:.0f}s left)"
@@ -34,6 +39,8 @@ def guard_reason(m: MemberState, ctx: DecisionContext, settings: GreyboxConfig) 
     if m.circuit == "half_open" and m.inflight > 0:
         return "circuit half-open: one trial request at a time"
     limit = inflight_limit(m, settings)
+    if warm_factor != 1.0 and ctx.keys is not None and ctx.keys.warm(m.key, ctx.prompt_tokens):
+        limit = max(limit, round(limit * warm_factor))
     if m.inflight >= limit:
         return f"in flight {m.inflight} >= limit {limit:g}"
     if not m.fresh(ctx.now, ctx.stale_after_s):
@@ -55,12 +62,14 @@ class GuardFilter:
     """Drops guarded members; when it drops them all, admission control takes over."""
 
     settings: GreyboxConfig
+    warm_factor: float = 1.0
+    """In-flight limit multiplier for members warm for the request (cache-aware)."""
     name: str = "guard"
 
     def filter(self, ctx: DecisionContext, members: list[MemberState]) -> list[MemberState]:
         kept: list[MemberState] = []
         for m in members:
-            reason = guard_reason(m, ctx, self.settings)
+            reason = guard_reason(m, ctx, self.settings, self.warm_factor)
             if reason is None:
                 kept.append(m)
             elif ctx.debug:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+WARM_SHARE = 0.3
+"""A member is warm for a request when it holds this share of the prompt (the peers'
+``cache_threshold``); a prompt nobody is warm for is cold."""
+
 
 @dataclass(slots=True)
 class RequestKeys:
@@ -27,3 +31,7 @@ class RequestKeys:
         if prompt_tokens <= 0:
             return 1.0 if self.cached_tokens.get(member) else 0.0
         return min(1.0, self.cached_tokens.get(member, 0.0) / prompt_tokens)
+
+    def warm(self, member: str, prompt_tokens: float) -> bool:
+        """``member`` holds at least ``WARM_SHARE`` of the prompt."""
+        return self.fraction(member, prompt_tokens) >= WARM_SHARE

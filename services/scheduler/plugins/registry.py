@@ -124,8 +124,8 @@ def build_profile(registry: PluginRegistry, mode: ModeConfig, fallback: Fallback
             (1.0, registry.scorer("cache_affinity", settings=c))]
         if c.session is not None:
             scorers.append((2.0, registry.scorer("session", settings=c.session)))
-        return Profile(name=mode.name, filters=(threshold, registry.filter("guard", settings=g)),
-                       scorers=tuple(scorers),
+        guard = registry.filter("guard", settings=g, warm_factor=c.warm_inflight_factor)
+        return Profile(name=mode.name, filters=(threshold, guard), scorers=tuple(scorers),
                        picker=registry.picker("best", tolerance=g.predictor.explore),
                        require_fresh=False, admission=g.admission)
     if mode.type == "least_load":
