@@ -27,6 +27,21 @@ class AsleepProbe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Key of the JSON boolean; anything but ``true`` (or a failed probe) is not asleep."""
 
 
+PREFIX_CACHING_FLAG = "prefix_caching"
+"""The ``extra`` key of an engine's prefix-caching setting (1.0 on, 0.0 off, absent: unknown)."""
+
+
+class InfoFlag(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A yes/no setting an info series carries as a label (kept as 1.0 or 0.0)."""
+
+    metric: str
+    """Sample name, e.g. ``vllm:cache_config_info``."""
+    label: str
+    """The label holding the setting, e.g. ``enable_prefix_caching``."""
+    true_values: tuple[str, ...] = ("True", "true", "1")
+    """Label values meaning yes (anything else: no)."""
+
+
 class EngineMetricsSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Names of the series that carry an engine's load figures.
 
@@ -46,6 +61,9 @@ class EngineMetricsSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     """Multiplier turning the raw value into a 0..1 ratio (0.01 for an engine reporting %)."""
     extra: dict[str, str] = {}
     """Other figures to keep, output name → metric name (sample names incl. _sum/_count)."""
+    flags: dict[str, InfoFlag] = {}
+    """Settings to keep from info series, output name → where (1.0 yes, 0.0 no), in
+    ``extra`` beside the figures; absent when the engine does not say."""
     asleep: list[AsleepSignal] = []
     """Series saying the engine is asleep (it then leaves selection); absent series: awake."""
     asleep_probe: AsleepProbe | None = None
@@ -66,6 +84,9 @@ BUILTIN_ENGINES: dict[str, EngineMetricsSpec] = {
             "prefix_cache_hits": "vllm:prefix_cache_hits_total",
             "preemptions": "vllm:num_preemptions_total",
         },
+        # Cache-aware routing trusts no prefix affinity on an engine that does not cache.
+        flags={PREFIX_CACHING_FLAG: InfoFlag(metric="vllm:cache_config_info",
+                                          label="enable_prefix_caching")},
         # awake=0 covers both sleep levels; vLLM before engine_sleep_state has no signal.
         asleep=[AsleepSignal(metric="vllm:engine_sleep_state", labels={"sleep_state": "awake"},
                              when="zero")],

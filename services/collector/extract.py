@@ -39,7 +39,7 @@ def wanted_names(spec: EngineMetricsSpec) -> frozenset[str]:
     """Every sample name ``extract`` may read for ``spec`` (what to parse)."""
     return frozenset(
         [*spec.waiting_queue, *spec.running_req, *spec.cache_usage, *spec.extra.values(),
-         *(signal.metric for signal in spec.asleep)]
+         *(signal.metric for signal in spec.asleep), *(f.metric for f in spec.flags.values())]
     )
 
 
@@ -53,6 +53,11 @@ def extract(series_by_name: SeriesByName, spec: EngineMetricsSpec) -> Extracted:
         values = _first_present(series_by_name, [metric])
         if values is not None:
             extra[out_name] = math.fsum(values)
+    for out_name, flag in spec.flags.items():
+        said = next((labels[flag.label] for labels, _value in series_by_name.get(flag.metric, ())
+                     if flag.label in labels), None)
+        if said is not None:
+            extra[out_name] = 1.0 if said in flag.true_values else 0.0
     return Extracted(
         waiting_queue=None if waiting is None else max(0.0, math.fsum(waiting)),
         running_req=None if running is None else max(0.0, math.fsum(running)),

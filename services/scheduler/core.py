@@ -21,6 +21,7 @@ from services.scheduler.predictor import PredictorSettings
 from services.scheduler.prefix_routing import PrefixRouting
 from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
+from shared.engines import PREFIX_CACHING_FLAG
 from shared.members import url_host
 from shared.messages import (
     REMOVED,
@@ -220,8 +221,12 @@ class SchedulerCore:
     def _keys(self, ctx: DecisionContext, pool: PoolState, hashes: list[int],
               token_keys: list[int], session: str, members: list[str]) -> None:
         """Cache-aware pools: what each candidate holds of the prompt, and the session."""
+        # A member whose engine says it does not cache prefixes holds nothing worth
+        # routing to: no affinity and no warm exception there.
+        caching = [k for k in members
+                   if (m := pool.members.get(k)) is None or m.extra.get(PREFIX_CACHING_FLAG) != 0.0]
         ctx.keys = self.prefix.keys((pool.name, pool.partition), hashes, token_keys, session,
-                                    members, ctx.now)
+                                    caching, ctx.now)
         if ctx.keys is not None and ctx.keys.session:
             ctx.pool_members = tuple(sorted(pool.members))
 

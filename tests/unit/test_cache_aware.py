@@ -48,12 +48,14 @@ def make_core(cache: CacheAwareConfig | None = None, replica: str = "r1",
     return core, clock
 
 
-def scrape(core: SchedulerCore, clock: Clock, running: dict[str, float] | None = None) -> None:
+def scrape(core: SchedulerCore, clock: Clock, running: dict[str, float] | None = None,
+           extra: dict[str, float] | None = None) -> None:
     running = running or {}
     core.view.apply_metrics(MetricsBatch(pool=POOL[0], partition=POOL[1],
                                          round_started_at=clock.now, members=[
         MemberMetrics(key=k, scraped_at=clock.now, ok=True, waiting_queue=0.0,
-                      running_req=running.get(k, 0.0), cache_usage=0.1) for k in KEYS]))
+                      running_req=running.get(k, 0.0), cache_usage=0.1, extra=extra or {})
+        for k in KEYS]))
 
 
 def route(core: SchedulerCore, rid: str, hashes: list[int], session: str = "") -> str:
@@ -109,6 +111,21 @@ def test_a_warm_member_may_take_more_than_its_limit_with_warm_inflight_factor() 
     free = (set(KEYS) - {warm, third}).pop()
     assert route(core, "r3", OTHER) == free
     assert route(core, "r4", text_block_hashes("Summarise this contract. " * 40)) == "busy"
+
+
+@pytest.mark.parametrize("caching", [1.0, 0.0, None])
+def test_no_affinity_to_an_engine_that_does_not_cache_prefixes(caching: float | None) -> None:
+    core, clock = make_core(greybox=GreyboxConfig(max_inflight=1))
+    scrape(core, clock, extra=None if caching is None else {"prefix_caching": caching})
+    first = route(core, "r0", HASHES)
+    second = route(core, "r1", HASHES)
+    if caching == 0.0:
+        # vLLM said enable_prefix_caching=False: the "warm" member holds nothing, so it
+        # gets neither affinity nor the warm exception to its limit of 1.
+        assert second != first, (first, second)
+    else:
+        # Caching on, or not said (SGLang, older vLLM): the warm member may take 2 x 1.
+        assert second == first, (first, second)
 
 
 def test_distinct_prefixes_spread() -> None:

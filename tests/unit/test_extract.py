@@ -58,7 +58,20 @@ def test_vllm_extras_from_real_payload() -> None:
         "ttft_sum": pytest.approx(0.41726183891296387), "ttft_count": 11.0,
         "e2e_sum": pytest.approx(0.1509096622467041), "e2e_count": 3.0,
         "prefix_cache_queries": 2074.0, "prefix_cache_hits": 896.0, "preemptions": 0.0,
+        "prefix_caching": 1.0,
     }
+
+
+def test_the_prefix_caching_setting_comes_from_the_info_labels() -> None:
+    on = [({"enable_prefix_caching": "True", "block_size": "16"}, 1.0)]
+    off = [({"enable_prefix_caching": "False", "block_size": "16"}, 1.0)]
+    base: dict[str, list[tuple[dict[str, str], float]]] = {WAIT: [({}, 0.0)]}
+    assert extract({**base, "vllm:cache_config_info": on}, VLLM).extra["prefix_caching"] == 1.0
+    assert extract({**base, "vllm:cache_config_info": off}, VLLM).extra["prefix_caching"] == 0.0
+    # An engine that does not say (no info series, or no such label): unknown, left out.
+    assert "prefix_caching" not in extract(base, VLLM).extra
+    assert "prefix_caching" not in extract(
+        {**base, "vllm:cache_config_info": [({"block_size": "16"}, 1.0)]}, VLLM).extra
 
 
 def test_extras_are_summed_over_engines() -> None:
