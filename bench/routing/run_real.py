@@ -466,8 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         sections += [table(rows, title), ratio_table(ratios(rows), f"{title}: the bar"),
                      harness_table(rows, f"{title}: harness, machine, CPU")]
         report["ratios"][str(load)] = ratios(rows)
-        paths = plot(rows, slo, args.out / f"routing-real-load{int(load * 100)}", title)
-        sections.append("plots: " + ", ".join(str(p) for p in paths))
+        try:
+            paths = plot(rows, slo, args.out / f"routing-real-load{int(load * 100)}", title)
+        except ImportError:
+            sections.append("plots: none (pip install matplotlib for PNG plots)")
+        else:
+            sections.append("plots: " + ", ".join(str(p) for p in paths))
     text = "\n\n".join(sections)
     print("\n" + text)
     (args.out / f"routing-real-{stamp}.md").write_text(text + "\n")
