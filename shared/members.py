@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
+
+from shared.messages import MemberInfo, PoolSnapshot
+
+if TYPE_CHECKING:
+    from shared.config import PoolConfig
 
 
 class MemberAddressError(ValueError):
@@ -41,3 +47,16 @@ def member_key(host: str, port: int) -> str:
 def url_host(host: str) -> str:
     """Host as it appears in a URL authority."""
     return f"[{host}]" if ":" in host else host
+
+
+def static_snapshot(pool: PoolConfig, fetched_at: float,
+                    engine_type: str | None = None) -> PoolSnapshot:
+    """A ``source: static`` pool's members as the config lists them, all available, keys
+    normalised as a gateway sends them."""
+    members = []
+    for entry in pool.members:
+        host, port = parse_member_key(entry)
+        members.append(MemberInfo(key=member_key(host, port), host=host, port=port, name=entry))
+    return PoolSnapshot(pool=pool.name, partition=pool.partition,
+                        engine_type=engine_type or pool.engine_type, source="static",
+                        members=members, fetched_at=fetched_at)

@@ -13,7 +13,7 @@ import msgspec
 from services.collector.f5_client import F5Client, F5PoolNotFound
 from services.collector.f5_parse import F5Error
 from shared.config import PoolConfig
-from shared.members import member_key, parse_member_key
+from shared.members import static_snapshot
 from shared.messages import MemberInfo, PoolSnapshot
 
 log = logging.getLogger("llmsched.collector.membership")
@@ -45,18 +45,7 @@ class StaticSource:
 
     async def snapshot(self, pool: PoolConfig, engine_type: str | None = None) -> PoolSnapshot:
         """The configured members, keys normalised as a gateway sends them."""
-        members = []
-        for entry in pool.members:
-            host, port = parse_member_key(entry)
-            members.append(MemberInfo(key=member_key(host, port), host=host, port=port, name=entry))
-        return PoolSnapshot(
-            pool=pool.name,
-            partition=pool.partition,
-            engine_type=engine_type or pool.engine_type,
-            source="static",
-            members=members,
-            fetched_at=self._clock(),
-        )
+        return static_snapshot(pool, self._clock(), engine_type)
 
     def next_delay(self, pool: PoolConfig) -> float | None:
         """Static membership never backs off."""

@@ -22,7 +22,7 @@ from services.scheduler.prefix_routing import PrefixRouting
 from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
 from shared.engines import PREFIX_CACHING_FLAG
-from shared.members import url_host
+from shared.members import static_snapshot, url_host
 from shared.messages import (
     REMOVED,
     AnalyzeReply,
@@ -125,6 +125,19 @@ class SchedulerCore:
     @property
     def inflight(self) -> InflightTracker:
         return self.feedback.inflight
+
+    def seed_static_pools(self) -> list[str]:
+        """Configured static pools that no snapshot has reached: their members as the config
+        lists them, dated 0 so that any collector's snapshot replaces them. A replica that
+        starts before the collector then routes them at once instead of answering
+        ``pool_empty`` (their metrics arrive with the first scrape)."""
+        seeded = []
+        for cfg in self.config.pools:
+            if cfg.source != "static" or self.view.get(cfg.name, cfg.partition) is not None:
+                continue
+            self.sync_pool(self.view.apply_snapshot(static_snapshot(cfg, 0.0)))
+            seeded.append(f"{cfg.name}:{cfg.partition}")
+        return seeded
 
     def sync_pool(self, pool: PoolState) -> None:
         """Copy the tracker's counts onto a pool's members (after a membership change)."""

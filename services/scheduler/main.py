@@ -189,6 +189,10 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         health["ok"] = False
         log.warning("State store unreachable at start (%s); starting from live events only", err)
     await _await_pools(core, arrived, asked + RESYNC_WAIT_S)
+    seeded = core.seed_static_pools()
+    if seeded:
+        log.info("No snapshot yet for static pool(s) %s: serving their configured members "
+                 "until the collector's first snapshot", ", ".join(seeded))
     service = await start_service(nc, subjects, endpoints)
     listener = await start_listener(prom, "scheduler", cfg.metrics)
     log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,
