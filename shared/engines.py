@@ -83,6 +83,8 @@ BUILTIN_ENGINES: dict[str, EngineMetricsSpec] = {
             "prefix_cache_queries": "vllm:prefix_cache_queries_total",
             "prefix_cache_hits": "vllm:prefix_cache_hits_total",
             "preemptions": "vllm:num_preemptions_total",
+            "itl_sum": "vllm:inter_token_latency_seconds_sum",
+            "itl_count": "vllm:inter_token_latency_seconds_count",
         },
         # Cache-aware routing trusts no prefix affinity on an engine that does not cache.
         flags={PREFIX_CACHING_FLAG: InfoFlag(metric="vllm:cache_config_info",
@@ -101,6 +103,8 @@ BUILTIN_ENGINES: dict[str, EngineMetricsSpec] = {
             "e2e_sum": "sglang:e2e_request_latency_seconds_sum",
             "e2e_count": "sglang:e2e_request_latency_seconds_count",
             "cache_hit_rate": "sglang:cache_hit_rate",
+            "itl_sum": "sglang:inter_token_latency_seconds_sum",
+            "itl_count": "sglang:inter_token_latency_seconds_count",
         },
     ),
 }

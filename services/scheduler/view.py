@@ -7,6 +7,9 @@ from typing import Literal
 
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 
+ITL_SMOOTHING = 0.3
+"""Weight of the newest scrape in a member's inter-token latency average."""
+
 
 @dataclass(slots=True)
 class MemberState:
@@ -40,6 +43,10 @@ class MemberState:
     """The batch size was seen saturated (requests waited); no more probing above it."""
     kv_guarded: bool = False
     """Guarded for KV usage (until it falls below the resume level)."""
+    itl_s: float | None = None
+    """The engine's recent mean inter-token latency (its decode speed; moving average of
+    the ``itl_sum`` / ``itl_count`` counters' growth between scrapes), None until seen."""
+    _itl_seen: tuple[float, float] | None = None
     circuit: str = "closed"
     """closed, open (out of routing until ``open_until``) or half_open (one trial at a time)."""
     consecutive_failures: int = 0
@@ -90,7 +97,19 @@ class MemberState:
         self.cache_usage = m.cache_usage
         self.metrics_at = m.scraped_at
         self.extra = dict(m.extra)
+        self._learn_itl(m.extra)
         return self.asleep != was_asleep
+
+    def _learn_itl(self, extra: dict[str, float]) -> None:
+        total, count = extra.get("itl_sum"), extra.get("itl_count")
+        if total is None or count is None:
+            return
+        seen, self._itl_seen = self._itl_seen, (total, count)
+        if seen is None or count <= seen[1] or total < seen[0]:
+            return  # first sight, nothing decoded since, or counters reset (restart)
+        sample = (total - seen[0]) / (count - seen[1])
+        self.itl_s = sample if self.itl_s is None else (
+            ITL_SMOOTHING * sample + (1 - ITL_SMOOTHING) * self.itl_s)
 
     def _learn_batch_size(self, m: MemberMetrics) -> None:
         running, waiting = m.running_req or 0.0, m.waiting_queue or 0.0

@@ -128,6 +128,39 @@ def test_no_affinity_to_an_engine_that_does_not_cache_prefixes(caching: float | 
         assert second == first, (first, second)
 
 
+def test_bounded_load_counts_requests_in_units_of_speed() -> None:
+    core, clock = make_core()
+    pool = core.view.pools[POOL]
+    slow, fast = KEYS[0], KEYS[1]
+
+    def itl(seconds: dict[str, float], count: float) -> None:
+        # The ITL counters grow by 100 tokens at the given latency per member.
+        for key in KEYS:
+            total = seconds.get(key, 0.02) * count
+            pool.members[key].apply(MemberMetrics(
+                key=key, scraped_at=clock.now, ok=True, waiting_queue=0.0, running_req=0.0,
+                cache_usage=0.1, extra={"itl_sum": total, "itl_count": count}))
+        clock.now += 1
+
+    itl({slow: 0.08}, 100.0)
+    itl({slow: 0.08}, 200.0)
+    assert pool.members[slow].itl_s == pytest.approx(0.08)
+    # The slow member holds the prefix and has 2 in flight, the others 1 each. Counted in
+    # requests it is within the bound (1.5 x mean 1.33 + 1 = 3); counted in units of its
+    # speed (a third of the mean: 2 / 0.33 = 6) it is not, so the request goes elsewhere.
+    core.prefix.routed(POOL, slow, HASHES, clock.now)
+    for key, n in ((slow, 2), (fast, 1), (KEYS[2], 1)):
+        pool.members[key].inflight = n
+    answer = route(core, "r0", HASHES)
+    assert answer != slow, f"slow {slow} kept it: {answer}"
+    # Same speeds: the warm member keeps it.
+    core2, clock2 = make_core()
+    core2.prefix.routed(POOL, slow, HASHES, clock2.now)
+    for key, n in ((slow, 2), (fast, 1), (KEYS[2], 1)):
+        core2.view.pools[POOL].members[key].inflight = n
+    assert route(core2, "r0", HASHES) == slow
+
+
 def test_distinct_prefixes_spread() -> None:
     core, _clock = make_core()
     a = route(core, "r0", HASHES)

@@ -58,7 +58,8 @@ def test_vllm_extras_from_real_payload() -> None:
         "ttft_sum": pytest.approx(0.41726183891296387), "ttft_count": 11.0,
         "e2e_sum": pytest.approx(0.1509096622467041), "e2e_count": 3.0,
         "prefix_cache_queries": 2074.0, "prefix_cache_hits": 896.0, "preemptions": 0.0,
-        "prefix_caching": 1.0,
+        "prefix_caching": 1.0, "itl_sum": pytest.approx(3.641594089000023),
+        "itl_count": 742.0,
     }
 
 

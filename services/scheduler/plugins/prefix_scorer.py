@@ -6,7 +6,8 @@ of the prompt it holds, so a warm member keeps the request while its prediction 
 within that margin of the best cold member's. Its queue is in the prediction: once it is
 the bottleneck the affinity breaks by itself. Untrusted predictor: bounded load — the
 member holding the longest prefix wins among those whose in-flight count is at most
-``load_bound`` × the pool's mean + 1; nobody warm within the bound: least load.
+``load_bound`` × the pool's mean + 1, counts taken in units of each member's decode speed
+(its engine's inter-token latency, when known); nobody warm within the bound: least load.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from services.scheduler.plugins.load_scorer import LoadScorer
 from services.scheduler.predictor import features
 from services.scheduler.view import MemberState
 from shared.prefix_config import CacheAwareConfig
+
+
+def speed_weights(members: list[MemberState]) -> list[float]:
+    """Each member's decode speed over the mean of those known (1/ITL); 1.0 when unknown
+    or when fewer than two are known."""
+    speeds = [1.0 / m.itl_s if m.itl_s else None for m in members]
+    known = [v for v in speeds if v is not None]
+    if len(known) < 2:
+        return [1.0] * len(members)
+    mean = sum(known) / len(known)
+    return [1.0 if v is None else v / mean for v in speeds]
 
 
 def prefix_features(m: MemberState, ctx: DecisionContext) -> tuple[float, ...]:
@@ -51,9 +63,11 @@ class CacheAffinityScorer:
             best = min(effective)
             return [best / e if e > 0 else 1.0 for e in effective]
         load = LoadScorer().score(ctx, members)
-        mean = sum(m.inflight for m in members) / len(members)
-        bound = self.settings.load_bound * mean + 1
-        warm = [f > 0 and m.inflight <= bound for m, f in zip(members, share, strict=True)]
+        # In-flight counts in units of each member's speed: a member decoding at half the
+        # pool's mean speed counts each request twice, so affinity leaves it sooner.
+        weighted = [m.inflight / w for m, w in zip(members, speed_weights(members), strict=True)]
+        bound = self.settings.load_bound * sum(weighted) / len(members) + 1
+        warm = [f > 0 and n <= bound for n, f in zip(weighted, share, strict=True)]
         if not any(warm):
             return load
         # Warm members within the bound rank above everyone (longest prefix first, then
