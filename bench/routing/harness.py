@@ -37,6 +37,9 @@ class Snapshot:
     waiting: int
     running: int
     kv_usage: float
+    itl_sum: float = 0.0
+    """The engine's inter-token latency counters (as ``vllm:inter_token_latency_seconds``)."""
+    itl_count: int = 0
 
 
 class Router(Protocol):
@@ -187,7 +190,8 @@ def run(trace: Sequence[TraceRequest], fleet: Sequence[EngineConfig], router: Ro
             if not stepping[value]:
                 kick(value, t)
         elif kind == 3:
-            snaps = [Snapshot(i, t, m.num_waiting, m.num_running, m.kv_usage)
+            snaps = [Snapshot(i, t, m.num_waiting, m.num_running, m.kv_usage,
+                              m.stats.itl.sum, m.stats.itl.count)
                      for i, m in enumerate(models)]
             router.observe(snaps, t)
             samples.append(QueueSample(t, [s.waiting for s in snaps],

@@ -143,7 +143,8 @@ def run_prefix(trace: Sequence[PrefixRequest], fleet: Sequence[EngineConfig], ro
             if not stepping[value]:
                 kick(value, t)
         elif kind == 3:
-            snaps = [Snapshot(i, t, m.num_waiting, m.num_running, m.kv_usage)
+            snaps = [Snapshot(i, t, m.num_waiting, m.num_running, m.kv_usage,
+                              m.stats.itl.sum, m.stats.itl.count)
                      for i, m in enumerate(models)]
             router.observe(snaps, t)
             samples.append(QueueSample(t, [s.waiting for s in snaps],

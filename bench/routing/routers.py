@@ -118,7 +118,9 @@ class CoreRouter:
             pool=POOL, partition=PARTITION, round_started_at=now,
             members=[MemberMetrics(key=self.keys[s.engine], scraped_at=s.at, ok=True,
                                    waiting_queue=float(s.waiting), running_req=float(s.running),
-                                   cache_usage=s.kv_usage) for s in snapshots]))
+                                   cache_usage=s.kv_usage,
+                                   extra={"itl_sum": s.itl_sum, "itl_count": float(s.itl_count)})
+                     for s in snapshots]))
 
     def route(self, index: int, item: TraceRequest, now: float) -> int:
         self.now = now
