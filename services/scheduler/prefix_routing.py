@@ -47,6 +47,10 @@ class PrefixRouting:
             memory.max_blocks, memory.ttl_s = settings.memory_blocks, settings.memory_ttl_s
             memory.member_blocks = per_member
 
+    def enabled(self, pool: Pool) -> bool:
+        """Whether ``pool`` routes cache-aware (its requests' keys are worth computing)."""
+        return pool in self.settings
+
     def keys(self, pool: Pool, prefix_hashes: list[int], token_keys: list[int],
              session: str, members: Collection[str], now: float) -> RequestKeys | None:
         """The request's keys with each of ``members``' cached tokens (None: not cache-aware)."""
