@@ -58,6 +58,8 @@ class Collector:
                           tuple[PoolConfig, MembershipSource, asyncio.Task[None]]] = {}
         self._enc = msgspec.json.Encoder()
         self._wake = asyncio.Event()
+        self._workers_changed = asyncio.Event()
+        """Set (and replaced) when the worker registry changed: see :meth:`workers_changed`."""
         self._due: dict[tuple[str, str], float] = {}
         self._removals: set[asyncio.Future[None]] = set()
 
@@ -80,6 +82,15 @@ class Collector:
         self.follow_ownership()
         if self.ownership is not None and {p.ident for p in self.pools} != before:
             self.ownership.kick()  # lease new pools now, not at the next heartbeat
+
+    def workers_changed(self) -> None:
+        """A worker's instances changed: pools drawn from workers re-read them now.
+
+        An instance that became ready is routable within a heartbeat, not a poll later,
+        and a dead one leaves selection as soon as its worker says so.
+        """
+        changed, self._workers_changed = self._workers_changed, asyncio.Event()
+        changed.set()
 
     def pool_idents(self) -> list[tuple[str, str]]:
         """Every pool of the config and the registry (whoever owns it)."""
@@ -137,7 +148,9 @@ class Collector:
     async def _membership(self, pool: PoolConfig, source: MembershipSource) -> None:
         subject = self.subjects.pool_snapshot(pool.partition, pool.name)
         while True:
-            f5 = self.metrics if self.config.pool_source(pool) == "f5" else None
+            source_name = self.config.pool_source(pool)
+            f5 = self.metrics if source_name == "f5" else None
+            changed = self._workers_changed  # a change during the fetch: fetch again at once
             try:
                 snap = await source.snapshot(pool, pool.engine_type)
             except asyncio.CancelledError:
@@ -162,8 +175,16 @@ class Collector:
             if first:
                 self._wake.set()  # scrape a new pool at once instead of waiting a tick
             delay = source.next_delay(pool)
-            await asyncio.sleep(delay if delay is not None
-                                else self.config.scheduler.pool_fetch_interval)
+            if delay is None:
+                delay = self.config.scheduler.pool_fetch_interval
+            if source_name == "workers":
+                # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancel that
+                # lands as the event fires, and a removed pool would be published again.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await changed.wait()
+            else:
+                await asyncio.sleep(delay)
 
     async def scrape_round(self, now: float | None = None) -> int:
         """Scrape the pools that are due (all, without ``now``); returns members scraped.

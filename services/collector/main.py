@@ -139,6 +139,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 applied.clear()
                 applied.update(aliases)
                 collector.apply_config(collector.config, sources.current(), aliases)
+            collector.workers_changed()  # after apply_config: removed pools are gone
 
         view.listeners.append(on_registry)
         changes = await nc.subscribe(Subjects(cfg.global_.prefix).registry_changed,

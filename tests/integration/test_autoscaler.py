@@ -39,6 +39,24 @@ async def _start_instance(fleet: Fleet, spec: dict[str, Any], *, sleep_level: in
     return name
 
 
+async def _wait_pool(fleet: Fleet, members: int, routable: int, what: str) -> None:
+    """Until the scheduler's pool of fake-model has ``members``, ``routable`` of them
+    routable (a started-then-slept instance may be seen running for a moment first)."""
+    seen: list[Any] = []
+
+    async def settled() -> bool:
+        r = await fleet.http.get(f"{fleet.api}/pools/fake-model/@models/status")
+        got = [] if r.status_code != 200 else [
+            (m["key"], m["available"], m.get("excluded")) for m in r.json()["members"]]
+        if not seen or seen[-1] != got:
+            seen.append(got)
+        return len(got) == members and sum(1 for _, a, e in got if a and not e) == routable
+    try:
+        await wait_until(settled, 30, what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; pool seen: {seen[-3:]}") from None
+
+
 async def test_load_above_high_wakes_a_sleeping_instance_before_starting_one(
         make_fleet: MakeFleet) -> None:
     # down_after_s 60: no step down of the idle sleeper muddles what load does.
@@ -108,7 +126,10 @@ async def test_steady_load_at_the_threshold_causes_no_flapping(make_fleet: MakeF
     await fleet.register(spec)
     await fleet.wait_states("fake-model", lambda s: list(s.values()) == ["ACTIVE"], 30,
                             "one ACTIVE")
-    await _start_instance(fleet, spec, sleep_level=1)
+    sleeper = await _start_instance(fleet, spec, sleep_level=1)
+    await fleet.wait_states("fake-model", lambda s: s.get(sleeper) == "SLEEP_1", 15,
+                            "the second instance asleep")
+    await _wait_pool(fleet, 2, 1, "the sleeper out of routing")
     before = len(await _actions(fleet, "fake-model"))
     traffic = Traffic(fleet.api, "fake-model", concurrency=7).start()  # load 7/10 = 0.7
     try:

@@ -77,6 +77,18 @@ async def test_an_engine_dying_mid_stream_cuts_that_stream_only_and_says_so(
     listing = await _instances(fleet.http, fleet.workers[0].url)
     pids = {f"127.0.0.1:{i['port']}": int(i["pid"]) for i in listing if i.get("pid")}
     assert len(pids) == 2, listing
+    # Both in the scheduler's pool (not only ACTIVE on their worker): the traffic that
+    # follows has somewhere to go when one of them dies.
+    members: list[list[str]] = []
+
+    async def both_routable() -> bool:
+        members.append(await _members(fleet, "sim-model"))
+        return members[-1] == sorted(pids)
+    try:
+        await wait_until(both_routable, 30, "both instances routable")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; members seen: {members[-3:]}, wanted {sorted(pids)}"
+                             ) from None
     others = TimedTraffic(chat_sender(fleet.api, "sim-model"), concurrency=2)
     body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 2000, "stream": True}
@@ -186,8 +198,9 @@ class WorkerProcess:
     log: Path
 
 
-async def _members(fleet: Fleet) -> list[str]:
-    r = await fleet.http.get(f"{fleet.api}/pools/fake-model/@models/status")
+async def _members(fleet: Fleet, alias: str = "fake-model") -> list[str]:
+    """The alias's pool members the scheduler may route to now."""
+    r = await fleet.http.get(f"{fleet.api}/pools/{alias}/@models/status")
     if r.status_code != 200:
         return []
     return sorted(m["key"] for m in r.json()["members"] if m["available"])
