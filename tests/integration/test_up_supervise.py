@@ -74,6 +74,9 @@ def test_killed_services_come_back_and_no_select_fails(tmp_path: Path) -> None:
         up.wait_up()
         api, body = up.api, up.select_body()
         wait_for_member(api, body)
+        # Both replicas serving before one is killed (a replica serves once it holds the
+        # configured pools, which can take a resync round after the first one does).
+        scheduler_replicas(api, 2)
         loop = SelectLoop(api, body).start()
         try:
             loop.wait_more(20)
