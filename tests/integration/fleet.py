@@ -95,6 +95,9 @@ SERVES: dict[str, Callable[..., Awaitable[None]]] = {
 
 MakeFleet = Callable[..., Awaitable[Fleet]]
 
+IN_PROCESS_SELECT_BUDGET_MS = 3000
+"""``global.select_timeout_ms`` of a fleet whose services share the test's event loop."""
+
 
 @pytest.fixture
 async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
@@ -119,8 +122,12 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
         extra.update(config or {})  # other top-level sections (metrics, engines, ...)
         path = write_config(tmp_path / "config.yaml", prefix, pools or [], metrics_ms=200,
                             extra=extra)
-        if global_:  # keys of the ``global`` section, merged (not replacing it)
-            edit_config(path, lambda doc: doc["global"].update(global_))
+        # Keys of the ``global`` section, merged (not replacing it). Every service of the
+        # fleet runs in this test's one event loop, on a box that may have a busy core: a
+        # route or select call can wait there longer than a deployment's 500 ms budget, so
+        # the fleet's is 3 s unless the test sets its own.
+        merged = {"select_timeout_ms": IN_PROCESS_SELECT_BUDGET_MS, **(global_ or {})}
+        edit_config(path, lambda doc: doc["global"].update(merged))
         loaded = load(path)
         port = loaded.config.global_.api_port
         fleet = Fleet(api=f"http://127.0.0.1:{port}", http=httpx.AsyncClient(timeout=60),
