@@ -42,6 +42,12 @@ class Snapshot:
     itl_count: int = 0
 
 
+def scrape(models: Sequence[EngineModel], at: float) -> list[Snapshot]:
+    """Every engine's metrics at ``at``, as a scrape round would read them."""
+    return [Snapshot(i, at, m.num_waiting, m.num_running, m.kv_usage, m.stats.itl.sum,
+                     m.stats.itl.count) for i, m in enumerate(models)]
+
+
 class Router(Protocol):
     """What the harness drives; every router keeps its own in-flight counts."""
 
@@ -190,9 +196,7 @@ def run(trace: Sequence[TraceRequest], fleet: Sequence[EngineConfig], router: Ro
             if not stepping[value]:
                 kick(value, t)
         elif kind == 3:
-            snaps = [Snapshot(i, t, m.num_waiting, m.num_running, m.kv_usage,
-                              m.stats.itl.sum, m.stats.itl.count)
-                     for i, m in enumerate(models)]
+            snaps = scrape(models, t)
             router.observe(snaps, t)
             samples.append(QueueSample(t, [s.waiting for s in snaps],
                                        [s.running for s in snaps], len(held)))

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.routing.harness import HOLD, REJECT, Outcome, QueueSample, Router, RunResult, Snapshot
+from bench.routing.harness import HOLD, REJECT, Outcome, QueueSample, Router, RunResult, scrape
 from bench.routing.prefix_workload import PrefixRequest
 from services.enginesim.clock import VirtualClock
 from services.enginesim.config import EngineConfig
@@ -143,9 +143,7 @@ def run_prefix(trace: Sequence[PrefixRequest], fleet: Sequence[EngineConfig], ro
             if not stepping[value]:
                 kick(value, t)
         elif kind == 3:
-            snaps = [Snapshot(i, t, m.num_waiting, m.num_running, m.kv_usage,
-                              m.stats.itl.sum, m.stats.itl.count)
-                     for i, m in enumerate(models)]
+            snaps = scrape(models, t)
             router.observe(snaps, t)
             samples.append(QueueSample(t, [s.waiting for s in snaps],
                                        [s.running for s in snaps], len(held)))
