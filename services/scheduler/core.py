@@ -133,7 +133,8 @@ class SchedulerCore:
         ``pool_empty`` (their metrics arrive with the first scrape)."""
         seeded = []
         for cfg in self.config.pools:
-            if cfg.source != "static" or self.view.get(cfg.name, cfg.partition) is not None:
+            if (self.config.pool_source(cfg) != "static"
+                    or self.view.get(cfg.name, cfg.partition) is not None):
                 continue
             self.sync_pool(self.view.apply_snapshot(static_snapshot(cfg, 0.0)))
             seeded.append(f"{cfg.name}:{cfg.partition}")

@@ -45,3 +45,15 @@ def test_static_pools_are_served_from_the_config_until_a_snapshot_comes() -> Non
                  MemberInfo(key=KEYS[1], host="10.0.0.2", port=8000)], fetched_at=999.0))
     assert {route(core, "chat")[0] for _ in range(5)} == {KEYS[1]}
     assert core.seed_static_pools() == [], "a pool with a snapshot is never seeded again"
+
+
+def test_a_pool_without_source_is_static_when_no_f5_is_configured() -> None:
+    """The collector serves it from its members list, so the seed must too."""
+    config = Config(modes=[ModeConfig(name="ll", type="least_load")],
+                    pools=[PoolConfig(name="chat", engine_type="vllm", members=KEYS,
+                                      mode="ll")])
+    assert config.pool_source(config.pools[0]) == "static"
+    core = SchedulerCore(config, default_registry(), rng=random.Random(0),
+                         clock=lambda: 1000.0, replica="r1")
+    assert core.seed_static_pools() == ["chat:Common"]
+    assert route(core, "chat")[0] in KEYS
