@@ -17,7 +17,14 @@ from services.collector.main import serve as serve_collector
 from services.scheduler.main import serve as serve_scheduler
 from services.worker.instances import WorkerSettings
 from services.worker.main import Worker, WorkerOptions
-from tests.integration.system import InProcess, edit_config, load, wait_until, write_config
+from tests.integration.system import (
+    IN_PROCESS_SELECT_BUDGET_MS,
+    InProcess,
+    edit_config,
+    load,
+    wait_until,
+    write_config,
+)
 
 FAKE = {"alias": "fake-model", "model_name": "__fake__", "fake": True,
         "fake_response": "FAKE_OK", "fake_delay_ms": 200, "fake_capacity": 2}
@@ -94,9 +101,6 @@ SERVES: dict[str, Callable[..., Awaitable[None]]] = {
     "autoscaler": serve_autoscaler}
 
 MakeFleet = Callable[..., Awaitable[Fleet]]
-
-IN_PROCESS_SELECT_BUDGET_MS = 3000
-"""``global.select_timeout_ms`` of a fleet whose services share the test's event loop."""
 
 
 @pytest.fixture

@@ -27,13 +27,19 @@ from shared.subjects import Subjects
 REPO = Path(__file__).resolve().parents[2]
 
 
+IN_PROCESS_SELECT_BUDGET_MS = 3000
+"""``global.select_timeout_ms`` of a test's services: they share the test's event loop (and a
+busy 2-core machine), so a select may wait on a test's own work far past the 500 ms default."""
+
+
 def write_config(path: Path, prefix: str, pools: list[dict[str, Any]], *,
                  interval: float = 0.2, metrics_ms: float = 200, log_level: str = "DEBUG",
                  api_port: int | None = None, extra: dict[str, Any] | None = None) -> Path:
     """A config file for one test (own prefix, fast reload and scrape)."""
     doc: dict[str, Any] = {
         "global": {"interval": interval, "api_port": api_port or free_port(),
-                   "api_host": "127.0.0.1", "log_level": log_level, "prefix": prefix},
+                   "api_host": "127.0.0.1", "log_level": log_level, "prefix": prefix,
+                   "select_timeout_ms": IN_PROCESS_SELECT_BUDGET_MS},
         "scheduler": {"pool_fetch_interval": 0.3, "metrics_fetch_interval": metrics_ms},
         "modes": [{"name": "s1", "w_a": 0.8, "w_b": 0.2}],
         "pools": pools,

@@ -95,8 +95,31 @@ def test_latency_scorer_follows_recent_windows(rounds: list[tuple[float, float]]
                                                expected: float) -> None:
     scorer = LatencyScorer()
     for total, count in rounds:
-        mean = scorer.recent(member("a", ttft=(total, count)))
+        mean = scorer.recent(member("a", ttft=(total, count)), NOW)
     assert mean == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("later_s", "expected"), [
+    ([1.0, 4.9], [0.1, 0.1]),                          # not yet due
+    ([5.0], [None]),                                   # due: tried as if unknown
+    ([5.0, 5.1, 9.9], [None, 0.1, 0.1]),               # once, then avoided again
+    ([5.0, 10.0], [None, None]),                       # once per interval
+])
+def test_latency_scorer_retries_an_idle_member(later_s: list[float],
+                                               expected: list[float | None]) -> None:
+    scorer = LatencyScorer(retry_after_s=5.0)
+    idle = member("a", ttft=(1.0, 10))
+    scorer.recent(idle, NOW)
+    got = [scorer.recent(idle, NOW + dt) for dt in later_s]
+    assert got == [None if e is None else pytest.approx(e) for e in expected], got
+
+
+def test_latency_scorer_retry_waits_for_the_last_sample() -> None:
+    scorer = LatencyScorer(retry_after_s=5.0)
+    scorer.recent(member("a", ttft=(1.0, 10)), NOW)
+    scorer.recent(member("a", ttft=(2.0, 20)), NOW + 4.0)  # a new window at +4 s
+    assert scorer.recent(member("a", ttft=(2.0, 20)), NOW + 8.0) is not None
+    assert scorer.recent(member("a", ttft=(2.0, 20)), NOW + 9.0) is None
 
 
 def test_uniform_scorer() -> None:

@@ -15,7 +15,8 @@ class LatencyScorer:
     The engine exports TTFT as cumulative ``_sum`` and ``_count``; between two scrapes whose
     count grew, the window's mean is ``Δsum / Δcount``, smoothed with ``smoothing``. A member
     with no figure yet scores 1: it is tried rather than starved (it would never get the
-    traffic that measures it).
+    traffic that measures it). For the same reason a member whose figure has not moved for
+    ``retry_after_s`` is tried once, as if unknown.
     """
 
     name: str = "latency"
@@ -23,11 +24,14 @@ class LatencyScorer:
     """Weight of the newest window in the running mean."""
     prefix: str = "ttft"
     """The extras ``<prefix>_sum`` and ``<prefix>_count`` (shared/engines.py)."""
-    seen: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    """Member key → (sum, count, smoothed mean) at the last change."""
+    retry_after_s: float = 5.0
+    """A member whose figure has not moved for this long is tried once, as if unknown: its
+    last mean may be one bad window, and an avoided member would never be measured again."""
+    seen: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    """Member key → (sum, count, smoothed mean, when it last moved or was retried)."""
 
-    def recent(self, member: MemberState) -> float | None:
-        """The member's smoothed recent mean, None without data."""
+    def recent(self, member: MemberState, now: float) -> float | None:
+        """The member's smoothed recent mean; None without data or when due for a retry."""
         total = member.extra.get(f"{self.prefix}_sum")
         count = member.extra.get(f"{self.prefix}_count")
         if total is None or count is None or count <= 0:
@@ -38,12 +42,15 @@ class LatencyScorer:
         elif count > prev[1]:
             window = (total - prev[0]) / (count - prev[1])
             mean = prev[2] + self.smoothing * (window - prev[2])
+        elif now - prev[3] >= self.retry_after_s:
+            self.seen[member.key] = (prev[0], prev[1], prev[2], now)
+            return None
         else:
             return prev[2]
-        self.seen[member.key] = (total, count, mean)
+        self.seen[member.key] = (total, count, mean, now)
         return mean
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]:
-        means = [self.recent(m) for m in members]
+        means = [self.recent(m, ctx.now) for m in members]
         best = min((v for v in means if v is not None and v > 0), default=None)
         return [1.0 if v is None or best is None or v <= 0 else best / v for v in means]
