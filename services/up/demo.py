@@ -53,13 +53,17 @@ def demo_config(f5_port: int) -> dict[str, Any]:
     }
 
 
-def start_demo_instances(worker: str, ports: list[int], admin_key: str | None) -> list[str]:
-    """Three simulated vLLM engines of mixed speeds on fixed ports, started by the worker."""
+def start_demo_instances(worker: str, ports: list[int], admin_key: str | None, *,
+                         only: set[int] | None = None, add_replica: bool = False) -> list[str]:
+    """Three simulated vLLM engines of mixed speeds on fixed ports, started by the worker
+    (``only``: just those of these ports, each as an added replica of the alias)."""
     urls: list[str] = []
     for i, (speed, port) in enumerate(zip(DEMO_SPEEDS, ports, strict=True)):
+        if only is not None and port not in only:
+            continue
         spec = {"alias": DEMO_MODEL, "model_name": "llama-3.1-8b-sim", "engine": "vllm",
                 "engine_backend": "sim", "max_num_seqs": 8, "speed": speed,
-                "add_replica": i > 0, "port": port}
+                "add_replica": add_replica or bool(urls) or i > 0, "port": port}
         request = urllib.request.Request(
             f"{worker}/instances/start", data=json.dumps(spec).encode(), method="POST",
             headers={"content-type": "application/json", **bearer(admin_key)})
@@ -68,11 +72,11 @@ def start_demo_instances(worker: str, ports: list[int], admin_key: str | None) -
     return urls
 
 
-def instance_count(worker: str, admin_key: str | None) -> int:
-    """How many instances the worker runs now."""
+def instance_ports(worker: str, admin_key: str | None) -> set[int]:
+    """The ports of the instances the worker runs now."""
     request = urllib.request.Request(f"{worker}/instances", headers=bearer(admin_key))
     with urllib.request.urlopen(request, timeout=30) as resp:
-        return len(json.loads(resp.read())["instances"])
+        return {int(i["port"]) for i in json.loads(resp.read())["instances"]}
 
 
 def try_lines(api: str, members: list[str], load_control: str, admin_key_env: str | None

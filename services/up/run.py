@@ -21,7 +21,7 @@ from services.up.demo import (
     DEMO_POOL,
     DEMO_SPEEDS,
     gateway_lines,
-    instance_count,
+    instance_ports,
     register_aliases,
     start_demo_instances,
     try_lines,
@@ -227,14 +227,18 @@ class Up:
             "--gateway", self.api, "--aliases", ",".join(aliases)]))
 
     def _restart_engines(self, worker: str, ports: list[int]) -> None:
-        """A restarted worker has no engines: start the demo's again on the same ports."""
+        """A restarted worker has no engines: start the demo's again on the same ports (the
+        F5 pool's members). The autoscaler may already have started replicas of the alias on
+        other ports; those stay, and only the demo ports nobody serves are started."""
         if not self._wait_http(f"{worker}/health", START_TIMEOUT_S, supervise=False):
             return
         try:
             with self.engines_lock:  # a worker restarted twice in a row: start them once
-                if instance_count(worker, self.admin_key):
+                missing = set(ports) - instance_ports(worker, self.admin_key)
+                if not missing:
                     return
-                start_demo_instances(worker, ports, self.admin_key)
+                start_demo_instances(worker, ports, self.admin_key, only=missing,
+                                     add_replica=True)
         except (urllib.error.URLError, OSError, ValueError, KeyError) as err:
             say(f"llmsched up: the restarted worker did not start the demo engines: {_why(err)}")
             return
