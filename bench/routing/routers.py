@@ -16,7 +16,7 @@ from services.enginesim.virtual import TraceRequest
 from services.scheduler.core import SchedulerCore
 from services.scheduler.plugins.registry import default_registry
 from shared.config import Config, ModeConfig, PoolConfig, SchedulerConfig
-from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
+from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot, SelectRequest
 from shared.routing import OutcomeEvent, RouteRequest
 
 POOL, PARTITION = "bench", "Common"
@@ -142,3 +142,31 @@ class CoreRouter:
         g = self.mode.greybox
         slo = None if g.ttft_slo_ms is None else g.ttft_slo_ms / 1000
         return next_to_serve(arrivals, now, slo_s=slo, max_wait_s=g.max_queue_wait_s)
+
+
+HEADERS_AFTER_S = 0.002
+"""How long after its select a request's response headers reach the iRule (a streaming
+engine sends them at once); its outcome report goes out then."""
+
+
+class SelectRouter(CoreRouter):
+    """The F5 select path: ``select`` with the member list, no request id, no prompt; the
+    shipped iRule's outcome report at the response headers (no TTFT to learn from); a
+    ``busy`` answer is the iRule's 503, so a miss."""
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        self.now = now
+        decision, _event = self.core.select(SelectRequest(
+            pool_name=POOL, partition=PARTITION, members=self.keys))
+        self.answers[decision.reason] = self.answers.get(decision.reason, 0) + 1
+        if decision.answer not in self.keys:
+            return REJECT
+        self.now = now + HEADERS_AFTER_S
+        self.core.apply_outcome(OutcomeEvent(
+            request_id="", pool=POOL, partition=PARTITION, member=decision.answer,
+            status=200, ttft_s=HEADERS_AFTER_S, ttft_at="headers", final=True, at=self.now))
+        self.now = now
+        return self.keys.index(decision.answer)
+
+    def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
+        self.now = now  # the iRule reported at the headers; nothing more comes

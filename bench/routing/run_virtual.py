@@ -25,7 +25,14 @@ from typing import Any
 from bench.routing.fleet import HETERO_SPEEDS, capacity, fleet, unloaded_ttft
 from bench.routing.harness import Router, RunResult, run
 from bench.routing.report import Figures, figures, fmt_s
-from bench.routing.routers import CoreRouter, LeastInFlight, PowerOfTwo, RandomRouter, RoundRobin
+from bench.routing.routers import (
+    CoreRouter,
+    LeastInFlight,
+    PowerOfTwo,
+    RandomRouter,
+    RoundRobin,
+    SelectRouter,
+)
 from bench.routing.trace import TraceSpec, generate
 from shared.config import GreyboxConfig, ModeConfig
 
@@ -42,6 +49,7 @@ def routers(engines: int, seed: int, slo_s: float) -> list[Router]:
         CoreRouter("s1", ModeConfig(name="s1", w_a=0.8, w_b=0.2), engines,
                    scrape_interval=SCRAPE_S, seed=seed),
         CoreRouter("greybox", greybox, engines, scrape_interval=SCRAPE_S, seed=seed),
+        SelectRouter("greybox-select", greybox, engines, scrape_interval=SCRAPE_S, seed=seed),
     ]
 
 

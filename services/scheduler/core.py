@@ -255,6 +255,13 @@ class SchedulerCore:
                                prompt_tokens=prompt_tokens,
                                predictor=self.feedback.predictors.get((pool, partition)))
 
+    def _select_ctx(self, pool: str, partition: str) -> DecisionContext:
+        ctx = self._ctx(pool, partition)
+        # Selects are counted only until the engine shows them (greybox pools, which have a
+        # predictor); elsewhere nothing counts them and load stays the router's own figure.
+        ctx.engine_counts = ctx.predictor is not None
+        return ctx
+
     def _lookup(self, pool: str, partition: str
                 ) -> tuple[PoolState | None, Profile | None, bool]:
         ident = (pool, partition)
@@ -276,7 +283,7 @@ class SchedulerCore:
             return Decision("none", "pool_unknown"), None
         if pool is not None:
             self._settle((pool.name, pool.partition))
-        ctx = self._ctx(req.pool_name, req.partition)
+        ctx = self._select_ctx(req.pool_name, req.partition)
         if pool is not None:
             self._keys(ctx, pool, self.prefix.select_hashes(req.prefix_hashes, req.prefix_key),
                        [], req.session or "", req.members)
@@ -295,12 +302,12 @@ class SchedulerCore:
 
     def simulate(self, req: SelectRequest, iterations: int) -> SimulateReply:
         pool, profile, fallback = self._lookup(req.pool_name, req.partition)
-        ctx = self._ctx(req.pool_name, req.partition)
+        ctx = self._select_ctx(req.pool_name, req.partition)
         return simulate(pool, profile, fallback, req.members, iterations, ctx)
 
     def analyze(self, req: SelectRequest, iterations: int) -> AnalyzeReply:
         pool, profile, fallback = self._lookup(req.pool_name, req.partition)
-        ctx = self._ctx(req.pool_name, req.partition)
+        ctx = self._select_ctx(req.pool_name, req.partition)
         return analyze(pool, profile, fallback, req.members, iterations, ctx)
 
     def pool_status(self, name: str, partition: str) -> PoolStatus | None:

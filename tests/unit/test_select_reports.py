@@ -114,7 +114,7 @@ def test_header_reports_between_two_scrapes_spread_instead_of_herding() -> None:
         if answer in KEYS:
             core.apply_outcome(report(answer, clock.now + 0.003))
     shares = Counter(answers)
-    # Least load picks among members within the picker's tolerance (0.05 of a score
+    # Least load picks among members within the picker's tolerance (5 % of the best score
     # 1 / (1 + in flight)): even, give or take a few; never a pile on one member.
     assert set(shares) == set(KEYS) and max(shares.values()) <= 8, \
         f"24 selects between two scrapes: {shares}"
@@ -229,3 +229,23 @@ def test_tracker_reported_entries() -> None:
     assert t.settle(m, scraped_at=None, reported_before=11) == 0, "not waited long enough"
     assert t.settle(m, scraped_at=None, reported_before=11.5) == 1, "no scrape came in time"
     assert t.count(m) == 0 and t.reported_pools() == []
+
+
+def test_selects_the_engine_shows_leave_the_count_but_not_the_load() -> None:
+    """Once scrapes hold the reported selects, the engines' running counts are the load:
+    the select path must not see busy engines as idle ones."""
+    clock = Clock()
+    core = make_core(clock)
+    busy = {KEYS[0]: 6.0, KEYS[1]: 6.0, KEYS[2]: 6.0, KEYS[3]: 0.0}
+    scrape(core, clock.now, running=busy)
+    assert inflight(core) == dict.fromkeys(KEYS, 0)
+    answers: Counter[str] = Counter()
+    for _ in range(3):  # three selects between two scrapes: in flight counts on top
+        clock.now += 0.01
+        answer, _ = select(core)
+        answers[answer] += 1
+    assert answers == {KEYS[3]: 3}, f"the idle engine should take them: {answers}"
+    clock.now += 0.01
+    answer, _ = select(core)
+    # 3 in flight there now, against 6 running elsewhere: still the least loaded.
+    assert answer == KEYS[3], answer

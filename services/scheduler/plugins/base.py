@@ -29,6 +29,10 @@ class DecisionContext:
     """The request's prefix blocks, session and cached tokens per member (cache-aware)."""
     pool_members: tuple[str, ...] = ()
     """Every member of the pool, sorted (session affinity hashes onto them)."""
+    engine_counts: bool = False
+    """A select decision (the F5 path): a select counts in flight only until the engine's
+    own figures show it (its report, then the next scrape), so load adds the engine's
+    running count; on the gateway the router counts every request to its end."""
 
 
 class Filter(Protocol):
