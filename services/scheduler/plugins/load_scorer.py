@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.scheduler.plugins.base import DecisionContext
+from services.scheduler.plugins.speed import speed_weights
 from services.scheduler.view import MemberState
+
+SPEED_EXPONENT = 0.5
+"""How much a member's relative decode speed weighs on the select path (measured)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,13 +22,18 @@ class LoadScorer:
 
     On the select path of a pool that counts selects (greybox, cache-aware), a select
     leaves the count once the engine's figures hold it, so the engine's running count is
-    added: ``1 / (1 + in-flight + running + waiting)``.
+    added, and the member's decode speed (relative to the fastest, from its inter-token
+    latency) weighs in as its square root: ``√speed / (1 + in-flight + running + waiting)``.
+    The square root was measured against 0, 0.75 and 1 (docs/plugins/load.md).
     """
 
     name: str = "load"
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]:
         if ctx.engine_counts:  # select path: the engine holds what the router stopped counting
-            return [1.0 / (1.0 + m.inflight + (m.running_req or 0.0) + (m.waiting_queue or 0.0))
-                    for m in members]
+            speed = speed_weights(members)
+            top = max(speed, default=1.0)
+            return [(w / top) ** SPEED_EXPONENT
+                    / (1.0 + m.inflight + (m.running_req or 0.0) + (m.waiting_queue or 0.0))
+                    for m, w in zip(members, speed, strict=True)]
         return [1.0 / (1.0 + m.inflight + (m.waiting_queue or 0.0)) for m in members]

@@ -16,20 +16,10 @@ from dataclasses import dataclass
 
 from services.scheduler.plugins.base import DecisionContext
 from services.scheduler.plugins.load_scorer import LoadScorer
+from services.scheduler.plugins.speed import speed_weights
 from services.scheduler.predictor import features
 from services.scheduler.view import MemberState
 from shared.prefix_config import CacheAwareConfig
-
-
-def speed_weights(members: list[MemberState]) -> list[float]:
-    """Each member's decode speed over the mean of those known (1/ITL); 1.0 when unknown
-    or when fewer than two are known."""
-    speeds = [1.0 / m.itl_s if m.itl_s else None for m in members]
-    known = [v for v in speeds if v is not None]
-    if len(known) < 2:
-        return [1.0] * len(members)
-    mean = sum(known) / len(known)
-    return [1.0 if v is None else v / mean for v in speeds]
 
 
 def prefix_features(m: MemberState, ctx: DecisionContext) -> tuple[float, ...]:
