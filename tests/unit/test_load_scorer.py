@@ -15,15 +15,19 @@ NOW = 1000.0
 
 
 def member(key: str, inflight: int, running: float, waiting: float,
-           itl_s: float | None) -> MemberState:
+           itl_s: float | None, cap: float = 0.0) -> MemberState:
     m = MemberState(key=key, host="10.0.0.1", port=1, available=True, waiting_queue=waiting,
                     running_req=running, cache_usage=0.0, inflight=inflight,
                     metrics_at=NOW)
     m.itl_s = itl_s
+    m.running_cap = cap
     return m
 
 
-def scores(rows: list[tuple[int, float, float, float | None]], *, select: bool) -> list[float]:
+Row = tuple[int, float, float, float | None] | tuple[int, float, float, float | None, float]
+
+
+def scores(rows: list[Row], *, select: bool) -> list[float]:
     ctx = DecisionContext(pool="p", partition="Common", now=NOW, stale_after_s=3.0,
                           rng=random.Random(1), engine_counts=select)
     members = [member(f"m{i}", *row) for i, row in enumerate(rows)]
@@ -33,16 +37,20 @@ def scores(rows: list[tuple[int, float, float, float | None]], *, select: bool) 
 @pytest.mark.parametrize(("rows", "select", "expected"), [
     # The gateway: in flight + waiting; running is already in the router's count.
     ([(0, 5, 0, None), (2, 0, 1, None)], False, [1.0, 0.25]),
-    # The select path: running counts too.
-    ([(0, 5, 0, None), (2, 0, 1, None)], True, [1 / 6, 0.25]),
+    # The select path: running counts too (batch sizes unknown: no member has a free slot).
+    ([(0, 5, 0, None), (2, 0, 1, None)], True, [0.5 / 6, 0.5 / 4]),
     # Speeds from ITL (0.02 s is twice as fast as 0.04 s): √0.5 for the slower one.
-    ([(0, 0, 0, 0.02), (0, 0, 0, 0.04)], True, [1.0, 0.5 ** 0.5]),
-    ([(0, 3, 0, 0.02), (0, 1, 0, 0.04)], True, [0.25, 0.5 ** 0.5 / 2]),
+    ([(0, 0, 0, 0.02), (0, 0, 0, 0.04)], True, [0.5, 0.5 * 0.5 ** 0.5]),
+    ([(0, 3, 0, 0.02), (0, 1, 0, 0.04)], True, [0.5 / 4, 0.5 * 0.5 ** 0.5 / 2]),
     # One ITL known: no speed weighting (a lone figure has nothing to compare with).
-    ([(0, 1, 0, 0.02), (0, 1, 0, None)], True, [0.5, 0.5]),
+    ([(0, 1, 0, 0.02), (0, 1, 0, None)], True, [0.25, 0.25]),
+    # A free batch slot ranks first: 3 of 4 slots taken beats 4 of 4, even if faster.
+    ([(1, 2, 0, 0.04, 4), (0, 4, 0, 0.02, 4)], True,
+     [0.5 + 0.5 * 0.5 ** 0.5 / 4, 0.5 / 5]),
+    ([(0, 4, 1, None, 4), (0, 3, 0, None, 4)], True, [0.5 / 6, 0.5 + 0.5 / 4]),
     # Speed does not matter on the gateway path.
     ([(0, 0, 0, 0.02), (0, 0, 0, 0.04)], False, [1.0, 1.0]),
 ])
-def test_load_scores(rows: list[tuple[int, float, float, float | None]], select: bool,
+def test_load_scores(rows: list[Row], select: bool,
                      expected: list[float]) -> None:
     assert scores(rows, select=select) == pytest.approx(expected), rows

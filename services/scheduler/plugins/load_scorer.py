@@ -24,16 +24,28 @@ class LoadScorer:
     leaves the count once the engine's figures hold it, so the engine's running count is
     added, and the member's decode speed (relative to the fastest, from its inter-token
     latency) weighs in as its square root: ``√speed / (1 + in-flight + running + waiting)``.
-    The square root was measured against 0, 0.75 and 1 (docs/plugins/load.md).
+    The square root was measured against 0, 0.75 and 1 (docs/plugins/load.md). A member
+    with a free batch slot (that sum below the batch size learned from its metrics) ranks
+    above every member without one: there a request starts at once instead of queueing.
     """
 
     name: str = "load"
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float | None]:
         if ctx.engine_counts:  # select path: the engine holds what the router stopped counting
-            speed = speed_weights(members)
-            top = max(speed, default=1.0)
-            return [(w / top) ** SPEED_EXPONENT
-                    / (1.0 + m.inflight + (m.running_req or 0.0) + (m.waiting_queue or 0.0))
-                    for m, w in zip(members, speed, strict=True)]
+            return _engine_load_scores(members)
         return [1.0 / (1.0 + m.inflight + (m.waiting_queue or 0.0)) for m in members]
+
+
+def _engine_load_scores(members: list[MemberState]) -> list[float | None]:
+    """Speed-weighted least load over router and engine counts; free batch slots first
+    (scores in (0.5, 1]), then the rest (in (0, 0.5])."""
+    speed = speed_weights(members)
+    top = max(speed, default=1.0)
+    out: list[float | None] = []
+    for m, w in zip(members, speed, strict=True):
+        load = m.inflight + (m.running_req or 0.0) + (m.waiting_queue or 0.0)
+        base = (w / top) ** SPEED_EXPONENT / (1.0 + load)
+        free = m.running_cap > 0 and load < m.running_cap
+        out.append(0.5 + 0.5 * base if free else 0.5 * base)
+    return out
