@@ -15,16 +15,17 @@ NOW = 1000.0
 
 
 def member(key: str, inflight: int, running: float, waiting: float,
-           itl_s: float | None, cap: float = 0.0) -> MemberState:
+           itl_s: float | None, cap: float = 0.0, age: float = 0.0) -> MemberState:
     m = MemberState(key=key, host="10.0.0.1", port=1, available=True, waiting_queue=waiting,
                     running_req=running, cache_usage=0.0, inflight=inflight,
-                    metrics_at=NOW)
+                    metrics_at=NOW - age)
     m.itl_s = itl_s
     m.running_cap = cap
     return m
 
 
-Row = tuple[int, float, float, float | None] | tuple[int, float, float, float | None, float]
+Row = (tuple[int, float, float, float | None] | tuple[int, float, float, float | None, float]
+       | tuple[int, float, float, float | None, float, float])
 
 
 def scores(rows: list[Row], *, select: bool) -> list[float]:
@@ -48,6 +49,12 @@ def scores(rows: list[Row], *, select: bool) -> list[float]:
     ([(1, 2, 0, 0.04, 4), (0, 4, 0, 0.02, 4)], True,
      [0.5 + 0.5 * 0.5 ** 0.5 / 4, 0.5 / 5]),
     ([(0, 4, 1, None, 4), (0, 3, 0, None, 4)], True, [0.5 / 6, 0.5 + 0.5 / 4]),
+    # Stale metrics (10 s old, window 3 s): neither its frozen 0 nor its frozen 9 counts;
+    # it takes the fresh members' mean (4) plus its own selects, and is never "free".
+    ([(1, 0, 0, None, 8, 10.0), (0, 3, 0, None, 8), (0, 5, 0, None, 8)], True,
+     [0.5 / 6, 0.5 + 0.5 / 4, 0.5 + 0.5 / 6]),
+    ([(0, 9, 0, None, 8, 10.0), (0, 3, 0, None, 8), (0, 5, 0, None, 8)], True,
+     [0.5 / 5, 0.5 + 0.5 / 4, 0.5 + 0.5 / 6]),
     # Speed does not matter on the gateway path.
     ([(0, 0, 0, 0.02), (0, 0, 0, 0.04)], False, [1.0, 1.0]),
 ])
