@@ -63,7 +63,7 @@ def start_demo_instances(worker: str, ports: list[int], admin_key: str | None, *
             continue
         spec = {"alias": DEMO_MODEL, "model_name": "llama-3.1-8b-sim", "engine": "vllm",
                 "engine_backend": "sim", "max_num_seqs": 8, "speed": speed,
-                "add_replica": add_replica or bool(urls) or i > 0, "port": port}
+                "add_replica": add_replica or i > 0, "port": port}
         request = urllib.request.Request(
             f"{worker}/instances/start", data=json.dumps(spec).encode(), method="POST",
             headers={"content-type": "application/json", **bearer(admin_key)})

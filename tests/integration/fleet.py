@@ -17,14 +17,7 @@ from services.collector.main import serve as serve_collector
 from services.scheduler.main import serve as serve_scheduler
 from services.worker.instances import WorkerSettings
 from services.worker.main import Worker, WorkerOptions
-from tests.integration.system import (
-    IN_PROCESS_SELECT_BUDGET_MS,
-    InProcess,
-    edit_config,
-    load,
-    wait_until,
-    write_config,
-)
+from tests.integration.system import InProcess, edit_config, load, wait_until, write_config
 
 FAKE = {"alias": "fake-model", "model_name": "__fake__", "fake": True,
         "fake_response": "FAKE_OK", "fake_delay_ms": 200, "fake_capacity": 2}
@@ -126,12 +119,9 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
         extra.update(config or {})  # other top-level sections (metrics, engines, ...)
         path = write_config(tmp_path / "config.yaml", prefix, pools or [], metrics_ms=200,
                             extra=extra)
-        # Keys of the ``global`` section, merged (not replacing it). Every service of the
-        # fleet runs in this test's one event loop, on a box that may have a busy core: a
-        # route or select call can wait there longer than a deployment's 500 ms budget, so
-        # the fleet's is 3 s unless the test sets its own.
-        merged = {"select_timeout_ms": IN_PROCESS_SELECT_BUDGET_MS, **(global_ or {})}
-        edit_config(path, lambda doc: doc["global"].update(merged))
+        # Keys of the ``global`` section, merged (not replacing it); write_config already
+        # gives the in-process select budget unless the test sets its own.
+        edit_config(path, lambda doc: doc["global"].update(global_ or {}))
         loaded = load(path)
         port = loaded.config.global_.api_port
         fleet = Fleet(api=f"http://127.0.0.1:{port}", http=httpx.AsyncClient(timeout=60),

@@ -17,7 +17,7 @@ from services.collector.main import serve as serve_collector
 from services.enginesim.config import EngineConfig
 from services.enginesim.launcher import RunningEngine, start_engine
 from services.scheduler.main import serve as serve_scheduler
-from tests.integration.system import InProcess, edit_config, load, wait_until, write_config
+from tests.integration.system import InProcess, load, wait_until, write_config
 
 SIM = EngineConfig(model="/models/tiny", served_model_name=("tiny",), max_model_len=2048,
                    max_num_seqs=16, num_gpu_blocks=2048, speed=20.0, seed=7)
@@ -101,9 +101,6 @@ async def make_pd_fixture(tmp_path: Path, nats_url: str, redis_url: str, prefix:
                 "roles": roles, "pd": {**FAST_PD, **(pd or {})}}
         path = write_config(tmp_path / "config.yaml", prefix, [pool], metrics_ms=100,
                             log_level="INFO", extra=extra)
-        # Every service, engine and client shares this test's event loop on a busy box: a
-        # route answer may take longer than the default 500 ms budget without anything wrong.
-        edit_config(path, lambda doc: doc["global"].update(select_timeout_ms=3000))
         loaded = load(path)
         port = loaded.config.global_.api_port
         services = [InProcess(serve_scheduler, loaded, nats_url=nats_url, redis_url=redis_url),

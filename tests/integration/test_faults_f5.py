@@ -33,7 +33,7 @@ from shared.http_server import RunningServer, start_app
 from shared.messages import PoolSnapshot
 from shared.subjects import Subjects
 from tests.integration.select_traffic import SelectTraffic
-from tests.integration.system import InProcess, edit_config, load, wait_until, write_config
+from tests.integration.system import InProcess, load, wait_until, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -82,7 +82,6 @@ async def rig(tmp_path: Path, nats_url: str, redis_url: str, prefix: str,
             "f5": {"host": "127.0.0.1", "port": f5.port, "scheme": "http",
                    "username": "admin", "password_env": PASSWORD_ENV,
                    "timeout": F5_TIMEOUT_S}})
-    edit_config(path, lambda doc: doc["global"].update(select_timeout_ms=3000))
     loaded = load(path)
     port = loaded.config.global_.api_port
     snapshots: list[PoolSnapshot] = []
