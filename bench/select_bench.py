@@ -183,10 +183,10 @@ def measure_decisions(plan: Plan, mode: str | None = None) -> list[dict[str, Any
     its in-flight count) is in the time too.
     """
     from services.api.validation import decode_select
-    from services.scheduler.core import SchedulerCore
-    from services.scheduler.decide import Decision
-    from services.scheduler.plugins.registry import default_registry
     from shared.config import parse_config
+    from shared.scheduling.core import SchedulerCore
+    from shared.scheduling.decide import Decision
+    from shared.scheduling.plugins.registry import default_registry
 
     doc = config_doc("bench_inproc", 8080)
     if mode == "greybox":

@@ -19,12 +19,12 @@ from bench.routing.harness import Snapshot
 from bench.routing.prefix_workload import PrefixRequest
 from bench.routing.routers import PARTITION, POOL, CoreRouter
 from services.collector.kv_mirror import Changes, MemberMirror
-from services.scheduler.core import SchedulerCore
-from services.scheduler.prefix_memory import PrefixMemory
 from shared.config import ModeConfig
 from shared.prefix import render_chat, text_block_hashes, token_block_keys
 from shared.prefix_events import EventBatch, KVEvent, KvUpdate
 from shared.routing import OutcomeEvent, RouteRequest, SelectionEvent
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.prefix_memory import PrefixMemory
 
 
 class PrefixCoreRouter(CoreRouter):

@@ -1,6 +1,6 @@
 """Routers for the virtual-time harness: textbook baselines and llmsched's own plugin profiles.
 
-The plugin routers run the scheduler's real code (services/scheduler: profiles, plugins,
+The plugin routers run the scheduler's real code (shared/scheduling: profiles, plugins,
 the decision order) on member states fed from the harness's scrapes and outcomes, as the
 scheduler feeds them from the collector and the gateway.
 """
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from bench.routing.harness import HOLD, REJECT, Snapshot
 from services.api.gateway.admission import next_to_serve
 from services.enginesim.virtual import TraceRequest
-from services.scheduler.core import SchedulerCore
-from services.scheduler.plugins.registry import default_registry
 from shared.config import Config, ModeConfig, PoolConfig, SchedulerConfig
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot, SelectRequest
 from shared.routing import OutcomeEvent, RouteRequest
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.plugins.registry import default_registry
 
 POOL, PARTITION = "bench", "Common"
 

@@ -11,7 +11,6 @@ from nats.micro import add_service
 from nats.micro.request import Request, ServiceError
 from nats.micro.service import Service
 
-from services.scheduler.core import SchedulerCore
 from services.scheduler.metrics import SchedulerMetrics
 from shared.messages import (
     SelectReply,
@@ -21,6 +20,7 @@ from shared.messages import (
     StatusRequest,
 )
 from shared.routing import RecordsRequest, RouteRequest, SelectionEvent
+from shared.scheduling.core import SchedulerCore
 from shared.subjects import Subjects
 
 log = logging.getLogger("llmsched.scheduler.endpoints")

@@ -14,13 +14,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.scheduler.core import SchedulerCore
 from services.scheduler.endpoints import SchedulerEndpoints, start_service
 from services.scheduler.metrics import PoolsCollector, SchedulerMetrics
 from services.scheduler.persist import StatePersister, warm_up
-from services.scheduler.plugins.registry import default_registry
 from services.scheduler.selections import RedisSelectionStore
-from services.scheduler.view import MemberState
 from shared.bus import EventBatch, connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -31,6 +28,9 @@ from shared.metrics import nats_drops, new_registry, start_listener
 from shared.prefix_events import KvUpdate, kv_subject_all
 from shared.routing import OutcomeEvent, SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.plugins.registry import default_registry
+from shared.scheduling.view import MemberState
 from shared.state import RedisStateStore, connect_redis
 from shared.subjects import RedisKeys, Subjects
 

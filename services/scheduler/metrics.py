@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.scheduler.core import SchedulerCore
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.guard import GuardFilter, guard_reason
-from services.scheduler.plugins.registry import Profile
-from services.scheduler.view import MemberState, PoolState
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.guard import GuardFilter, guard_reason
+from shared.scheduling.plugins.registry import Profile
+from shared.scheduling.view import MemberState, PoolState
 
 WORDS = frozenset({"none", "fallback", "busy"})
 ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)

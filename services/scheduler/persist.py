@@ -10,8 +10,8 @@ from collections.abc import Callable
 import msgspec
 
 from services.scheduler.selections import SelectionStore
-from services.scheduler.view import ClusterView, SelectionCounts
 from shared.messages import MetricsBatch, PoolSnapshot
+from shared.scheduling.view import ClusterView, SelectionCounts
 from shared.state import StateStore
 from shared.subjects import RedisKeys
 

@@ -20,13 +20,13 @@ from services.collector.kv_events import KvEventsBridge, MemberSubscriber
 from services.enginesim.config import EngineConfig
 from services.enginesim.kv_events import KvEventRecorder, KvEventsPublisher, KvEventsSettings
 from services.enginesim.launcher import RunningEngine, start_engine
-from services.scheduler.prefix_index import PrefixIndex
 from shared.config import PoolConfig
 from shared.http_server import free_port
 from shared.messages import MemberInfo
 from shared.prefix import token_block_keys
 from shared.prefix_config import KvEventsConfig
 from shared.prefix_events import KvUpdate, kv_subject, kv_subject_all
+from shared.scheduling.prefix_index import PrefixIndex
 
 pytestmark = pytest.mark.integration
 

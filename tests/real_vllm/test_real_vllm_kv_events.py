@@ -19,7 +19,6 @@ import nats
 import pytest
 
 from services.collector.kv_events import KvEventsBridge
-from services.scheduler.prefix_index import PrefixIndex
 from services.worker.instances import WorkerSettings
 from services.worker.main import Worker, WorkerOptions
 from shared.config import PoolConfig
@@ -29,6 +28,7 @@ from shared.prefix import token_block_keys
 from shared.prefix_config import KvEventsConfig
 from shared.prefix_events import KvUpdate, kv_subject, kv_subject_all
 from shared.promparse import parse_selected
+from shared.scheduling.prefix_index import PrefixIndex
 from shared.tokenize import HFTokenizer
 
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(900)]

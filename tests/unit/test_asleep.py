@@ -10,13 +10,13 @@ import pytest
 
 from services.collector.asleep import AsleepTracker
 from services.collector.extract import Extracted, extract, wanted_names
-from services.scheduler.decide import candidates
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.view import ClusterView, MemberState
 from shared.config import ConfigError, PoolConfig, parse_config
 from shared.engines import BUILTIN_ENGINES, AsleepSignal, EngineMetricsSpec
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 from shared.promparse import parse_selected
+from shared.scheduling.decide import candidates
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.view import ClusterView, MemberState
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 VLLM = BUILTIN_ENGINES["vllm"]

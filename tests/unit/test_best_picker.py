@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.best import BestPicker
-from services.scheduler.view import MemberState
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.best import BestPicker
+from shared.scheduling.view import MemberState
 
 NOW = 1000.0
 

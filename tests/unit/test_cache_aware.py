@@ -6,14 +6,14 @@ import random
 
 import pytest
 
-from services.scheduler.core import SchedulerCore
-from services.scheduler.plugins.registry import default_registry
-from services.scheduler.predictor import features
 from shared.config import Config, GreyboxConfig, ModeConfig, PoolConfig, SchedulerConfig
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot, SelectRequest
 from shared.prefix import text_block_hashes
 from shared.prefix_config import CacheAwareConfig, SessionConfig
 from shared.routing import OutcomeEvent, RouteRequest
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.plugins.registry import default_registry
+from shared.scheduling.predictor import features
 
 POOL = ("chat", "Common")
 KEYS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"]

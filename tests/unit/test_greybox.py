@@ -8,17 +8,17 @@ import random
 import pytest
 
 from services.api.gateway.admission import next_to_serve
-from services.scheduler.decide import decide
-from services.scheduler.feedback import Feedback
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.greybox_scorer import GreyboxScorer
-from services.scheduler.plugins.guard import GuardFilter, guard_reason, inflight_limit
-from services.scheduler.plugins.registry import build_profile, default_registry
-from services.scheduler.predictor import PredictorSettings, TtftPredictor, features
-from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import CircuitConfig, FallbackConfig, GreyboxConfig, ModeConfig
 from shared.messages import MemberInfo, MemberMetrics, PoolSnapshot
 from shared.routing import OutcomeEvent
+from shared.scheduling.decide import decide
+from shared.scheduling.feedback import Feedback
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.greybox_scorer import GreyboxScorer
+from shared.scheduling.plugins.guard import GuardFilter, guard_reason, inflight_limit
+from shared.scheduling.plugins.registry import build_profile, default_registry
+from shared.scheduling.predictor import PredictorSettings, TtftPredictor, features
+from shared.scheduling.view import ClusterView, MemberState, PoolState
 
 NOW = 1000.0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.scheduler.inflight import InflightTracker
+from shared.scheduling.inflight import InflightTracker
 
 A = ("pool", "Common", "10.0.0.1:8000")
 B = ("pool", "Common", "10.0.0.2:8000")

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.load_scorer import LoadScorer
-from services.scheduler.view import MemberState
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.load_scorer import LoadScorer
+from shared.scheduling.view import MemberState
 
 NOW = 1000.0
 

@@ -7,15 +7,15 @@ import random
 
 import pytest
 
-from services.scheduler.decide import decide
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.latency_scorer import LatencyScorer
-from services.scheduler.plugins.registry import build_profile, default_registry
-from services.scheduler.plugins.relative_load_scorer import RelativeLoadScorer
-from services.scheduler.plugins.round_robin import RoundRobinPicker
-from services.scheduler.plugins.uniform_scorer import UniformScorer
-from services.scheduler.view import MemberState, PoolState
 from shared.config import FallbackConfig, ModeConfig, WeightedConfig
+from shared.scheduling.decide import decide
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.latency_scorer import LatencyScorer
+from shared.scheduling.plugins.registry import build_profile, default_registry
+from shared.scheduling.plugins.relative_load_scorer import RelativeLoadScorer
+from shared.scheduling.plugins.round_robin import RoundRobinPicker
+from shared.scheduling.plugins.uniform_scorer import UniformScorer
+from shared.scheduling.view import MemberState, PoolState
 
 NOW = 1000.0
 

@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from services.scheduler.decide import decide
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.kv_scorer import KVCacheScorer
-from services.scheduler.plugins.queue_scorer import QueueScorer
-from services.scheduler.plugins.registry import build_profile, default_registry
-from services.scheduler.plugins.threshold import ThresholdFilter
-from services.scheduler.plugins.weighted_random import WeightedRandomPicker
-from services.scheduler.view import MemberState, PoolState
 from shared.config import FallbackConfig, ModeConfig
+from shared.scheduling.decide import decide
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.kv_scorer import KVCacheScorer
+from shared.scheduling.plugins.queue_scorer import QueueScorer
+from shared.scheduling.plugins.registry import build_profile, default_registry
+from shared.scheduling.plugins.threshold import ThresholdFilter
+from shared.scheduling.plugins.weighted_random import WeightedRandomPicker
+from shared.scheduling.view import MemberState, PoolState
 
 NOW = 1000.0
 

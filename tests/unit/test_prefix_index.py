@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.scheduler.prefix_index import PrefixIndex
-from services.scheduler.prefix_memory import PrefixMemory
 from shared.prefix_events import KvUpdate
+from shared.scheduling.prefix_index import PrefixIndex
+from shared.scheduling.prefix_memory import PrefixMemory
 
 
 def update(member: str, seq: int, *, epoch: str = "e1", stored: list[int] | None = None,

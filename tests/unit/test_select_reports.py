@@ -17,12 +17,12 @@ import pytest
 
 from services.api.fastpath import outcome_event
 from services.api.validation import decode_outcome
-from services.scheduler.core import SchedulerCore
-from services.scheduler.inflight import SCRAPE_MARGIN_S, InflightTracker
-from services.scheduler.plugins.registry import default_registry
 from shared.config import Config, GreyboxConfig, ModeConfig, PoolConfig, SchedulerConfig
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot, SelectRequest
 from shared.routing import OutcomeEvent, SelectionEvent
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.inflight import SCRAPE_MARGIN_S, InflightTracker
+from shared.scheduling.plugins.registry import default_registry
 
 POOL = ("gb", "Common")
 KEYS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000"]

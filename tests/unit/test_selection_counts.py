@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.scheduler.view import ClusterView, SelectionCounts
 from shared.messages import MemberInfo, PoolSnapshot
+from shared.scheduling.view import ClusterView, SelectionCounts
 
 
 def test_unknown_fleet_shows_this_replica_alone() -> None:

@@ -10,11 +10,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from services.api.gateway.metrics import GatewayMetrics
 from services.api.metrics import SelectMetrics
 from services.scheduler.metrics import SchedulerMetrics, exclusion
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.registry import build_profile, default_registry
-from services.scheduler.view import MemberState
 from shared.config import FallbackConfig, GreyboxConfig, ModeConfig, parse_config
 from shared.metrics import exposition, new_registry
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.registry import build_profile, default_registry
+from shared.scheduling.view import MemberState
 from tests.integration.promtext import (
     Exported,
     dashboard_problems,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from services.scheduler.plugins.session_affinity import HashRing, session_member
+from shared.scheduling.plugins.session_affinity import HashRing, session_member
 
 MEMBERS = [f"10.0.0.{i}:8000" for i in range(1, 6)]
 SESSIONS = [f"session-{i}" for i in range(3000)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
-from services.scheduler.core import SchedulerCore
-from services.scheduler.plugins.registry import default_registry
 from shared.config import Config, ModeConfig, PoolConfig, SchedulerConfig
 from shared.messages import MemberInfo, PoolSnapshot
 from shared.routing import RouteRequest
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.plugins.registry import default_registry
 
 KEYS = ["10.0.0.1:8000", "10.0.0.2:8000"]
 

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.scheduler.inflight import InflightTracker, MemberIdent
-from services.scheduler.predictor import FEATURES, PredictorSettings, TtftPredictor
-from services.scheduler.view import ClusterView, MemberState
 from shared.config import CircuitConfig
 from shared.routing import OutcomeEvent, SelectionEvent
+from shared.scheduling.inflight import InflightTracker, MemberIdent
+from shared.scheduling.predictor import FEATURES, PredictorSettings, TtftPredictor
+from shared.scheduling.view import ClusterView, MemberState
 
 log = logging.getLogger("llmsched.scheduler.feedback")
 

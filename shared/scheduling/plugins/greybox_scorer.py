@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.load_scorer import LoadScorer
-from services.scheduler.predictor import features
-from services.scheduler.view import MemberState
 from shared.config import GreyboxConfig
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.load_scorer import LoadScorer
+from shared.scheduling.predictor import features
+from shared.scheduling.view import MemberState
 
 
 def member_features(m: MemberState, ctx: DecisionContext) -> tuple[float, ...]:

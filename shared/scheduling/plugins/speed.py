@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.scheduler.view import MemberState
+from shared.scheduling.view import MemberState
 
 
 def speed_weights(members: list[MemberState]) -> list[float]:

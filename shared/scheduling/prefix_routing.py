@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from services.scheduler.plugins.prefix_keys import RequestKeys
-from services.scheduler.prefix_index import PrefixIndex
-from services.scheduler.prefix_memory import PrefixMemory
 from shared.prefix import key_hash
 from shared.prefix_config import CacheAwareConfig
 from shared.prefix_events import KvUpdate
+from shared.scheduling.plugins.prefix_keys import RequestKeys
+from shared.scheduling.prefix_index import PrefixIndex
+from shared.scheduling.prefix_memory import PrefixMemory
 
 Pool = tuple[str, str]
 

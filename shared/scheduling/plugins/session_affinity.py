@@ -16,9 +16,9 @@ import bisect
 import hashlib
 from dataclasses import dataclass, field
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.view import MemberState
 from shared.prefix_config import SessionConfig
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.view import MemberState
 
 
 def _point(text: str) -> int:

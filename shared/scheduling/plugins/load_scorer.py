@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.speed import speed_weights
-from services.scheduler.view import MemberState
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.speed import speed_weights
+from shared.scheduling.view import MemberState
 
 SPEED_EXPONENT = 0.5
 """How much a member's relative decode speed weighs on the select path (measured)."""

@@ -6,9 +6,9 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.scheduler.plugins.prefix_keys import RequestKeys
-from services.scheduler.predictor import TtftPredictor
-from services.scheduler.view import MemberState
+from shared.scheduling.plugins.prefix_keys import RequestKeys
+from shared.scheduling.predictor import TtftPredictor
+from shared.scheduling.view import MemberState
 
 
 @dataclass(slots=True)

@@ -6,23 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.scheduler.plugins.base import DecisionContext, Filter, Picker, Scorer
-from services.scheduler.plugins.best import BestPicker
-from services.scheduler.plugins.greybox_scorer import GreyboxScorer
-from services.scheduler.plugins.guard import GuardFilter
-from services.scheduler.plugins.kv_scorer import KVCacheScorer
-from services.scheduler.plugins.latency_scorer import LatencyScorer
-from services.scheduler.plugins.load_scorer import LoadScorer
-from services.scheduler.plugins.prefix_scorer import CacheAffinityScorer
-from services.scheduler.plugins.queue_scorer import QueueScorer
-from services.scheduler.plugins.relative_load_scorer import RelativeLoadScorer
-from services.scheduler.plugins.round_robin import RoundRobinPicker
-from services.scheduler.plugins.session_affinity import SessionScorer
-from services.scheduler.plugins.threshold import ThresholdFilter
-from services.scheduler.plugins.uniform_scorer import UniformScorer
-from services.scheduler.plugins.weighted_random import WeightedRandomPicker
-from services.scheduler.view import MemberState
 from shared.config import FallbackConfig, ModeConfig
+from shared.scheduling.plugins.base import DecisionContext, Filter, Picker, Scorer
+from shared.scheduling.plugins.best import BestPicker
+from shared.scheduling.plugins.greybox_scorer import GreyboxScorer
+from shared.scheduling.plugins.guard import GuardFilter
+from shared.scheduling.plugins.kv_scorer import KVCacheScorer
+from shared.scheduling.plugins.latency_scorer import LatencyScorer
+from shared.scheduling.plugins.load_scorer import LoadScorer
+from shared.scheduling.plugins.prefix_scorer import CacheAffinityScorer
+from shared.scheduling.plugins.queue_scorer import QueueScorer
+from shared.scheduling.plugins.relative_load_scorer import RelativeLoadScorer
+from shared.scheduling.plugins.round_robin import RoundRobinPicker
+from shared.scheduling.plugins.session_affinity import SessionScorer
+from shared.scheduling.plugins.threshold import ThresholdFilter
+from shared.scheduling.plugins.uniform_scorer import UniformScorer
+from shared.scheduling.plugins.weighted_random import WeightedRandomPicker
+from shared.scheduling.view import MemberState
 
 
 @dataclass(frozen=True, slots=True)

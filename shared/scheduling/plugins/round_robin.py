@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.view import MemberState
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.view import MemberState
 
 
 @dataclass(slots=True)

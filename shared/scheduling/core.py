@@ -8,18 +8,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.scheduler.analysis import analyze, simulate
-from services.scheduler.decide import Decision, decide, score_candidates
-from services.scheduler.feedback import Feedback
-from services.scheduler.inflight import InflightTracker
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.greybox_scorer import member_features
-from services.scheduler.plugins.guard import guard_reason, inflight_limit
-from services.scheduler.plugins.prefix_scorer import prefix_features
-from services.scheduler.plugins.registry import PluginRegistry, Profile, build_profile
-from services.scheduler.predictor import PredictorSettings
-from services.scheduler.prefix_routing import PrefixRouting
-from services.scheduler.view import ClusterView, MemberState, PoolState
 from shared.config import Config, PoolConfig
 from shared.engines import PREFIX_CACHING_FLAG
 from shared.members import static_snapshot, url_host
@@ -34,6 +22,18 @@ from shared.messages import (
 )
 from shared.prefix_events import KvUpdate
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
+from shared.scheduling.analysis import analyze, simulate
+from shared.scheduling.decide import Decision, decide, score_candidates
+from shared.scheduling.feedback import Feedback
+from shared.scheduling.inflight import InflightTracker
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.greybox_scorer import member_features
+from shared.scheduling.plugins.guard import guard_reason, inflight_limit
+from shared.scheduling.plugins.prefix_scorer import prefix_features
+from shared.scheduling.plugins.registry import PluginRegistry, Profile, build_profile
+from shared.scheduling.predictor import PredictorSettings
+from shared.scheduling.prefix_routing import PrefixRouting
+from shared.scheduling.view import ClusterView, MemberState, PoolState
 from shared.subjects import MODELS_PARTITION
 
 log = logging.getLogger("llmsched.scheduler")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.load_scorer import LoadScorer
-from services.scheduler.plugins.speed import speed_weights
-from services.scheduler.predictor import features
-from services.scheduler.view import MemberState
 from shared.prefix_config import CacheAwareConfig
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.load_scorer import LoadScorer
+from shared.scheduling.plugins.speed import speed_weights
+from shared.scheduling.predictor import features
+from shared.scheduling.view import MemberState
 
 
 def prefix_features(m: MemberState, ctx: DecisionContext) -> tuple[float, ...]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from services.scheduler.decide import Scored, score_candidates
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.registry import Profile
-from services.scheduler.view import PoolState
 from shared.messages import AnalyzeReply, MemberAnalysis, OverallStats, SimulateReply
+from shared.scheduling.decide import Scored, score_candidates
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.registry import Profile
+from shared.scheduling.view import PoolState
 
 
 def _run(pool: PoolState | None, profile: Profile | None, fallback: bool, members: list[str],

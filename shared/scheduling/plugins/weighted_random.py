@@ -6,8 +6,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.view import MemberState
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.view import MemberState
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from services.scheduler.plugins.base import DecisionContext
-from services.scheduler.plugins.registry import Profile
-from services.scheduler.view import MemberState, PoolState
+from shared.scheduling.plugins.base import DecisionContext
+from shared.scheduling.plugins.registry import Profile
+from shared.scheduling.view import MemberState, PoolState
 
 log = logging.getLogger("llmsched.scheduler.decide")
 
