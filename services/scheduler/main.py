@@ -12,25 +12,31 @@ import uuid
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from services.scheduler.endpoints import SchedulerEndpoints, start_service
 from services.scheduler.metrics import PoolsCollector, SchedulerMetrics
-from services.scheduler.persist import StatePersister, warm_up
+from services.scheduler.persist import StatePersister
 from services.scheduler.selections import RedisSelectionStore
 from shared.bus import EventBatch, connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.lease import Lease
 from shared.logs import set_level
-from shared.messages import REMOVED, LoadEvent, MetricsBatch, PoolSnapshot
+from shared.messages import LoadEvent
 from shared.metrics import nats_drops, new_registry, start_listener
-from shared.prefix_events import KvUpdate, kv_subject_all
-from shared.routing import OutcomeEvent, SelectionEvent
+from shared.routing import SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
 from shared.scheduling.core import SchedulerCore
+from shared.scheduling.follower import (
+    RESYNC_WAIT_S,
+    ViewFollower,
+    ask_resync,
+    await_pools,
+    expire_inflight,
+    resync_on_reconnect,
+    warm_up,
+)
 from shared.scheduling.plugins.registry import default_registry
-from shared.scheduling.view import MemberState
 from shared.state import RedisStateStore, connect_redis
 from shared.subjects import RedisKeys, Subjects
 
@@ -41,10 +47,6 @@ LOAD_PERIOD_S = 1.0
 LOAD_LEASE_TTL_S = 3.0
 """Load events come from the replica holding this lease; a dead holder is replaced within
 this long plus one tick."""
-RESYNC_WAIT_S = 0.5
-"""At start, how long a replica waits (counted from its resync request, warm-up included)
-for the collectors' answers before joining the queue group, when pools are still unknown."""
-RECONNECT_POLL_S = 0.5
 
 
 def run(loaded: LoadedConfig) -> int:
@@ -88,107 +90,19 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         set_level(new.config.global_.effective_log_level)
 
     watcher.subscribe(on_config)
-    snap_dec = msgspec.json.Decoder(PoolSnapshot)
-    met_dec = msgspec.json.Decoder(MetricsBatch)
-
-    arrived = asyncio.Event()
-
-    async def on_snapshot(msg: Msg) -> None:
-        arrived.set()
-        try:
-            snap = snap_dec.decode(msg.data)
-        except msgspec.DecodeError as err:
-            log.warning("Dropping malformed pool snapshot on %s: %s", msg.subject, err)
-            return
-        if not core.accept_snapshot(snap):
-            if snap.source == REMOVED:  # so a restarted replica does not bring it back
-                persister.snapshot_changed((snap.pool, snap.partition), msg.data)
-            return
-        before = core.view.get(snap.pool, snap.partition)
-        old_keys = set(before.members) if before else set()
-        state = core.view.apply_snapshot(snap)
-        core.sync_pool(state)
-        if set(state.members) != old_keys:
-            log.info("Pool %s:%s membership: %d members (%d available)", snap.pool,
-                     snap.partition, len(state.members),
-                     sum(1 for m in state.members.values() if m.available))
-        persister.snapshot_changed((snap.pool, snap.partition), msg.data)
-
-    async def on_metrics(msg: Msg) -> None:
-        try:
-            batch = met_dec.decode(msg.data)
-        except msgspec.DecodeError as err:
-            log.warning("Dropping malformed metrics batch on %s: %s", msg.subject, err)
-            return
-        if _seen(core, batch):
-            return  # a resync's copy of a batch this replica already has: learn nothing twice
-        sleep_changes: list[MemberState] = []
-        if core.view.apply_metrics(batch, sleep_changes) is not None:
-            persister.metrics_changed((batch.pool, batch.partition))
-        for member in sleep_changes:
-            if member.asleep:
-                log.info("Pool %s:%s member %s asleep (%s): out of selection until awake",
-                         batch.pool, batch.partition, member.key, member.asleep_reason)
-            else:
-                log.info("Pool %s:%s member %s awake: back in selection", batch.pool,
-                         batch.partition, member.key)
-
-    sel_dec = msgspec.json.Decoder(SelectionEvent | list[SelectionEvent])  # one, or a batch
-    out_dec = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent])  # one, or a batch
-
-    async def on_selection(msg: Msg) -> None:
-        try:
-            events = sel_dec.decode(msg.data)
-        except msgspec.DecodeError as err:
-            log.warning("Dropping malformed selection event: %s", err)
-            return
-        if isinstance(events, list):
-            for event in events:
-                core.apply_selection(event)
-        else:
-            core.apply_selection(events)
-
-    async def on_outcome(msg: Msg) -> None:
-        try:
-            outcomes = out_dec.decode(msg.data)
-        except msgspec.DecodeError as err:
-            log.warning("Dropping malformed outcome event: %s", err)
-            return
-        if isinstance(outcomes, list):
-            for outcome in outcomes:
-                core.apply_outcome(outcome)
-        else:
-            core.apply_outcome(outcomes)
-
-    kv_dec = msgspec.json.Decoder(KvUpdate)
-
-    async def on_kv(msg: Msg) -> None:
-        try:
-            core.apply_kv(kv_dec.decode(msg.data))
-        except (msgspec.DecodeError, msgspec.ValidationError) as err:
-            log.warning("Dropping malformed KV update: %s", err)
-
-    # Past this many unread messages nats-py drops the next ones (counted and logged, see
-    # shared/slow_consumer.py). The micro endpoints keep nats-py's default: add_endpoint
-    # takes no pending limits.
-    limit = cfg.scheduler.pending_msgs_limit
-    subs = [
-        await nc.subscribe(subject, cb=cb, pending_msgs_limit=limit)
-        for subject, cb in ((subjects.pool_snapshot_all, on_snapshot),
-                            (subjects.member_metrics_all, on_metrics),
-                            (subjects.selection, on_selection),
-                            (subjects.request_outcome, on_outcome),
-                            (kv_subject_all(cfg.global_.prefix), on_kv))
-    ]
+    follower = ViewFollower(core, on_snapshot=persister.snapshot_changed,
+                            on_metrics=persister.metrics_changed)
+    # The micro endpoints keep nats-py's default pending limits: add_endpoint takes none.
+    await follower.subscribe(nc, subjects, cfg.scheduler.pending_msgs_limit)
     asked = time.monotonic()
-    await _ask_resync(nc, subjects, replica)  # after subscribing: the answers reach us
+    await ask_resync(nc, subjects, replica)  # after subscribing: the answers reach us
     try:
         restored = await warm_up(store, keys, core.view, accept=core.accept_snapshot)
         log.info("Warmed up from the state store: %d pools", restored)
     except Exception as err:
         health["ok"] = False
         log.warning("State store unreachable at start (%s); starting from live events only", err)
-    await _await_pools(core, arrived, asked + RESYNC_WAIT_S)
+    await await_pools(core, follower.arrived, asked + RESYNC_WAIT_S)
     seeded = core.seed_static_pools()
     if seeded:
         log.info("No snapshot yet for static pool(s) %s: serving their configured members "
@@ -205,8 +119,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     tasks = [
         asyncio.create_task(watcher.run(stop)),
         asyncio.create_task(_publish_load(nc, subjects, core, stop, publisher)),
-        asyncio.create_task(_expire_inflight(core, stop)),
-        asyncio.create_task(_resync_on_reconnect(nc, subjects, replica, stop)),
+        asyncio.create_task(expire_inflight(core, stop)),
+        asyncio.create_task(resync_on_reconnect(nc, subjects, replica, stop)),
     ]
     try:
         await stop.wait()
@@ -215,9 +129,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             await listener.stop()
         with contextlib.suppress(Exception):
             await service.stop()
-        for sub in subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await follower.unsubscribe()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -234,50 +146,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         await store.close()
 
 
-async def _ask_resync(nc: NATS, subjects: Subjects, replica: str) -> None:
-    """Ask the collectors to republish their pools now (fail open: none answering, the
-    replica keeps what it has and the next fetches bring the rest)."""
-    try:
-        await nc.publish(subjects.pool_resync, replica.encode())
-        await nc.flush(timeout=2)
-    except Exception as err:
-        log.warning("Resync request not sent (%s); pools arrive with the next fetches", err)
 
 
-async def _await_pools(core: SchedulerCore, arrived: asyncio.Event, deadline: float) -> None:
-    """Wait until every configured pool is known, at most until ``deadline`` (monotonic);
-    ``arrived`` is set on each snapshot."""
-    wanted = {pool.ident for pool in core.config.pools}
-    while not wanted <= core.view.pools.keys():
-        arrived.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(arrived.wait(), deadline - time.monotonic())
-        if time.monotonic() >= deadline:
-            return
-
-
-async def _resync_on_reconnect(nc: NATS, subjects: Subjects, replica: str,
-                               stop: asyncio.Event) -> None:
-    """After a NATS outage, ask for a resync: snapshots published meanwhile were lost."""
-    seen = nc.stats["reconnects"]
-    while not await sleep_or_stop(stop, RECONNECT_POLL_S):
-        if nc.stats["reconnects"] != seen and nc.is_connected:
-            seen = nc.stats["reconnects"]
-            log.info("Reconnected to NATS: asking the collectors for a resync")
-            await _ask_resync(nc, subjects, replica)
-
-
-def _seen(core: SchedulerCore, batch: MetricsBatch) -> bool:
-    """Whether every member of ``batch`` was already applied from this very scrape."""
-    pool = core.view.get(batch.pool, batch.partition)
-    if pool is None:
-        return False
-    for m in batch.members:
-        member = pool.members.get(m.key)  # members the pool lacks are ignored anyway
-        if member is not None and (member.last_scrape_at is None
-                                   or m.scraped_at > member.last_scrape_at):
-            return False
-    return True
 
 
 async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
@@ -324,12 +194,3 @@ async def _publish_load(nc: NATS, subjects: Subjects, core: SchedulerCore,
                 await nc.publish(subjects.load(pool.name), enc.encode(event))
             except Exception as err:
                 log.debug("Load event not published: %s", err)
-
-
-async def _expire_inflight(core: SchedulerCore, stop: asyncio.Event) -> None:
-    """Once a second: requests whose outcome never came stop counting at their expiry."""
-    while not await sleep_or_stop(stop, 1.0):
-        dropped = core.expire_inflight()
-        if dropped:
-            log.info("%d routed request(s) expired without an outcome report", dropped)
-

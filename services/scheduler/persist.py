@@ -1,16 +1,16 @@
-"""Durable copy of the view in Redis: coalesced writes, retries, and warm-up on start."""
+"""Durable copy of the view in Redis: coalesced writes and retries (warm-up on start is in
+shared/scheduling/follower.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import msgspec
 
 from services.scheduler.selections import SelectionStore
-from shared.messages import MetricsBatch, PoolSnapshot
+from shared.messages import MetricsBatch
 from shared.scheduling.view import ClusterView, SelectionCounts
 from shared.state import StateStore
 from shared.subjects import RedisKeys
@@ -98,28 +98,3 @@ class StatePersister:
                                 " will retry", err)
                 self.health["ok"] = False
 
-
-async def warm_up(store: StateStore, keys: RedisKeys, view: ClusterView,
-                  timeout_s: float = 3.0,
-                  accept: Callable[[PoolSnapshot], bool] = lambda _snap: True) -> int:
-    """Load last snapshots (of pools ``accept`` keeps) and metrics; returns pools restored."""
-    snap_dec = msgspec.json.Decoder(PoolSnapshot)
-    met_dec = msgspec.json.Decoder(MetricsBatch)
-    snaps = await asyncio.wait_for(store.get_pattern(keys.snapshot_pattern), timeout_s)
-    metrics = await asyncio.wait_for(store.get_pattern(keys.metrics_pattern), timeout_s)
-    restored = 0
-    for raw in snaps.values():
-        try:
-            snap = snap_dec.decode(raw)
-        except msgspec.DecodeError as err:
-            log.warning("Ignoring unreadable snapshot in the state store: %s", err)
-            continue
-        if accept(snap):
-            view.apply_snapshot(snap)
-            restored += 1
-    for raw in metrics.values():
-        try:
-            view.apply_metrics(met_dec.decode(raw))
-        except msgspec.DecodeError as err:
-            log.warning("Ignoring unreadable metrics in the state store: %s", err)
-    return restored
