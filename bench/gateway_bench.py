@@ -111,15 +111,15 @@ QUICK = Plan(rounds=1, warmup_s=0.3, single_s=1.5, many_s=2.0, stream_s=2.0)
 # --------------------------------------------------------------------------- processes
 
 
-def config_doc(prefix: str, api_port: int, backend_ports: list[int], max_ongoing: int
-               ) -> dict[str, Any]:
+def config_doc(prefix: str, api_port: int, backend_ports: list[int], max_ongoing: int,
+               decide: str = "scheduler") -> dict[str, Any]:
     """One static pool of the backends, served under ``model: bench-model``."""
     return {
         "global": {"interval": 60, "api_host": "127.0.0.1", "api_port": api_port,
                    "log_level": "WARNING", "prefix": prefix},
         "scheduler": {"pool_fetch_interval": 10, "metrics_fetch_interval": 1000},
         "modes": [{"name": "s1", "w_a": 0.5, "w_b": 0.5}],
-        "gateway": {"max_ongoing_requests": max_ongoing},
+        "gateway": {"max_ongoing_requests": max_ongoing, "decide": decide},
         "pools": [{"name": "bench-gw", "partition": "Common", "engine_type": "vllm",
                    "source": "static", "model": ALIAS,
                    "members": [f"127.0.0.1:{port}" for port in backend_ports]}],
@@ -172,7 +172,8 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int) -> Iterator[Stack]:
+def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int,
+                  decide: str = "scheduler") -> Iterator[Stack]:
     """NATS, Valkey, three backends, scheduler + collector + API, two vllm-routers."""
     from shared.embedded import nats_server, valkey_server
 
@@ -191,7 +192,8 @@ def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int) -> Iterat
             api_port = free_port()
             config_path = workdir / "config.yaml"
             config_path.write_text(yaml.safe_dump(
-                config_doc(prefix, api_port, backend_ports, max_ongoing), sort_keys=False))
+                config_doc(prefix, api_port, backend_ports, max_ongoing, decide),
+                sort_keys=False))
             env = dict(os.environ, NATS_URL=nats.url, REDIS_URL=valkey.url,
                        PYTHONUNBUFFERED="1")
             backend_urls = [f"http://127.0.0.1:{port}" for port in backend_ports]
@@ -746,10 +748,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "python": platform.python_version(), "platform": platform.platform(),
         "uptime_before": uptime(), "throughput_tool": args.tool,
         "backends": {"count": len(BACKENDS), "chunks": CHUNKS, "gap_ms": GAP_MS},
-        "gateway_max_ongoing": args.max_ongoing, "plan": plan.__dict__,
+        "gateway_max_ongoing": args.max_ongoing, "gateway_decide": args.decide,
+        "plan": plan.__dict__,
         "versions": versions(args.peers_venv), "command": " ".join(sys.argv)}
     print(f"uptime: {meta['uptime_before']}", flush=True)
-    with running_stack(args.keep_logs, router_exe, args.max_ongoing) as stack:
+    with running_stack(args.keep_logs, router_exe, args.max_ongoing, args.decide) as stack:
         print("Waiting for every path to answer...", flush=True)
         runs = run_fast(measure(stack, plan, args.tool, not args.no_layers))
     meta["uptime_after"] = uptime()
@@ -777,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-layers", action="store_true",
                         help="skip the runs that split the API's CPU per request into layers")
     parser.add_argument("--keep-logs", action="store_true", help="keep the child logs")
+    parser.add_argument("--decide", choices=("scheduler", "local"), default="scheduler",
+                        help="the API's gateway.decide: a NATS route call to the scheduler, "
+                             "or the decision in the API process")
     worker = parser.add_argument_group("internal (child processes)")
     worker.add_argument("--worker", choices=("asgi-const", "asgi-relay"), help=argparse.SUPPRESS)
     worker.add_argument("--port", type=int, help=argparse.SUPPRESS)

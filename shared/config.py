@@ -315,6 +315,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """How long a held request waits before 503 with Retry-After."""
     inflight_ttl_s: float = 900.0
     """A routed request whose outcome is never reported stops counting after this."""
+    decide: Literal["scheduler", "local"] = "scheduler"
+    """Where a gateway request's member is chosen: ``scheduler`` (a NATS ``route`` call to
+    the scheduler queue group) or ``local`` (the same core in the API process, its view
+    kept from the bus; no round trip per request). Takes effect at the API's start."""
     api_keys_env: str | None = None
     """Environment variable with comma-separated keys required on /v1/* (unset: open)."""
     models_mode: str | None = None

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import uuid
 
 import msgspec
 import uvicorn
@@ -21,9 +22,10 @@ from services.api.gateway.bus import NatsEvents, NatsRouter
 from services.api.gateway.catalog import Catalog
 from services.api.gateway.front import GatewayFront
 from services.api.gateway.hold import HoldQueues, HoldSettings
+from services.api.gateway.local import LocalRouting, start_local_routing
 from services.api.gateway.metrics import GatewayMetrics, OngoingCollector
 from services.api.gateway.openapi_docs import gateway_docs_router
-from services.api.gateway.proxy import Gateway, GatewaySettings
+from services.api.gateway.proxy import Gateway, GatewaySettings, Router
 from services.api.gateway.route_keys import RouteKeys
 from services.api.gateway.upstream import Upstream
 from services.api.metrics import SelectMetrics
@@ -83,7 +85,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     """
     cfg = loaded.config
     prom = new_registry()
-    nc = await connect_nats("api", nats_url, on_dropped=nats_drops(prom))
+    drops = nats_drops(prom)
+    nc = await connect_nats("api", nats_url, on_dropped=drops)
     store = RedisStateStore(redis_url, keys=RedisKeys(cfg.global_.prefix))
     subjects = Subjects(cfg.global_.prefix)
     client = SchedulerClient(nc, subjects, cfg.global_.select_timeout_ms / 1000.0)
@@ -100,7 +103,13 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
     upstream = Upstream()
     admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
-    gateway = Gateway(_gateway_settings(cfg.gateway), catalog, NatsRouter(client), upstream,
+    local: LocalRouting | None = None
+    router: Router = NatsRouter(client)
+    if cfg.gateway.decide == "local":
+        local = await start_local_routing(cfg, store, f"{gateway_id}-{uuid.uuid4().hex[:6]}",
+                                          stop, nats_url=nats_url, on_dropped=drops)
+        router = local.router
+    gateway = Gateway(_gateway_settings(cfg.gateway), catalog, router, upstream,
                       events, hold, admission, metrics=GatewayMetrics(prom))
     prom.register(OngoingCollector(lambda: gateway.ongoing,
                                    lambda: gateway.settings.max_ongoing))
@@ -122,6 +131,10 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         gateway.settings = _gateway_settings(new.config.gateway)
         hold.settings = _hold_settings(new.config.gateway)
         client.timeout_s = new.config.global_.select_timeout_ms / 1000.0
+        if local is not None:
+            local.apply_config(new.config)
+        if new.config.gateway.decide != old.config.gateway.decide:
+            log.warning("gateway.decide changes take effect after a restart")
         set_level(new.config.global_.effective_log_level)
         g_old, g_new = old.config.global_, new.config.global_
         if (g_old.api_host, g_old.api_port, g_old.prefix) != (g_new.api_host, g_new.api_port,
@@ -183,6 +196,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         with contextlib.suppress(Exception):
             await changes.unsubscribe()
             await outcomes.unsubscribe()
+        if local is not None:
+            await local.close()
         await upstream.close()
         await pd_source.close()
         await registry.close()

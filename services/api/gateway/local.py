@@ -1,0 +1,105 @@
+"""The gateway's routing decision taken in the API process (``gateway.decide: local``).
+
+The API holds the scheduling core itself, kept current from the bus exactly as a scheduler
+replica keeps its own (shared/scheduling/follower.py): pool snapshots, metrics, every
+replica's selections and every outcome. A routed request costs no NATS round trip and no
+second process; the selection event it publishes lets the scheduler replicas (load events,
+the F5 select path, status) and the other API processes count it, as they count a
+scheduler's. Trade-off: each API process holds the view and decodes every state event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from nats.aio.client import Client as NATS
+
+from shared.bus import EventBatch, connect_nats
+from shared.config import Config
+from shared.routing import RouteReply, RouteRequest, SelectionEvent
+from shared.scheduling.core import SchedulerCore
+from shared.scheduling.follower import (
+    RESYNC_WAIT_S,
+    ViewFollower,
+    ask_resync,
+    await_pools,
+    expire_inflight,
+    resync_on_reconnect,
+    warm_up,
+)
+from shared.scheduling.plugins.registry import default_registry
+from shared.slow_consumer import OnDropped
+from shared.state import StateStore
+from shared.subjects import RedisKeys, Subjects
+
+log = logging.getLogger("llmsched.api.gateway")
+
+
+class LocalRouter:
+    """``route`` answered by this process's own core; the selection goes out as an event."""
+
+    def __init__(self, core: SchedulerCore, selections: EventBatch[SelectionEvent]) -> None:
+        self.core = core
+        self._selections = selections
+
+    async def route(self, request: RouteRequest) -> RouteReply:
+        reply, event = self.core.route(request)
+        if event is not None:
+            self._selections.add(event)
+        return reply
+
+
+class LocalRouting:
+    """The core, its own NATS connection (no echo: its selections need no copy back) and
+    the tasks that keep its view current; :meth:`close` ends them."""
+
+    def __init__(self, core: SchedulerCore, nc: NATS, follower: ViewFollower,
+                 tasks: list[asyncio.Task[None]]) -> None:
+        self.core = core
+        self.nc = nc
+        self.router = LocalRouter(core, EventBatch[SelectionEvent](
+            nc, Subjects(core.config.global_.prefix).selection, "selection event(s)"))
+        self._follower = follower
+        self._tasks = tasks
+
+    def apply_config(self, config: Config) -> None:
+        self.core.apply_config(config)
+
+    async def close(self) -> None:
+        await self._follower.unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+
+
+async def start_local_routing(cfg: Config, store: StateStore, replica: str,
+                              stop: asyncio.Event, *, nats_url: str | None = None,
+                              on_dropped: OnDropped | None = None) -> LocalRouting:
+    """Join the bus as a holder of the view: subscribe, ask the collectors for a resync,
+    warm up from the state store (fail open), wait briefly for the configured pools."""
+    subjects = Subjects(cfg.global_.prefix)
+    core = SchedulerCore(cfg, default_registry(), replica=replica)
+    nc = await connect_nats(f"api-routing-{replica}", nats_url, no_echo=True,
+                            on_dropped=on_dropped)
+    follower = ViewFollower(core)
+    await follower.subscribe(nc, subjects, cfg.scheduler.pending_msgs_limit)
+    asked = time.monotonic()
+    await ask_resync(nc, subjects, replica)
+    try:
+        restored = await warm_up(store, RedisKeys(cfg.global_.prefix), core.view,
+                                 accept=core.accept_snapshot)
+        log.info("Gateway routes in-process; warmed up %d pools from the state store",
+                 restored)
+    except Exception as err:
+        log.warning("State store unreachable at start (%s); the gateway's view starts from "
+                    "live events only", err)
+    await await_pools(core, follower.arrived, asked + RESYNC_WAIT_S)
+    core.seed_static_pools()
+    tasks = [asyncio.create_task(expire_inflight(core, stop)),
+             asyncio.create_task(resync_on_reconnect(nc, subjects, replica, stop))]
+    return LocalRouting(core, nc, follower, tasks)
