@@ -50,7 +50,7 @@ from fast_backend import Backend  # bench/ is sys.path[0] when run as a script
 from loadgen import request_once, run_fast
 from select_bench import BenchError, Child, proc_cpu_s
 
-from shared.http_server import free_port
+from shared.http_server import bind_socket, free_port
 
 SCRIPT = Path(__file__).resolve()
 HERE = SCRIPT.parent
@@ -163,17 +163,19 @@ class Stack:
             child.check()
 
     def cpu(self) -> dict[str, float]:
-        out = {}
+        """CPU seconds per process name; ``api#2``, ``api#3``... count as ``api``."""
+        out: dict[str, float] = {}
         for name, pid in self.pids.items():
             value = proc_cpu_s(pid)
             if value is not None:
-                out[name] = value
+                base = name.split("#", 1)[0]
+                out[base] = out.get(base, 0.0) + value
         return out
 
 
 @contextlib.contextmanager
 def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int,
-                  decide: str = "scheduler") -> Iterator[Stack]:
+                  decide: str = "scheduler", api_processes: int = 1) -> Iterator[Stack]:
     """NATS, Valkey, three backends, scheduler + collector + API, two vllm-routers."""
     from shared.embedded import nats_server, valkey_server
 
@@ -206,7 +208,18 @@ def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int,
                 for name, port in zip(BACKENDS, backend_ports, strict=True)]
             service = [sys.executable, "-m", "services"]
             argvs += [(name, [*service, name, "--config", str(config_path)])
-                      for name in ("scheduler", "collector", "api")]
+                      for name in ("scheduler", "collector")]
+            fds: dict[str, tuple[int, ...]] = {}
+            if api_processes == 1:
+                argvs.append(("api", [*service, "api", "--config", str(config_path)]))
+            else:  # as `llmsched up` runs them: every process accepts on one socket
+                sock = bind_socket("127.0.0.1", api_port)
+                cleanup.callback(sock.close)
+                for i in range(api_processes):
+                    name = "api" if i == 0 else f"api#{i + 1}"
+                    argvs.append((name, [*service, "api", "--config", str(config_path),
+                                         "--listen-fd", str(sock.fileno())]))
+                    fds[name] = (sock.fileno(),)
             for layer in ("asgi-const", "asgi-relay"):
                 port = free_port()
                 stack.urls[layer] = f"http://127.0.0.1:{port}"
@@ -225,7 +238,7 @@ def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int,
                     "--prometheus-port", str(free_port()), "--log-level", "warning",
                     "--worker-startup-check-interval", "1"]))
             for name, argv in argvs:
-                child = Child(name, argv, workdir, env)
+                child = Child(name, argv, workdir, env, pass_fds=fds.get(name, ()))
                 cleanup.callback(child.stop)
                 stack.children[name] = child
                 pids[name] = child.proc.pid
@@ -749,10 +762,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "uptime_before": uptime(), "throughput_tool": args.tool,
         "backends": {"count": len(BACKENDS), "chunks": CHUNKS, "gap_ms": GAP_MS},
         "gateway_max_ongoing": args.max_ongoing, "gateway_decide": args.decide,
+        "api_processes": args.api_processes,
         "plan": plan.__dict__,
         "versions": versions(args.peers_venv), "command": " ".join(sys.argv)}
     print(f"uptime: {meta['uptime_before']}", flush=True)
-    with running_stack(args.keep_logs, router_exe, args.max_ongoing, args.decide) as stack:
+    with running_stack(args.keep_logs, router_exe, args.max_ongoing, args.decide,
+                       args.api_processes) as stack:
         print("Waiting for every path to answer...", flush=True)
         runs = run_fast(measure(stack, plan, args.tool, not args.no_layers))
     meta["uptime_after"] = uptime()
@@ -783,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decide", choices=("scheduler", "local"), default="scheduler",
                         help="the API's gateway.decide: a NATS route call to the scheduler, "
                              "or the decision in the API process")
+    parser.add_argument("--api-processes", type=int, default=1,
+                        help="API processes accepting on one socket, as `llmsched up` runs "
+                             "them (it starts 2)")
     worker = parser.add_argument_group("internal (child processes)")
     worker.add_argument("--worker", choices=("asgi-const", "asgi-relay"), help=argparse.SUPPRESS)
     worker.add_argument("--port", type=int, help=argparse.SUPPRESS)

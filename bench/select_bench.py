@@ -265,12 +265,13 @@ def proc_cpu_s(pid: int) -> float | None:
 class Child:
     """A child process in its own session (Ctrl-C reaches only us; we stop it)."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str], *,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                         env=env, start_new_session=True)
+                                         env=env, start_new_session=True, pass_fds=pass_fds)
 
     def check(self) -> None:
         if self.proc.poll() is not None:

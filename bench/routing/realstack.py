@@ -360,6 +360,8 @@ class LlmschedSpec:
     log_level: str = "INFO"
     cache_aware: dict[str, Any] | None = None
     """The alias's pool runs the ``cache_aware`` mode with these settings (None: greybox)."""
+    decide: str = "scheduler"
+    """``gateway.decide``: the scheduler over NATS, or ``local`` (in the API process)."""
 
 
 def config_doc(spec: LlmschedSpec, prefix: str, api_port: int, keys: Sequence[str]
@@ -377,7 +379,8 @@ def config_doc(spec: LlmschedSpec, prefix: str, api_port: int, keys: Sequence[st
                    "log_level": spec.log_level, "prefix": prefix, "select_timeout_ms": 500},
         "scheduler": {"pool_fetch_interval": 10, "metrics_fetch_interval": spec.metrics_ms},
         "modes": modes,
-        "gateway": {"max_ongoing_requests": 1000, "hold_queue_size": 1000},
+        "gateway": {"max_ongoing_requests": 1000, "hold_queue_size": 1000,
+                    "decide": spec.decide},
         "pools": [
             {"name": GREYBOX_POOL, "partition": PARTITION, "engine_type": "vllm",
              "source": "static", "model": GREYBOX_ALIAS, "served_model_name": MODEL,

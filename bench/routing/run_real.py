@@ -91,6 +91,9 @@ LLMSCHED = ("s1-select", "greybox-gw", "greybox-select", "greybox-select-ft",
             "greybox-gw-2x2", "greybox-select-2x2", "greybox-gw-100ms", "cache-aware-gw")
 """cache-aware-gw: the gateway with the ``cache_aware`` mode (approximate source, default
 settings) instead of greybox: the same workload must not get worse with it on."""
+LOCAL = ("greybox-gw-local", "greybox-gw-2x2-local")
+"""The gateway with ``gateway.decide: local`` (the decision in each API process); not run
+unless named."""
 VLLM_POLICIES = ("round_robin", "power_of_two", "cache_aware")
 """vllm-router's policies run by default. Of the others its --help lists, random is the
 client-side random router, consistent_hash and kv_aware need session keys or KV events
@@ -191,11 +194,12 @@ async def setup(name: str, bench: Bench) -> AsyncIterator[tuple[RealRouter, Cpu,
             yield OneUrl(name, [url], MODEL), cpu, no_info
             procs.check()
         return
-    if name not in LLMSCHED:
-        raise SystemExit(f"unknown router {name!r}; known: {', '.join(DEFAULT_ROUTERS)}, "
-                         "vr-<vllm-router policy>")
-    wide = name.endswith("-2x2")
-    spec = LlmschedSpec(slo_s=bench.slo_s, metrics_ms=100.0 if name.endswith("-100ms")
+    if name not in LLMSCHED + LOCAL:
+        known = ", ".join((*DEFAULT_ROUTERS, *LOCAL))
+        raise SystemExit(f"unknown router {name!r}; known: {known}, vr-<vllm-router policy>")
+    wide = "-2x2" in name
+    spec = LlmschedSpec(decide="local" if name in LOCAL else "scheduler",
+                        slo_s=bench.slo_s, metrics_ms=100.0 if name.endswith("-100ms")
                         else bench.metrics_ms, apis=2 if wide else 1, schedulers=2 if wide else 1,
                         log_level=bench.log_level,
                         cache_aware={} if name == "cache-aware-gw" else None)
