@@ -110,7 +110,9 @@ async def _read_body(receive: Receive) -> bytes:
     size = 0
     while True:
         try:
-            message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+            # A timeout scope, not wait_for: that wraps every receive in a task of its own.
+            async with asyncio.timeout(BODY_IDLE_S):
+                message = await receive()
         except TimeoutError:
             raise GatewayError(408, f"no byte of the request body for {BODY_IDLE_S:g}s",
                                code="request_timeout") from None
