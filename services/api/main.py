@@ -13,6 +13,7 @@ import uuid
 import msgspec
 import uvicorn
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from services.api.admin import admin_router
 from services.api.app import ApiState, create_app
@@ -98,17 +99,18 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     models = ModelRegistry(registry.redis, prefix=cfg.global_.prefix)
     view = RegistryView(models, registry)
     gateway_id = f"api-{socket.gethostname()}-{os.getpid()}"
-    events = NatsEvents(nc, subjects, gateway_id)
-    catalog = Catalog(cfg, lambda: view.models)
-    hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
-    upstream = Upstream()
-    admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
     local: LocalRouting | None = None
     router: Router = NatsRouter(client)
     if cfg.gateway.decide == "local":
         local = await start_local_routing(cfg, store, f"{gateway_id}-{uuid.uuid4().hex[:6]}",
                                           stop, nats_url=nats_url, on_dropped=drops)
         router = local.router
+    events = NatsEvents(nc, subjects, gateway_id,
+                        outcomes=local.outcome if local is not None else None)
+    catalog = Catalog(cfg, lambda: view.models)
+    hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
+    upstream = Upstream()
+    admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
     gateway = Gateway(_gateway_settings(cfg.gateway), catalog, router, upstream,
                       events, hold, admission, metrics=GatewayMetrics(prom))
     prom.register(OngoingCollector(lambda: gateway.ongoing,
@@ -167,7 +169,11 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 for one in done if isinstance(done, list) else [done]:
                     admission.freed((one.pool, one.partition))
 
-    outcomes = await nc.subscribe(subjects.request_outcome, cb=on_outcome)
+    outcomes: Subscription | None = None
+    if local is None:
+        outcomes = await nc.subscribe(subjects.request_outcome, cb=on_outcome)
+    else:  # told once the in-process core let the request go (no race with the decision)
+        local.freed = lambda pool: admission.freed(pool) if admission.busy else None
     await view.refresh()
     if sock is None:
         sock = bind_socket(cfg.global_.api_host,
@@ -195,7 +201,8 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         await asyncio.gather(watch_task, registry_task, view_task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await changes.unsubscribe()
-            await outcomes.unsubscribe()
+            if outcomes is not None:
+                await outcomes.unsubscribe()
         if local is not None:
             await local.close()
         await upstream.close()

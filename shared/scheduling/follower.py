@@ -37,6 +37,7 @@ RECONNECT_POLL_S = 0.5
 
 SnapshotHook = Callable[[tuple[str, str], bytes], None]
 MetricsHook = Callable[[tuple[str, str]], None]
+OutcomeHook = Callable[[OutcomeEvent], None]
 
 
 def _ignore_snapshot(_ident: tuple[str, str], _raw: bytes) -> None:
@@ -47,15 +48,22 @@ def _ignore_metrics(_ident: tuple[str, str]) -> None:
     return None
 
 
+def _ignore_outcome(_event: OutcomeEvent) -> None:
+    return None
+
+
 class ViewFollower:
     """Applies the bus's state events to ``core``; ``on_snapshot``/``on_metrics`` hear of
-    every pool whose snapshot or metrics changed (a replica's persister)."""
+    every pool whose snapshot or metrics changed (a replica's persister), ``on_outcome`` of
+    every outcome once the core has applied it (a freed slot is then visible to a decision)."""
 
     def __init__(self, core: SchedulerCore, *, on_snapshot: SnapshotHook = _ignore_snapshot,
-                 on_metrics: MetricsHook = _ignore_metrics) -> None:
+                 on_metrics: MetricsHook = _ignore_metrics,
+                 on_outcome: OutcomeHook = _ignore_outcome) -> None:
         self.core = core
         self.on_snapshot = on_snapshot
         self.on_metrics = on_metrics
+        self.on_outcome = on_outcome
         self.arrived = asyncio.Event()
         """Set on every snapshot (:func:`await_pools` waits on it)."""
         self._subs: list[Subscription] = []
@@ -140,6 +148,7 @@ class ViewFollower:
             return
         for outcome in outcomes if isinstance(outcomes, list) else (outcomes,):
             self.core.apply_outcome(outcome)
+            self.on_outcome(outcome)
 
     async def _on_kv(self, msg: Msg) -> None:
         try:

@@ -121,3 +121,29 @@ async def test_local_gateway_serves_with_every_scheduler_replica_gone(
             assert chat.choices[0].message.content, chat
     finally:
         await client.close()
+
+
+async def test_local_admission_line_serves_every_held_request(
+        make_fleet: MakeFleet, engines: list[RunningEngine]) -> None:
+    # One request per engine at a time: the rest wait in the API's admission line and are
+    # woken by the in-process core's outcomes.
+    pool = {"name": POOL, "engine_type": "vllm", "source": "static", "model": "lc",
+            "mode": "gb", "members": [e.url.split("//", 1)[1] for e in engines]}
+    fleet = await make_fleet(pools=[pool], worker=False, autoscalers=0,
+                             gateway={"decide": "local", "hold_queue_size": 50,
+                                      "hold_timeout_s": 60},
+                             modes=[{"name": "gb", "type": "greybox",
+                                     "greybox": {"max_inflight": 1}}])
+
+    async def known() -> bool:
+        r = await fleet.http.get(f"{fleet.api}/pools/{POOL}/Common/status")
+        return r.status_code == 200 and r.json()["member_count"] == 2
+    await wait_until(known, 20, "the pool's members known")
+    body = {"model": "lc", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=120) as http:
+        results = await asyncio.gather(*(http.post(f"{fleet.api}/v1/chat/completions",
+                                                   json=body) for _ in range(6)))
+    assert [r.status_code for r in results] == [200] * 6, [r.text[:200] for r in results]
+    served = [await _served(e) for e in engines]
+    assert sum(served) == 6, f"engines served {served}"
+    assert all(v == 0 for v in (await _inflight(fleet)).values()), await _inflight(fleet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -39,7 +40,8 @@ class NatsRouter:
 class NatsEvents:
     """Publishes outcomes and demand without waiting (a lost event is covered by expiry)."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, gateway_id: str) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, gateway_id: str, *,
+                 outcomes: Callable[[OutcomeEvent], None] | None = None) -> None:
         self.nc = nc
         self.subjects = subjects
         self.gateway_id = gateway_id
@@ -47,10 +49,12 @@ class NatsEvents:
         self._pending: set[asyncio.Future[None]] = set()
         self._outcomes = EventBatch[OutcomeEvent](nc, subjects.request_outcome,
                                                   "outcome event(s)")
+        self._sink = outcomes if outcomes is not None else self._outcomes.add
 
     async def outcome(self, event: OutcomeEvent) -> None:
-        """Outcomes of one loop pass go out together (the scheduler's expiry covers a loss)."""
-        self._outcomes.add(event)
+        """Outcomes of one loop pass go out together (the scheduler's expiry covers a loss);
+        ``outcomes`` given, they go there instead (the in-process router publishes them)."""
+        self._sink(event)
 
     async def demand(self, alias: str, waiting: int) -> None:
         event = DemandEvent(alias=alias, waiting=waiting, gateway=self.gateway_id,

@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
 from shared.bus import EventBatch, connect_nats
 from shared.config import Config
-from shared.routing import RouteReply, RouteRequest, SelectionEvent
+from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
 from shared.scheduling.core import SchedulerCore
 from shared.scheduling.follower import (
     RESYNC_WAIT_S,
@@ -52,18 +53,50 @@ class LocalRouter:
         return reply
 
 
+Freed = Callable[[tuple[str, str]], None]
+"""Told the pool of every request that ended, once the core no longer counts it."""
+
+OTHERS_FREED_DELAY_S = 0.002
+"""A slot freed by another process's request is offered to this process's waiting line
+this much later: the process that ran the request may fill it first, and its selection
+reaches every other process within about a millisecond, so two lines do not both take
+the one slot."""
+
+
 class LocalRouting:
-    """The core, its own NATS connection (no echo: its selections need no copy back) and
-    the tasks that keep its view current; :meth:`close` ends them."""
+    """The core, its own NATS connection (no echo: its selections and outcomes need no copy
+    back) and the tasks that keep its view current; :meth:`close` ends them.
+
+    This process's outcomes are applied to the core at once and published from here; the
+    other processes' arrive through the follower. Either way ``freed`` hears of the pool
+    after the core has let the request go, so a waiting request that tries again sees the
+    slot (the gateway's admission line)."""
 
     def __init__(self, core: SchedulerCore, nc: NATS, follower: ViewFollower,
                  tasks: list[asyncio.Task[None]]) -> None:
         self.core = core
         self.nc = nc
+        subjects = Subjects(core.config.global_.prefix)
         self.router = LocalRouter(core, EventBatch[SelectionEvent](
-            nc, Subjects(core.config.global_.prefix).selection, "selection event(s)"))
+            nc, subjects.selection, "selection event(s)"))
+        self._outcomes = EventBatch[OutcomeEvent](nc, subjects.request_outcome,
+                                                  "outcome event(s)")
+        self.freed: Freed | None = None
         self._follower = follower
+        follower.on_outcome = self._others_outcome
         self._tasks = tasks
+
+    def outcome(self, event: OutcomeEvent) -> None:
+        """One of this process's attempts ended: out of the count now, then on the bus."""
+        self.core.apply_outcome(event)
+        self._outcomes.add(event)
+        if self.freed is not None:
+            self.freed((event.pool, event.partition))
+
+    def _others_outcome(self, event: OutcomeEvent) -> None:
+        if self.freed is not None:
+            asyncio.get_running_loop().call_later(OTHERS_FREED_DELAY_S, self.freed,
+                                                  (event.pool, event.partition))
 
     def apply_config(self, config: Config) -> None:
         self.core.apply_config(config)
