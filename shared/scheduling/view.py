@@ -8,6 +8,10 @@ from typing import Literal
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 
 ITL_SMOOTHING = 0.3
+CAP_PROBE_SCRAPES = 10
+"""Scrapes in a row at a confirmed batch size with nobody waiting before probing one
+above it (a size learned too low would otherwise hold the member below its capacity for
+good)."""
 """Weight of the newest scrape in a member's inter-token latency average."""
 
 
@@ -40,7 +44,10 @@ class MemberState:
     raised by one whenever the engine runs that many and nobody waits."""
     queued_last_scrape: bool = False
     cap_confirmed: bool = False
-    """The batch size was seen saturated (requests waited); no more probing above it."""
+    """The batch size was seen saturated (requests waited); probing above it only after
+    ``CAP_PROBE_SCRAPES`` scrapes at it with nobody waiting."""
+    full_quiet_scrapes: int = 0
+    """Scrapes in a row at the confirmed batch size with nobody waiting."""
     kv_guarded: bool = False
     """Guarded for KV usage (until it falls below the resume level)."""
     itl_s: float | None = None
@@ -114,6 +121,7 @@ class MemberState:
     def _learn_batch_size(self, m: MemberMetrics) -> None:
         running, waiting = m.running_req or 0.0, m.waiting_queue or 0.0
         if waiting > 0:
+            self.full_quiet_scrapes = 0
             # Waiting twice in a row at the same running count: that is the batch size (a
             # single wait may only be a step's token budget taken by a long prefill).
             if self.queued_last_scrape and running >= 2 and running == self.running_req:
@@ -123,8 +131,20 @@ class MemberState:
             self.queued_last_scrape = True
             return
         self.queued_last_scrape = False
-        if not self.cap_confirmed and self.running_cap and running >= self.running_cap:
+        if not self.running_cap or running < self.running_cap:
+            self.full_quiet_scrapes = 0
+            return
+        if not self.cap_confirmed:
             self.running_cap = running + 1  # it runs all it was given: it may take more
+            return
+        # A confirmed size may be too low: two waits in a row at a running count below the
+        # batch size happen when long prefills take a step's token budget. The guard then
+        # never lets more requests reach the engine, so nothing would ever show a larger
+        # batch: after a while at the size with nobody waiting, probe one above it again.
+        self.full_quiet_scrapes += 1
+        if self.full_quiet_scrapes >= CAP_PROBE_SCRAPES:
+            self.running_cap, self.cap_confirmed = running + 1, False
+            self.full_quiet_scrapes = 0
 
     def to_metrics(self) -> MemberMetrics:
         """The last good values, for the durable copy."""

@@ -18,7 +18,7 @@ from shared.scheduling.plugins.greybox_scorer import GreyboxScorer
 from shared.scheduling.plugins.guard import GuardFilter, guard_reason, inflight_limit
 from shared.scheduling.plugins.registry import build_profile, default_registry
 from shared.scheduling.predictor import PredictorSettings, TtftPredictor, features
-from shared.scheduling.view import ClusterView, MemberState, PoolState
+from shared.scheduling.view import CAP_PROBE_SCRAPES, ClusterView, MemberState, PoolState
 
 NOW = 1000.0
 
@@ -185,6 +185,36 @@ def test_batch_size_learned_from_repeated_waits() -> None:
     assert m.running_cap == 0, "one wait is not enough"
     scrape(4, 3)
     assert m.running_cap == 4 and m.cap_confirmed
+
+
+def test_batch_size_learned_too_low_recovers() -> None:
+    """Two waits at 2 running (long prefills filling a step's token budget) confirm a size
+    of 2 on an engine that runs 4; the guard then never sends a third request, so the
+    member probes above it after CAP_PROBE_SCRAPES quiet scrapes and climbs back."""
+    m = member("a")
+
+    def scrape(running: float, waiting: float) -> None:
+        m.apply(MemberMetrics(key="a", scraped_at=(m.last_scrape_at or 0) + 1, ok=True,
+                              waiting_queue=waiting, running_req=running, cache_usage=0.1))
+
+    scrape(2, 1)
+    scrape(2, 1)
+    assert (m.running_cap, m.cap_confirmed) == (2, True)
+    for i in range(CAP_PROBE_SCRAPES - 1):
+        scrape(2, 0)
+        assert m.running_cap == 2, f"probed after {i + 1} quiet scrapes"
+    scrape(1, 0)  # below the size: the count starts over
+    for _ in range(CAP_PROBE_SCRAPES - 1):
+        scrape(2, 0)
+    assert m.running_cap == 2
+    scrape(2, 0)
+    assert (m.running_cap, m.cap_confirmed) == (3, False), "probe one above"
+    scrape(3, 0)
+    assert m.running_cap == 4, "unconfirmed: it runs all it gets, so it may take more"
+    scrape(4, 0)
+    scrape(4, 1)
+    scrape(4, 1)
+    assert (m.running_cap, m.cap_confirmed) == (4, True), "the real batch size"
 
 
 @pytest.mark.parametrize(("arrivals", "now", "slo", "max_wait", "position"), [
