@@ -27,15 +27,7 @@ from shared.metrics import nats_drops, new_registry, start_listener
 from shared.routing import SelectionEvent
 from shared.runtime import run_service, sleep_or_stop
 from shared.scheduling.core import SchedulerCore
-from shared.scheduling.follower import (
-    RESYNC_WAIT_S,
-    ViewFollower,
-    ask_resync,
-    await_pools,
-    expire_inflight,
-    resync_on_reconnect,
-    warm_up,
-)
+from shared.scheduling.follower import ViewFollower, expire_inflight, join, resync_on_reconnect
 from shared.scheduling.plugins.registry import default_registry
 from shared.state import RedisStateStore, connect_redis
 from shared.subjects import RedisKeys, Subjects
@@ -93,20 +85,9 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     follower = ViewFollower(core, on_snapshot=persister.snapshot_changed,
                             on_metrics=persister.metrics_changed)
     # The micro endpoints keep nats-py's default pending limits: add_endpoint takes none.
-    await follower.subscribe(nc, subjects, cfg.scheduler.pending_msgs_limit)
-    asked = time.monotonic()
-    await ask_resync(nc, subjects, replica)  # after subscribing: the answers reach us
-    try:
-        restored = await warm_up(store, keys, core.view, accept=core.accept_snapshot)
-        log.info("Warmed up from the state store: %d pools", restored)
-    except Exception as err:
+    if not await join(core, follower, nc, subjects, store, replica,
+                      cfg.scheduler.pending_msgs_limit):
         health["ok"] = False
-        log.warning("State store unreachable at start (%s); starting from live events only", err)
-    await await_pools(core, follower.arrived, asked + RESYNC_WAIT_S)
-    seeded = core.seed_static_pools()
-    if seeded:
-        log.info("No snapshot yet for static pool(s) %s: serving their configured members "
-                 "until the collector's first snapshot", ", ".join(seeded))
     service = await start_service(nc, subjects, endpoints)
     listener = await start_listener(prom, "scheduler", cfg.metrics)
     log.info("Scheduler replica %s serving on %s.* (queue group %s)", replica,

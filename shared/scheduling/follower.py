@@ -157,6 +157,32 @@ class ViewFollower:
             log.warning("Dropping malformed KV update: %s", err)
 
 
+async def join(core: SchedulerCore, follower: ViewFollower, nc: NATS, subjects: Subjects,
+               store: StateStore, who: str, pending_msgs_limit: int) -> bool:
+    """Start following: subscribe, ask the collectors for a resync, warm up from ``store``
+    (fail open), wait up to RESYNC_WAIT_S for the configured pools, then serve static
+    pools' configured members until their first snapshot. Returns whether the store
+    answered."""
+    await follower.subscribe(nc, subjects, pending_msgs_limit)
+    asked = time.monotonic()
+    await ask_resync(nc, subjects, who)  # after subscribing: the answers reach us
+    store_ok = True
+    try:
+        restored = await warm_up(store, RedisKeys(subjects.prefix), core.view,
+                                 accept=core.accept_snapshot)
+        log.info("%s warmed up from the state store: %d pools", who, restored)
+    except Exception as err:
+        store_ok = False
+        log.warning("State store unreachable at start (%s); %s starts from live events only",
+                    err, who)
+    await await_pools(core, follower.arrived, asked + RESYNC_WAIT_S)
+    seeded = core.seed_static_pools()
+    if seeded:
+        log.info("No snapshot yet for static pool(s) %s: serving their configured members "
+                 "until the collector's first snapshot", ", ".join(seeded))
+    return store_ok
+
+
 def seen(core: SchedulerCore, batch: MetricsBatch) -> bool:
     """Whether every member of ``batch`` was already applied from this very scrape."""
     pool = core.view.get(batch.pool, batch.partition)

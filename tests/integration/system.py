@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import msgspec
 import nats
 import yaml
 
+from services.enginesim.config import EngineConfig
+from services.enginesim.launcher import RunningEngine, start_engine
 from shared.config import LoadedConfig, load_config
 from shared.http_server import free_port
 from shared.members import parse_member_key
@@ -161,3 +163,17 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
 
 def load(path: Path) -> LoadedConfig:
     return load_config(path)
+
+
+@contextlib.asynccontextmanager
+async def engines_running(config: EngineConfig, count: int) -> AsyncIterator[list[RunningEngine]]:
+    """``count`` simulated engines of ``config``, each its own HTTP server; all stopped on exit
+    (those already started too, when a later one fails to start)."""
+    running: list[RunningEngine] = []
+    try:
+        for _ in range(count):
+            running.append(await start_engine(config))
+        yield running
+    finally:
+        for engine in running:
+            await engine.stop()

@@ -17,12 +17,12 @@ from nats.aio.msg import Msg
 
 from services.api.scheduler_client import SchedulerClient
 from services.enginesim.config import EngineConfig
-from services.enginesim.launcher import RunningEngine, start_engine
+from services.enginesim.launcher import RunningEngine
 from shared.bus import EventBatch
 from shared.routing import OutcomeEvent
 from shared.subjects import Subjects
 from tests.integration.fleet import MakeFleet
-from tests.integration.system import wait_until
+from tests.integration.system import engines_running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,8 @@ STREAMS = 8
 
 @pytest.fixture
 async def engines() -> AsyncIterator[list[RunningEngine]]:
-    running = [await start_engine(ENGINE) for _ in range(2)]
-    yield running
-    for engine in running:
-        await engine.stop()
+    async with engines_running(ENGINE, 2) as running:
+        yield running
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import openai
 import pytest
 
 from services.enginesim.config import EngineConfig
-from services.enginesim.launcher import RunningEngine, start_engine
+from services.enginesim.launcher import RunningEngine
 from tests.integration.fleet import Fleet, MakeFleet
-from tests.integration.system import wait_until
+from tests.integration.system import engines_running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +27,8 @@ POOL = "lc-pool"
 
 @pytest.fixture
 async def engines() -> AsyncIterator[list[RunningEngine]]:
-    running = [await start_engine(ENGINE) for _ in range(2)]
-    yield running
-    for engine in running:
-        await engine.stop()
+    async with engines_running(ENGINE, 2) as running:
+        yield running
 
 
 async def _fleet(make_fleet: MakeFleet, engines: list[RunningEngine]) -> Fleet:

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from services.enginesim.config import EngineConfig
-from services.enginesim.launcher import RunningEngine, start_engine
+from services.enginesim.launcher import RunningEngine
 from tests.integration.fleet import Fleet, MakeFleet
-from tests.integration.system import wait_until
+from tests.integration.system import engines_running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +23,8 @@ ENGINE = EngineConfig(model="/models/tiny", served_model_name=("gb",), max_model
 
 @pytest.fixture
 async def engines() -> AsyncIterator[list[RunningEngine]]:
-    running = [await start_engine(ENGINE) for _ in range(2)]
-    yield running
-    for engine in running:
-        await engine.stop()
+    async with engines_running(ENGINE, 2) as running:
+        yield running
 
 
 def _pool(engines: list[RunningEngine]) -> dict[str, Any]:

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from services.enginesim.config import EngineConfig
-from services.enginesim.launcher import RunningEngine, start_engine
+from services.enginesim.launcher import RunningEngine
 from tests.integration.conftest import StackFactory
 from tests.integration.fleet import FAKE, MakeFleet
-from tests.integration.system import wait_until
+from tests.integration.system import engines_running, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -80,10 +80,8 @@ async def wait_text(page: Any, selector: str, want: str, timeout_s: float, what:
 
 @pytest.fixture
 async def engines() -> AsyncIterator[list[RunningEngine]]:
-    running = [await start_engine(ENGINE) for _ in range(2)]
-    yield running
-    for engine in running:
-        await engine.stop()
+    async with engines_running(ENGINE, 2) as running:
+        yield running
 
 
 async def test_the_page_shows_pools_and_aliases_and_follows_a_sleeping_engine_live(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
@@ -22,19 +21,11 @@ from shared.bus import EventBatch, connect_nats
 from shared.config import Config
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
 from shared.scheduling.core import SchedulerCore
-from shared.scheduling.follower import (
-    RESYNC_WAIT_S,
-    ViewFollower,
-    ask_resync,
-    await_pools,
-    expire_inflight,
-    resync_on_reconnect,
-    warm_up,
-)
+from shared.scheduling.follower import ViewFollower, expire_inflight, join, resync_on_reconnect
 from shared.scheduling.plugins.registry import default_registry
 from shared.slow_consumer import OnDropped
 from shared.state import StateStore
-from shared.subjects import RedisKeys, Subjects
+from shared.subjects import Subjects
 
 log = logging.getLogger("llmsched.api.gateway")
 
@@ -120,19 +111,7 @@ async def start_local_routing(cfg: Config, store: StateStore, replica: str,
     nc = await connect_nats(f"api-routing-{replica}", nats_url, no_echo=True,
                             on_dropped=on_dropped)
     follower = ViewFollower(core)
-    await follower.subscribe(nc, subjects, cfg.scheduler.pending_msgs_limit)
-    asked = time.monotonic()
-    await ask_resync(nc, subjects, replica)
-    try:
-        restored = await warm_up(store, RedisKeys(cfg.global_.prefix), core.view,
-                                 accept=core.accept_snapshot)
-        log.info("Gateway routes in-process; warmed up %d pools from the state store",
-                 restored)
-    except Exception as err:
-        log.warning("State store unreachable at start (%s); the gateway's view starts from "
-                    "live events only", err)
-    await await_pools(core, follower.arrived, asked + RESYNC_WAIT_S)
-    core.seed_static_pools()
+    await join(core, follower, nc, subjects, store, replica, cfg.scheduler.pending_msgs_limit)
     tasks = [asyncio.create_task(expire_inflight(core, stop)),
              asyncio.create_task(resync_on_reconnect(nc, subjects, replica, stop))]
     return LocalRouting(core, nc, follower, tasks)
