@@ -41,7 +41,24 @@ async def _fleet(make_fleet: MakeFleet, engines: list[RunningEngine]) -> Fleet:
         r = await fleet.http.get(f"{fleet.api}/pools/{POOL}/Common/status")
         return r.status_code == 200 and r.json()["member_count"] == 2
     await wait_until(known, 20, "the pool's members known")
+    await _routable(fleet)
     return fleet
+
+
+async def _routable(fleet: Fleet) -> None:
+    """Until the API's own view has the members' metrics (before the first scrape reaches
+    it, a decision answers ``no_metrics``, as a scheduler replica's would)."""
+    seen: list[str] = []
+
+    async def ok() -> bool:
+        r = await fleet.http.post(f"{fleet.api}/v1/chat/completions", json={
+            "model": "lc", "max_tokens": 1, "messages": [{"role": "user", "content": "up?"}]})
+        seen.append(f"{r.status_code} {r.text[:120]}")
+        return r.status_code == 200
+    try:
+        await wait_until(ok, 20, "the gateway to route")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last answers: {seen[-3:]}") from None
 
 
 async def _served(engine: RunningEngine) -> float:
@@ -68,7 +85,7 @@ async def test_local_decisions_serve_spread_and_are_counted_by_the_scheduler(
             for i in range(10)))
         assert all(c.choices[0].message.content for c in chats), chats
         served = [await _served(e) for e in engines]
-        assert sum(served) >= 10 and min(served) > 0, f"engines served {served}"
+        assert sum(served) >= 11 and min(served) > 0, f"engines served {served}"
 
         # A long stream is in flight: the scheduler replica counts it from the API's
         # selection event, though it never took the decision.
@@ -137,11 +154,12 @@ async def test_local_admission_line_serves_every_held_request(
         r = await fleet.http.get(f"{fleet.api}/pools/{POOL}/Common/status")
         return r.status_code == 200 and r.json()["member_count"] == 2
     await wait_until(known, 20, "the pool's members known")
+    await _routable(fleet)
     body = {"model": "lc", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient(timeout=120) as http:
         results = await asyncio.gather(*(http.post(f"{fleet.api}/v1/chat/completions",
                                                    json=body) for _ in range(6)))
     assert [r.status_code for r in results] == [200] * 6, [r.text[:200] for r in results]
     served = [await _served(e) for e in engines]
-    assert sum(served) == 6, f"engines served {served}"
+    assert sum(served) == 7, f"engines served {served} (6 and the readiness probe)"
     assert all(v == 0 for v in (await _inflight(fleet)).values()), await _inflight(fleet)
