@@ -121,8 +121,6 @@ class Bench:
     log_level: str = "INFO"
     seed: int = 0
     router_exe: Path | None = None
-    failing_metrics: int | None = None
-    """Index of an engine whose /metrics answers 500 for the whole of every run."""
 
 
 def _compact_status(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -291,7 +289,7 @@ async def bench_all(args: argparse.Namespace, fl: Fleet, engines: list[EngineCon
     async with aiohttp.ClientSession(connector=connector) as session:
         await wait_fleet(fl, session)
         bench = Bench(fl, engines, session, slo, args.metrics_ms, args.timeout, workdir,
-                      args.log_level, failing_metrics=args.failing_metrics)
+                      args.log_level)
         routers = [r.strip() for r in args.routers.split(",") if r.strip()]
         if any(r.startswith("vr-") for r in routers):
             bench.router_exe = ensure_vllm_router()
@@ -349,24 +347,10 @@ async def _attempt(name: str, bench: Bench, trace: list[TraceRequest], timeout_s
                    ) -> RealRun:
     await bench.fleet.wait_idle(bench.session)
     async with setup(name, bench) as (router, cpu, info):
-        await _metrics_faults(bench, 1.0)
-        try:
-            outcome = await replay(trace, router, bench.fleet, bench.session, cpu,
-                                   timeout_s=timeout_s)
-        finally:
-            await _metrics_faults(bench, 0.0)
+        outcome = await replay(trace, router, bench.fleet, bench.session, cpu,
+                               timeout_s=timeout_s)
         outcome.extra = await info()
     return outcome
-
-
-async def _metrics_faults(bench: Bench, rate: float) -> None:
-    """``--failing-metrics``: that engine's scrapes fail (rate 1.0) or answer again (0.0)."""
-    if bench.failing_metrics is None:
-        return
-    url = f"{bench.fleet.urls[bench.failing_metrics]}/_sim/faults"
-    async with bench.session.post(url, json={"metrics_error_rate": rate}) as resp:
-        if resp.status != 200:
-            raise StackError(f"{url} answered {resp.status}: {await resp.text()}")
 
 
 async def _attempts(name: str, bench: Bench, trace: list[TraceRequest],
@@ -417,9 +401,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="per request, seconds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep-logs", action="store_true")
-    parser.add_argument("--failing-metrics", type=int, default=None, metavar="ENGINE",
-                        help="engine index (0-based, fleet order) whose /metrics answers 500 "
-                             "during every run: no death spiral onto or away from it")
     parser.add_argument("--min-pace", type=float, default=0.8,
                         help="a run whose slowest engine kept less of its modelled pace is "
                              "run again (the box was too busy to simulate the fleet)")
@@ -453,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "max_num_seqs": engines[0].max_num_seqs},
         "trace": dataclasses.asdict(base), "runs": args.runs, "nice": args.nice,
         "engine_procs": args.engine_procs,
-        "metrics_ms": args.metrics_ms, "failing_metrics": args.failing_metrics,
+        "metrics_ms": args.metrics_ms,
         "capacity_virtual_rps": cap, "unloaded_ttft_virtual_s": virtual_ttft, "slo_s": slo,
         "loads": {}, "failures": [], "slow_attempts": []}
 
