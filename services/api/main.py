@@ -173,7 +173,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     if local is None:
         outcomes = await nc.subscribe(subjects.request_outcome, cb=on_outcome)
     else:  # told once the in-process core let the request go (no race with the decision)
-        local.freed = lambda pool: admission.freed(pool) if admission.busy else None
+        local.admission = admission
     await view.refresh()
     if sock is None:
         sock = bind_socket(cfg.global_.api_host,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
+from services.api.gateway.admission import AdmissionLines
 from shared.bus import EventBatch, connect_nats
 from shared.config import Config
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
@@ -44,9 +44,6 @@ class LocalRouter:
         return reply
 
 
-Freed = Callable[[tuple[str, str]], None]
-"""Told the pool of every request that ended, once the core no longer counts it."""
-
 OTHERS_FREED_DELAY_S = 0.002
 """A slot freed by another process's request is offered to this process's waiting line
 this much later: the process that ran the request may fill it first, and its selection
@@ -59,9 +56,9 @@ class LocalRouting:
     back) and the tasks that keep its view current; :meth:`close` ends them.
 
     This process's outcomes are applied to the core at once and published from here; the
-    other processes' arrive through the follower. Either way ``freed`` hears of the pool
-    after the core has let the request go, so a waiting request that tries again sees the
-    slot (the gateway's admission line)."""
+    other processes' arrive through the follower. Either way, while requests wait in the
+    gateway's admission line, it hears of the pool after the core has let the request go,
+    so the one that tries again sees the slot."""
 
     def __init__(self, core: SchedulerCore, nc: NATS, follower: ViewFollower,
                  tasks: list[asyncio.Task[None]]) -> None:
@@ -72,7 +69,7 @@ class LocalRouting:
             nc, subjects.selection, "selection event(s)"))
         self._outcomes = EventBatch[OutcomeEvent](nc, subjects.request_outcome,
                                                   "outcome event(s)")
-        self.freed: Freed | None = None
+        self.admission: AdmissionLines | None = None
         self._follower = follower
         follower.on_outcome = self._others_outcome
         self._tasks = tasks
@@ -81,12 +78,14 @@ class LocalRouting:
         """One of this process's attempts ended: out of the count now, then on the bus."""
         self.core.apply_outcome(event)
         self._outcomes.add(event)
-        if self.freed is not None:
-            self.freed((event.pool, event.partition))
+        if self.admission is not None and self.admission.busy:
+            self.admission.freed((event.pool, event.partition))
 
     def _others_outcome(self, event: OutcomeEvent) -> None:
-        if self.freed is not None:
-            asyncio.get_running_loop().call_later(OTHERS_FREED_DELAY_S, self.freed,
+        # No timer per outcome while nobody waits: a request that joins the line later was
+        # answered busy by a core that had already let this one go.
+        if self.admission is not None and self.admission.busy:
+            asyncio.get_running_loop().call_later(OTHERS_FREED_DELAY_S, self.admission.freed,
                                                   (event.pool, event.partition))
 
     def apply_config(self, config: Config) -> None:
