@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -61,7 +62,7 @@ async def test_events_of_one_loop_pass_leave_as_one_message(nc: NATS, prefix: st
     batch = EventBatch[OutcomeEvent](nc, subject, "outcome event(s)")
     for n in range(3):
         batch.add(_outcome(n))
-    await asyncio.sleep(0.05)  # a later pass: its own message
+    await asyncio.sleep(0.05)  # a later pass, past the pace (1 ms): its own message
     batch.add(_outcome(3))
     await wait_until(lambda: _at_least(messages, 2), 10, "two messages")
     decode = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent]).decode
@@ -70,6 +71,34 @@ async def test_events_of_one_loop_pass_leave_as_one_message(nc: NATS, prefix: st
         messages
     assert isinstance(second, OutcomeEvent) and second.request_id == "r-3", messages
     assert len(messages) == 2, messages
+
+
+async def test_events_within_the_pace_of_the_last_message_wait_and_leave_together(
+        nc: NATS, prefix: str) -> None:
+    subject = Subjects(prefix).request_outcome
+    arrivals: list[tuple[float, bytes]] = []
+
+    async def collect(msg: Msg) -> None:
+        arrivals.append((time.monotonic(), msg.data))
+
+    await nc.subscribe(subject, cb=collect)
+    await nc.flush()
+    pace = 0.3
+    batch = EventBatch[OutcomeEvent](nc, subject, "outcome event(s)", pace_s=pace)
+    batch.add(_outcome(0))  # nothing sent before: leaves at the next pass
+    for n in (1, 2):  # later passes, within the pace: they wait for it
+        await asyncio.sleep(0.01)
+        batch.add(_outcome(n))
+    await wait_until(lambda: _at_least([m for _, m in arrivals], 2), 10, "two messages")
+    decode = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent]).decode
+    (first_at, first), (second_at, second) = arrivals
+    assert decode(first) == _outcome(0), arrivals
+    paced = decode(second)
+    assert isinstance(paced, list) and [o.request_id for o in paced] == ["r-1", "r-2"], arrivals
+    # A lower bound only: a busy machine makes the second message later, never earlier.
+    assert second_at - first_at >= pace * 0.8, arrivals
+    await asyncio.sleep(0.05)
+    assert len(arrivals) == 2, arrivals
 
 
 async def _at_least(items: list[bytes], n: int) -> bool:

@@ -44,11 +44,11 @@ class LocalRouter:
         return reply
 
 
-OTHERS_FREED_DELAY_S = 0.002
+OTHERS_FREED_DELAY_S = 0.003
 """A slot freed by another process's request is offered to this process's waiting line
 this much later: the process that ran the request may fill it first, and its selection
-reaches every other process within about a millisecond, so two lines do not both take
-the one slot."""
+reaches every other process within about two milliseconds (one of pacing, see
+``shared.bus.EventBatch``, and the bus), so two lines do not both take the one slot."""
 
 
 class LocalRouting:
