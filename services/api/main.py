@@ -37,6 +37,7 @@ from services.api.status_page import status_page_router
 from services.api.workers import workers_router
 from shared.auth import AdminAuth
 from shared.bus import connect_nats
+from shared.coalesce import CoalescingHttpToolsProtocol
 from shared.config import Config, GatewayConfig, LoadedConfig
 from shared.config_watch import ConfigWatcher
 from shared.http_server import QuietServer, bind_socket, socket_from_fd
@@ -179,6 +180,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         sock = bind_socket(cfg.global_.api_host,
                            port if port is not None else cfg.global_.api_port)
     server = QuietServer(uvicorn.Config(app, log_config=None, log_level="warning",
+                                        http=CoalescingHttpToolsProtocol,
                                         access_log=False, lifespan="off", timeout_keep_alive=30,
                                         timeout_graceful_shutdown=GRACEFUL_S))
     server_task = asyncio.create_task(server.serve(sockets=[sock]))

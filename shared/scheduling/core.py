@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.config import Config, PoolConfig
 from shared.engines import PREFIX_CACHING_FLAG
-from shared.members import static_snapshot, url_host
+from shared.members import static_snapshot
 from shared.messages import (
     REMOVED,
     AnalyzeReply,
@@ -207,7 +207,8 @@ class SchedulerCore:
         if pool is None or not pool.members:
             return RouteReply(answer="none", reason="pool_empty"), None
         self._settle((pool.name, pool.partition))
-        active = [m for m in pool.members.values() if m.exclusion() is None]
+        # Awake and available (what ``MemberState.exclusion`` checks), written out: hot path.
+        active = [m for m in pool.members.values() if m.available and not m.asleep]
         tried = set(req.exclude)
         keys = [m.key for m in active if m.key not in tried]
         ctx = self._ctx(req.pool, req.partition, prompt_tokens=req.prompt_chars / 4)
@@ -228,8 +229,7 @@ class SchedulerCore:
             return RouteReply(answer=decision.answer if decision.answer == "busy" else "none",
                               reason=decision.reason, active=len(active)), None
         event = self._count_routed(pool, member, req.request_id, req.ttl_s, ctx)
-        url = f"http://{url_host(member.host)}:{member.port}"
-        return RouteReply(answer=member.key, reason=decision.reason, url=url,
+        return RouteReply(answer=member.key, reason=decision.reason, url=member.base_url(),
                           active=len(active)), event
 
     def _keys(self, ctx: DecisionContext, pool: PoolState, hashes: list[int],

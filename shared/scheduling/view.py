@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.members import url_host
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot
 
 ITL_SMOOTHING = 0.3
+"""Weight of the newest scrape in a member's inter-token latency average."""
 CAP_PROBE_SCRAPES = 10
 """Scrapes in a row at a confirmed batch size with nobody waiting before probing one
 above it (a size learned too low would otherwise hold the member below its capacity for
 good)."""
-"""Weight of the newest scrape in a member's inter-token latency average."""
 
 
 @dataclass(slots=True)
@@ -59,6 +60,15 @@ class MemberState:
     consecutive_failures: int = 0
     trial_successes: int = 0
     open_until: float = 0.0
+    _url: tuple[str, int, str] | None = None
+
+    def base_url(self) -> str:
+        """``http://host:port`` (IPv6 bracketed), made once per host and port."""
+        cached = self._url
+        if cached is None or cached[0] != self.host or cached[1] != self.port:
+            cached = self._url = (self.host, self.port,
+                                  f"http://{url_host(self.host)}:{self.port}")
+        return cached[2]
 
     def fresh(self, now: float, stale_after_s: float) -> bool:
         """True when the values are present and younger than the staleness window."""

@@ -46,18 +46,26 @@ class Profile:
 
     def score(self, ctx: DecisionContext, members: list[MemberState]) -> list[float]:
         totals = [0.0] * len(members)
-        rated = list(range(len(members)))
+        subset = members
+        rated: list[int] | None = None  # None: every member is rated, in order
         if self.require_fresh:
             # Freshness is decided once here; scorers only ever see fresh members.
             now, window = ctx.now, ctx.stale_after_s
-            rated = [i for i, m in enumerate(members) if m.fresh(now, window)]
-        subset = [members[i] for i in rated]
+            fresh = [i for i, m in enumerate(members) if m.fresh(now, window)]
+            if len(fresh) < len(members):
+                rated, subset = fresh, [members[i] for i in fresh]
         for weight, scorer in self.scorers:
             if weight == 0:
                 continue
-            for i, s in zip(rated, scorer.score(ctx, subset), strict=True):
+            scores = scorer.score(ctx, subset)
+            if len(scores) != len(subset):
+                raise ValueError(f"scorer {scorer.name} rated {len(scores)} of "
+                                 f"{len(subset)} members")
+            for j, s in enumerate(scores):
                 if s is not None:
-                    totals[i] += weight * min(max(s, 0.0), 1.0)
+                    # The gateway decides per request: the clamp is written out, not min/max.
+                    totals[j if rated is None else rated[j]] += (
+                        weight * (0.0 if s < 0.0 else 1.0 if s > 1.0 else s))
         return totals
 
 

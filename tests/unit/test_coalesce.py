@@ -1,0 +1,213 @@
+"""Writes of one event-loop pass leave as one: the transport proxy and uvicorn with it.
+
+The server runs on the default asyncio loop and on uvloop (what the services run on), on a
+real loopback socket, and is read by a raw socket client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import pytest
+import uvicorn
+import uvloop
+
+from shared.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
+
+Scope = MutableMapping[str, Any]
+
+
+class Socketpair:
+    """A real connected pair: the server side as an asyncio transport, the peer raw."""
+
+    def __init__(self) -> None:
+        self.ours, self.peer = socket.socketpair()
+        self.peer.setblocking(False)
+        self.transport: asyncio.Transport | None = None
+
+    async def open(self) -> CoalescingTransport:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, self.ours)
+        self.transport = transport
+        return CoalescingTransport(transport, loop)
+
+    async def read(self, timeout_s: float = 2.0) -> bytes:
+        """One recv of what has arrived (waits for the first byte)."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.sock_recv(self.peer, 65536), timeout_s)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.peer.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    def runner(scenario: Callable[[], Awaitable[None]]) -> None:
+        main = asyncio.wait_for(scenario(), 30)
+        if request.param == "uvloop":
+            uvloop.run(main)
+        else:
+            asyncio.run(main)
+
+    return runner
+
+
+def test_writes_of_one_pass_leave_together_at_the_next(run: Any) -> None:
+    async def scenario() -> None:
+        pair = Socketpair()
+        try:
+            t = await pair.open()
+            t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+            t.write(b"")  # nothing: no write
+            t.write(bytearray(b"body"))
+            assert t.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\nbody")
+            with pytest.raises(BlockingIOError):  # nothing on the wire within this pass
+                pair.peer.recv(100)
+            got = await pair.read()
+            assert got == b"HTTP/1.1 200 OK\r\n\r\nbody", got
+            t.writelines([b"a", b"b"])
+            assert await pair.read() == b"ab"
+        finally:
+            pair.close()
+
+    run(scenario)
+
+
+def test_close_sends_what_is_pending_abort_drops_it(run: Any) -> None:
+    async def scenario() -> None:
+        pair = Socketpair()
+        try:
+            t = await pair.open()
+            t.write(b"last words")
+            t.close()
+            assert t.is_closing()
+            assert await pair.read() == b"last words"
+            assert await pair.read() == b"", "closed after the pending bytes"
+        finally:
+            pair.close()
+        pair = Socketpair()
+        try:
+            t = await pair.open()
+            t.write(b"never sent")
+            t.abort()
+            got = await pair.read()
+            assert got == b"", f"an aborted connection sent {got!r}"
+        except ConnectionResetError:
+            pass  # an abort may reset the connection: no byte either way
+        finally:
+            pair.close()
+
+    run(scenario)
+
+
+def test_pending_bytes_for_a_transport_closed_meanwhile_are_dropped(run: Any) -> None:
+    async def scenario() -> None:
+        pair = Socketpair()
+        try:
+            t = await pair.open()
+            t.write(b"too late")
+            assert pair.transport is not None
+            pair.transport.close()  # the connection ends before the next pass
+            await asyncio.sleep(0.05)  # the flush runs: no error, nothing written
+            assert t.get_write_buffer_size() == 0
+        finally:
+            pair.close()
+
+    run(scenario)
+
+
+class Gates:
+    """Set by the client when it has read a part; the app waits for them before the next
+    part, so an answer held back by the server would stall the test (it times out)."""
+
+    def __init__(self) -> None:
+        self.head_read = asyncio.Event()
+        self.first_read = asyncio.Event()
+
+
+def _app(gates: Gates) -> Callable[[Scope, Any, Any], Awaitable[None]]:
+    """``/json``: head and body at once; ``/slow``: head, then the body once the client
+    has the head; ``/stream``: a chunk, then another once the client has the first."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        path = scope["path"]
+        if path == "/json":
+            body = b'{"ok":true}'
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        if path == "/slow":
+            await gates.head_read.wait()
+            await send({"type": "http.response.body", "body": b"late"})
+            return
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await gates.first_read.wait()
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def _serve(gates: Gates) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(_app(gates), http=CoalescingHttpToolsProtocol, log_config=None,
+                            lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    sock.listen(16)  # clients queue in the backlog until the server accepts
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    return server, task, sock.getsockname()[1]
+
+
+async def _read_until(reader: asyncio.StreamReader, marker: bytes, what: str) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.readuntil(marker), 5)
+    except TimeoutError:
+        raise AssertionError(f"{what}: nothing up to {marker!r} within 5 s") from None
+
+
+def test_uvicorn_serves_keep_alive_json_and_streams_without_holding_bytes(run: Any) -> None:
+    async def scenario() -> None:
+        gates = Gates()
+        server, task, port = await _serve(gates)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(3):  # one connection, several answers
+                writer.write(b"GET /json HTTP/1.1\r\nhost: t\r\n\r\n")
+                head = await _read_until(reader, b"\r\n\r\n", "json head")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                body = await asyncio.wait_for(reader.readexactly(11), 5)
+                assert body == b'{"ok":true}', body
+
+            # Headers are not held until the body: the body waits for the client to have them.
+            writer.write(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n")
+            head = await _read_until(reader, b"\r\n\r\n", "slow head")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            gates.head_read.set()
+            body = await _read_until(reader, b"0\r\n\r\n", "slow body")
+            assert b"late" in body, body
+
+            # A stream's first chunk arrives before the second is even sent.
+            writer.write(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
+            await _read_until(reader, b"\r\n\r\n", "stream head")
+            first = await _read_until(reader, b"\n\n\r\n", "first chunk")
+            assert b"data: 1" in first and b"data: 2" not in first, first
+            gates.first_read.set()
+            rest = await _read_until(reader, b"0\r\n\r\n", "rest")
+            assert b"data: 2" in rest, rest
+            writer.close()
+        finally:
+            server.should_exit = True
+            await task
+
+    run(scenario)
