@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from services.api.gateway.deadlines import Deadlines
 from services.api.gateway.proxy import WATCH_AFTER_S, _DisconnectWatch
 
 
@@ -27,7 +28,7 @@ async def test_a_request_shorter_than_the_watch_delay_starts_no_task() -> None:
     this = asyncio.current_task()
     assert this is not None
     before = asyncio.all_tasks()
-    watch = _DisconnectWatch(_never, this, _exchange())
+    watch = _DisconnectWatch(_never, this, _exchange(), Deadlines())
     await asyncio.sleep(0.05)
     started = asyncio.all_tasks() - before
     watch.stop()
@@ -39,7 +40,7 @@ async def test_a_client_gone_before_the_watch_arms_is_seen_when_it_arms() -> Non
     async def request(watch_box: list[_DisconnectWatch]) -> None:
         this = asyncio.current_task()
         assert this is not None
-        watch_box.append(_DisconnectWatch(_gone, this, _exchange()))
+        watch_box.append(_DisconnectWatch(_gone, this, _exchange(), Deadlines()))
         try:
             await asyncio.sleep(30)
         finally:
@@ -58,7 +59,7 @@ async def test_a_client_gone_before_the_watch_arms_is_seen_when_it_arms() -> Non
 async def test_an_answered_request_is_not_cancelled_by_the_closing_disconnect() -> None:
     this = asyncio.current_task()
     assert this is not None
-    watch = _DisconnectWatch(_gone, this, _exchange(answered=True))
+    watch = _DisconnectWatch(_gone, this, _exchange(answered=True), Deadlines())
     await asyncio.sleep(WATCH_AFTER_S + 0.3)  # armed: sees the end-of-response disconnect
     watch.stop()
     assert not watch.gone

@@ -17,6 +17,7 @@ import msgspec
 
 from services.api.gateway.body import BODY_IDLE_S, MAX_BODY_BYTES, GatewayError, Kind
 from services.api.gateway.catalog import Catalog
+from services.api.gateway.deadlines import Deadlines
 from services.api.gateway.proxy import Gateway
 from shared.access_log import log_request
 from shared.errors import error_body
@@ -82,7 +83,7 @@ class GatewayFront:
             if kind is None:
                 await _send_json(send, 200, self.catalog.models_list(), head=method == "HEAD")
                 return
-            raw = await _read_body(receive)
+            raw = await _read_body(receive, self.gateway.deadlines)
             await self.gateway.handle(kind, raw, receive, send, scope["headers"])
         except GatewayError as err:
             if err.status >= 500:
@@ -105,27 +106,40 @@ class GatewayFront:
                            code="invalid_api_key")
 
 
-async def _read_body(receive: Receive) -> bytes:
+_BODY_IDLE = "llmsched: request body idle"
+"""The cancel message of a body read that timed out."""
+
+
+async def _read_body(receive: Receive, deadlines: Deadlines) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while True:
-        try:
-            # A timeout scope, not wait_for: that wraps every receive in a task of its own.
-            async with asyncio.timeout(BODY_IDLE_S):
+    task = asyncio.current_task()
+    assert task is not None
+    loop = task.get_loop()
+    try:
+        while True:
+            # A coarse deadline per read (Deadlines: no event-loop timer per request).
+            deadlines.set(task, loop.time() + BODY_IDLE_S, lambda: task.cancel(_BODY_IDLE))
+            try:
                 message = await receive()
-        except TimeoutError:
-            raise GatewayError(408, f"no byte of the request body for {BODY_IDLE_S:g}s",
-                               code="request_timeout") from None
-        if message["type"] == "http.disconnect":
-            raise GatewayError(400, "client disconnected before sending the body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise GatewayError(413, f"request body larger than {MAX_BODY_BYTES} bytes",
-                               code="body_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+            except asyncio.CancelledError as err:
+                if err.args != (_BODY_IDLE,):
+                    raise
+                task.uncancel()
+                raise GatewayError(408, f"no byte of the request body for {BODY_IDLE_S:g}s",
+                                   code="request_timeout") from None
+            if message["type"] == "http.disconnect":
+                raise GatewayError(400, "client disconnected before sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise GatewayError(413, f"request body larger than {MAX_BODY_BYTES} bytes",
+                                   code="body_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        deadlines.clear(task)
 
 
 async def _send_json(send: Send, status: int, value: Any, *, head: bool = False,

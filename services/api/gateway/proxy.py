@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ import msgspec
 
 from services.api.gateway.admission import AdmissionLines, Ticket
 from services.api.gateway.body import GatewayError, GatewayRequest, Kind, parse_request
+from services.api.gateway.deadlines import Deadlines
 from services.api.gateway.hold import HoldQueues
 from services.api.gateway.metrics import GatewayMetrics
 from services.api.gateway.upstream import Upstream, UpstreamFailed, UpstreamResponse
@@ -114,6 +115,10 @@ class Gateway:
         self.ongoing = 0
         self.keys: RouteKeys | None = None
         """Makes the route fields of requests to cache-aware pools (set by the service)."""
+        self.deadlines = Deadlines()
+        """Coarse timeouts of the requests (the disconnect watch; the front's body reads)."""
+        self.ids = random.Random()
+        """Request ids (seeded from the OS; ids need to be unique, not secret)."""
 
     async def handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
                      headers: Headers = ()) -> None:
@@ -157,7 +162,7 @@ class Gateway:
         # The exchange runs in this task; a watcher cancels it if the client goes away.
         this = asyncio.current_task()
         assert this is not None
-        watch = _DisconnectWatch(receive, this, exchange)
+        watch = _DisconnectWatch(receive, this, exchange, self.deadlines)
         try:
             await exchange.run()
         except asyncio.CancelledError:
@@ -190,7 +195,7 @@ class _Exchange:
         self.request = request
         self.target = target
         self.send = send
-        self.base_id = os.urandom(8).hex()
+        self.base_id = f"{gw.ids.getrandbits(64):016x}"
         self.started = gw.clock()
         self.tried: list[str] = []
         self.last_error = ""
@@ -215,7 +220,11 @@ class _Exchange:
         attempt = 0
         body = self.request.for_engine(self.target.served_model)
         pool = (self.target.pool, self.target.partition)
-        with contextlib.ExitStack() as held, contextlib.ExitStack() as admitted:
+        # The hold and admission lines are joined only when needed (rarely): no context
+        # managers on the path of a request that is routed at once.
+        held: contextlib.ExitStack | None = None
+        admitted: contextlib.ExitStack | None = None
+        try:
             deadline: float | None = None
             ticket: Ticket | None = None
             while True:
@@ -229,12 +238,14 @@ class _Exchange:
                         # Every member is past its limits: wait in the pool's line (late
                         # binding: the first member to free a slot takes the next in line).
                         if ticket is None:
+                            admitted = contextlib.ExitStack()
                             ticket = admitted.enter_context(gw.admission.enter(pool))
                             self._queued(admitted, "admission")
                         await gw.admission.wait_turn(pool, ticket)
                         continue
                     if self.target.managed and reply.active == 0 and not self.tried:
                         if deadline is None:
+                            held = contextlib.ExitStack()
                             deadline = held.enter_context(gw.hold.enter(self.target.alias))
                             self._queued(held, "hold")
                             log.info("Holding a request for %s: no active instance (%s)",
@@ -242,12 +253,12 @@ class _Exchange:
                         await gw.hold.pause(self.target.alias, deadline)
                         continue
                     raise self._no_instance(reply)
-                if deadline is not None:
+                if held is not None:
                     held.close()
-                    deadline = None
-                if ticket is not None:
+                    held, deadline = None, None
+                if admitted is not None:
                     admitted.close()  # out of the line: the next one may try at once
-                    ticket = None
+                    admitted, ticket = None, None
                 member = reply.answer
                 try:
                     dispatched = gw.clock()
@@ -274,6 +285,11 @@ class _Exchange:
                 await self._relay(upstream, request_id, member, attempt,
                                   gw.clock() - dispatched)
                 return
+        finally:
+            if held is not None:
+                held.close()
+            if admitted is not None:
+                admitted.close()
 
     def _queued(self, line: contextlib.ExitStack, queue: str) -> None:
         """Count the request in ``queue`` until ``line`` closes."""
@@ -336,14 +352,15 @@ class _Exchange:
             if upstream.first:
                 await send({"type": "http.response.body", "body": upstream.first,
                             "more_body": True})
-            async for chunk in upstream.rest():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                tail += chunk
-                if parse_whole:
-                    if len(tail) > MAX_PARSED_BODY:
-                        parse_whole = False
-                elif len(tail) > 2 * USAGE_TAIL_BYTES:
-                    del tail[:-USAGE_TAIL_BYTES]
+            if not upstream.ended():  # a small JSON answer often came whole with its head
+                async for chunk in upstream.rest():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    tail += chunk
+                    if parse_whole:
+                        if len(tail) > MAX_PARSED_BODY:
+                            parse_whole = False
+                    elif len(tail) > 2 * USAGE_TAIL_BYTES:
+                        del tail[:-USAGE_TAIL_BYTES]
             self.answered = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             upstream.close()
@@ -377,32 +394,34 @@ class _Exchange:
 class _DisconnectWatch:
     """Cancels a request's task when its client closes the connection before the answer ends.
 
-    Armed only once the request has lasted ``WATCH_AFTER_S``: a watcher task from the start
+    Armed only once the request has lasted ``WATCH_AFTER_S`` (up to a tick of ``deadlines``
+    later): a watcher task from the start
     cost each request about 35 µs of CPU, a quarter of the gateway's own work, and a short
     request ends before its client's leaving could spare the engine much. A client that left
     earlier is seen as soon as the watcher arms: the server remembers the disconnect.
     """
 
-    __slots__ = ("_exchange", "_receive", "_task", "_timer", "_watcher", "gone")
+    __slots__ = ("_deadlines", "_exchange", "_receive", "_task", "_watcher", "gone")
 
-    def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange,
+                 deadlines: Deadlines) -> None:
         self._receive = receive
         self._task = task
         self._exchange = exchange
         self._watcher: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = task.get_loop().call_later(
-            WATCH_AFTER_S, self._arm)
+        self._deadlines = deadlines
+        deadlines.set(self, task.get_loop().time() + WATCH_AFTER_S, self._arm)
         self.gone = False
         """The client left and the task was cancelled for it."""
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadlines.clear(self)
         if self._watcher is not None:
             self._watcher.cancel()
 
     def _arm(self) -> None:
-        self._timer = None
+        if self._task.done():
+            return
         self._watcher = self._task.get_loop().create_task(self._watch())
 
     async def _watch(self) -> None:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from services.api.gateway.deadlines import Deadlines
+
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer",
                         b"upgrade", b"proxy-authenticate", b"proxy-authorization",
                         b"content-length", b"content-encoding", b"date", b"server"})
@@ -223,13 +225,15 @@ class _Connection(asyncio.Protocol):
         """Wait for news from the engine; False when loop time ``until`` came first."""
         fut: asyncio.Future[bool] = self.loop.create_future()
         self.waiter = fut
-        timer = None if until is None else self.loop.call_at(until, _expire, fut)
+        deadlines = self.owner.deadlines
+        if until is not None:
+            deadlines.set(self, until, lambda: _expire(fut))
         try:
             return await fut
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
+            if until is not None:
+                deadlines.clear(self)
 
     def take(self) -> bytes:
         """Every body byte read so far that the relay has not taken."""
@@ -284,6 +288,11 @@ class UpstreamResponse:
         self.first = first
         self._conn = conn
 
+    def ended(self) -> bool:
+        """The whole body has been read and handed over (``rest`` would yield nothing)."""
+        conn = self._conn
+        return conn.complete and not conn.chunks
+
     async def rest(self) -> AsyncIterator[bytes]:
         """The body after the first chunk, de-chunked, as the engine sends it."""
         conn = self._conn
@@ -321,6 +330,8 @@ class Upstream:
         self._targets: dict[str, _Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.deadlines = Deadlines()
+        """First-byte timeouts (coarse: checked every tenth of a second)."""
 
     async def close(self) -> None:
         """Close every connection, idle or busy."""
