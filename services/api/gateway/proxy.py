@@ -349,18 +349,23 @@ class _Exchange:
         try:
             await send({"type": "http.response.start", "status": upstream.status,
                         "headers": upstream.headers})
+            if upstream.ended():  # a small JSON answer often comes whole with its head
+                self.answered = True
+                await send({"type": "http.response.body", "body": upstream.first,
+                            "more_body": False})
+                upstream.close()
+                return
             if upstream.first:
                 await send({"type": "http.response.body", "body": upstream.first,
                             "more_body": True})
-            if not upstream.ended():  # a small JSON answer often came whole with its head
-                async for chunk in upstream.rest():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    tail += chunk
-                    if parse_whole:
-                        if len(tail) > MAX_PARSED_BODY:
-                            parse_whole = False
-                    elif len(tail) > 2 * USAGE_TAIL_BYTES:
-                        del tail[:-USAGE_TAIL_BYTES]
+            async for chunk in upstream.rest():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tail += chunk
+                if parse_whole:
+                    if len(tail) > MAX_PARSED_BODY:
+                        parse_whole = False
+                elif len(tail) > 2 * USAGE_TAIL_BYTES:
+                    del tail[:-USAGE_TAIL_BYTES]
             self.answered = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             upstream.close()
