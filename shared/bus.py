@@ -126,6 +126,13 @@ class EventBatch(Generic[Event]):
             else:
                 loop.call_soon(self._flush)
 
+    async def close(self) -> None:
+        """Publish the events waiting for their pace now, and wait for every publish (call
+        it before the connection drains: a waiting event is not in nats-py's buffer yet)."""
+        self._flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
     def _flush(self) -> None:
         events, self._events = self._events, []
         if not events:

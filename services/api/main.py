@@ -207,6 +207,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
                 await outcomes.unsubscribe()
         if local is not None:
             await local.close()
+        await events.close()
         await upstream.close()
         await pd_source.close()
         await registry.close()

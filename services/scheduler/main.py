@@ -121,6 +121,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         with contextlib.suppress(Exception):
             await asyncio.wait_for(persisting, PERSIST_STOP_TIMEOUT_S)
             await persister.flush()
+        await selections.close()  # the selections still waiting for their pace
         with contextlib.suppress(Exception):
             await nc.drain()
         await counts.close()

@@ -56,6 +56,10 @@ class NatsEvents:
         ``outcomes`` given, they go there instead (the in-process router publishes them)."""
         self._sink(event)
 
+    async def close(self) -> None:
+        """Publish the outcomes still waiting for their pace (before the connection drains)."""
+        await self._outcomes.close()
+
     async def demand(self, alias: str, waiting: int) -> None:
         event = DemandEvent(alias=alias, waiting=waiting, gateway=self.gateway_id,
                             at=time.time())

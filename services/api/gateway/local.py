@@ -43,6 +43,10 @@ class LocalRouter:
             self._selections.add(event)
         return reply
 
+    async def close(self) -> None:
+        """Publish the selections still waiting for their pace."""
+        await self._selections.close()
+
 
 OTHERS_FREED_DELAY_S = 0.003
 """A slot freed by another process's request is offered to this process's waiting line
@@ -96,6 +100,8 @@ class LocalRouting:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.router.close()
+        await self._outcomes.close()
         with contextlib.suppress(Exception):
             await self.nc.drain()
 
