@@ -23,7 +23,7 @@ from shared.messages import (
 from shared.prefix_events import KvUpdate
 from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEvent
 from shared.scheduling.analysis import analyze, simulate
-from shared.scheduling.decide import Decision, decide, score_candidates
+from shared.scheduling.decide import Decision, decide, pick, score_candidates, score_members
 from shared.scheduling.feedback import Feedback
 from shared.scheduling.inflight import InflightTracker
 from shared.scheduling.plugins.base import DecisionContext
@@ -209,20 +209,23 @@ class SchedulerCore:
         self._settle((pool.name, pool.partition))
         # Awake and available (what ``MemberState.exclusion`` checks), written out: hot path.
         active = [m for m in pool.members.values() if m.available and not m.asleep]
-        tried = set(req.exclude)
-        keys = [m.key for m in active if m.key not in tried]
-        ctx = self._ctx(req.pool, req.partition, prompt_tokens=req.prompt_chars / 4)
+        tried = req.exclude
+        members = [m for m in active if m.key not in tried] if tried else active
+        ctx = self._ctx(req.pool, req.partition, prompt_tokens=req.prompt_chars / 4,
+                        state=pool)
         if req.prompt_tokens > 0:
             ctx.prompt_tokens = float(req.prompt_tokens)
-        self._keys(ctx, pool, req.prefix_hashes, req.token_keys, req.session, keys)
+        self._keys(ctx, pool, req.prefix_hashes, req.token_keys, req.session,
+                   [m.key for m in members])
         if fallback:
             # pool_fallback asks for the caller's own load balancing; here the gateway is
             # that balancer, so it takes the member with the fewest requests in flight.
-            chosen = _fewest_inflight([pool.members[k] for k in keys], self.rng)
+            chosen = _fewest_inflight(members, self.rng)
             decision = Decision(chosen.key, "pool_fallback") if chosen else Decision(
                 "none", "no_candidates")
         else:
-            decision = decide(pool, keys, profile, ctx, pool_fallback=False)
+            # The members are candidates already (known, available, awake, each once).
+            decision = pick(score_members(members, profile, ctx), profile, ctx)
         pool.count(decision.answer)
         member = pool.members.get(decision.answer)
         if member is None:
@@ -246,8 +249,10 @@ class SchedulerCore:
         if ctx.keys is not None and ctx.keys.session:
             ctx.pool_members = tuple(sorted(pool.members))
 
-    def _ctx(self, pool: str, partition: str, prompt_tokens: float = 0.0) -> DecisionContext:
-        state = self.view.pools.get((pool, partition))
+    def _ctx(self, pool: str, partition: str, prompt_tokens: float = 0.0,
+             state: PoolState | None = None) -> DecisionContext:
+        if state is None:
+            state = self.view.pools.get((pool, partition))
         stale_after = self.config.stale_after_s(len(state.members) if state else 0)
         return DecisionContext(pool=pool, partition=partition, now=self.clock(),
                                stale_after_s=stale_after, rng=self.rng,

@@ -64,7 +64,12 @@ def score_candidates(pool: PoolState | None, requested: list[str], profile: Prof
         return Scored([], [], "pool_unknown")
     if not pool.members:
         return Scored([], [], "pool_empty")
-    members = candidates(pool, requested, ctx)
+    return score_members(candidates(pool, requested, ctx), profile, ctx)
+
+
+def score_members(members: list[MemberState], profile: Profile,
+                  ctx: DecisionContext) -> Scored:
+    """Steps 3–5 for members that are already candidates (known, available, awake, once)."""
     if not members:
         return Scored([], [], "no_intersection")
     members = profile.filter(ctx, members)
@@ -90,7 +95,11 @@ def decide(pool: PoolState | None, requested: list[str], profile: Profile,
     """One selection, in the order of SPEC §1.2."""
     if pool_fallback:
         return Decision(FALLBACK, "pool_fallback")
-    scored = score_candidates(pool, requested, profile, ctx)
+    return pick(score_candidates(pool, requested, profile, ctx), profile, ctx)
+
+
+def pick(scored: Scored, profile: Profile, ctx: DecisionContext) -> Decision:
+    """Step 6: the picker's choice among scored members, or why there is none."""
     if scored.reason != "scored":
         if scored.reason == "all_filtered" and profile.admission:
             if ctx.debug:

@@ -163,3 +163,26 @@ def test_every_histogram_has_distinct_buckets() -> None:
     assert len(seen) >= 4, seen
     for (name, _rest), bounds in seen.items():
         assert len(bounds) == len(set(bounds)), f"{name} repeats a bucket: {bounds}"
+
+
+def test_gateway_requests_and_latencies_export_as_counters_and_cumulative_buckets() -> None:
+    registry = CollectorRegistry()
+    gateway = GatewayMetrics(registry)
+    gateway.request("m", 200, 0.03, 0.05)  # TTFT in the 0.05 bucket; e2e exactly on a bound
+    gateway.request("m", 200, 400.0, 500.0)  # past every bound: +Inf only
+    gateway.request("m", 503, None, 0.001)  # no engine answered: counted, no latency
+    gateway.request("", 404, None, 0.0)
+    got = Exported(generate_latest(registry).decode())
+    assert got.value("llmsched_gateway_requests_total", model="m", code="200") == 2, got.text
+    assert got.value("llmsched_gateway_requests_total", model="m", code="503") == 1, got.text
+    assert got.value("llmsched_gateway_requests_total", model="", code="404") == 1, got.text
+    ttft = "llmsched_gateway_ttft_seconds"
+    assert got.value(f"{ttft}_bucket", model="m", le="0.025") == 0, got.text
+    assert got.value(f"{ttft}_bucket", model="m", le="0.05") == 1, got.text
+    assert got.value(f"{ttft}_bucket", model="m", le="300.0") == 1, got.text
+    assert got.value(f"{ttft}_bucket", model="m", le="+Inf") == 2, got.text
+    assert got.value(f"{ttft}_count", model="m") == 2, got.text
+    assert got.value(f"{ttft}_sum", model="m") == pytest.approx(400.03), got.text
+    e2e = "llmsched_gateway_e2e_seconds"
+    assert got.value(f"{e2e}_bucket", model="m", le="0.05") == 1, got.text  # le: <= bound
+    assert got.value(f"{e2e}_bucket", model="m", le="0.025") == 0, got.text

@@ -1,18 +1,27 @@
 """The gateway's own series: requests by status, TTFT, e2e, retries, its waiting lines.
 
-Per request: one counter increment and, for a request an engine answered, one TTFT and one
-e2e observation, on children bound on first use (one dict lookup, no label parsing).
+Per request: one count and, for a request an engine answered, one TTFT and one e2e
+observation, kept as plain numbers (:class:`RequestSeries`) and turned into Prometheus
+families only when scraped: prometheus_client's counters and histograms take a lock per
+update, about 1.2 µs of the request path's CPU.
 Labels: ``model`` is the alias (empty when the request named no known model), ``code`` the
 HTTP status the client got (499: it left before an answer started).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from shared.metrics import LATENCY_BUCKETS_S, LLM_BUCKETS_S
 
@@ -26,16 +35,8 @@ class GatewayMetrics:
     """``llmsched_gateway_*``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._requests = Counter("llmsched_gateway_requests_total",
-                                 "Gateway chat/completions requests by final status",
-                                 ["model", "code"], registry=registry)
-        self._ttft = Histogram("llmsched_gateway_ttft_seconds",
-                               "Time from a request's arrival to the first byte relayed "
-                               "(hold and admission waits included)", ["model"],
-                               buckets=LLM_BUCKETS_S, registry=registry)
-        self._e2e = Histogram("llmsched_gateway_e2e_seconds",
-                              "Time from a request's arrival to the end of the relayed answer",
-                              ["model"], buckets=LLM_BUCKETS_S, registry=registry)
+        self._series = RequestSeries()
+        registry.register(self._series)
         self._retries = Counter("llmsched_gateway_retries_total",
                                 "Attempts made again on another instance after a failure "
                                 "before the first byte", ["model"], registry=registry)
@@ -51,22 +52,10 @@ class GatewayMetrics:
                                "Time a request spent in the hold or admission line",
                                ["model", "queue"], buckets=LATENCY_BUCKETS_S + LLM_BUCKETS_S[7:],
                                registry=registry)
-        self._done: dict[tuple[str, int], Counter] = {}
-        self._latency: dict[str, tuple[Histogram, Histogram]] = {}
 
     def request(self, model: str, code: int, ttft_s: float | None, e2e_s: float) -> None:
         """One request ended with ``code``; ``ttft_s`` is None when no engine answered it."""
-        done = self._done.get((model, code))
-        if done is None:
-            done = self._done[(model, code)] = self._requests.labels(model, str(code))
-        done.inc()
-        if ttft_s is None:
-            return
-        latency = self._latency.get(model)
-        if latency is None:
-            latency = self._latency[model] = (self._ttft.labels(model), self._e2e.labels(model))
-        latency[0].observe(ttft_s)
-        latency[1].observe(e2e_s)
+        self._series.request(model, code, ttft_s, e2e_s)
 
     def rejected(self, model: str, code: str | None) -> None:
         """A request refused with error ``code``, if that code means "no room"."""
@@ -84,6 +73,67 @@ class GatewayMetrics:
         """A request left the ``queue`` line after ``waited_s``."""
         self._queued.labels(model, queue).dec()
         self._wait.labels(model, queue).observe(waited_s)
+
+
+class _Histogram:
+    """Bucket counts (the last one +Inf) and the sum of one label set."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LLM_BUCKETS_S, value)] += 1  # le: value <= bound
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(floatToGoString, LLM_BUCKETS_S), "+Inf"), self.counts,
+                                strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class RequestSeries(Collector):
+    """``llmsched_gateway_requests_total`` and the TTFT and e2e histograms: plain counts on
+    the request path (one event loop, no lock needed), Prometheus families when scraped."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, int], int] = {}
+        self._latency: dict[str, tuple[_Histogram, _Histogram]] = {}
+
+    def request(self, model: str, code: int, ttft_s: float | None, e2e_s: float) -> None:
+        key = (model, code)
+        self._done[key] = self._done.get(key, 0) + 1
+        if ttft_s is None:
+            return
+        latency = self._latency.get(model)
+        if latency is None:
+            latency = self._latency[model] = (_Histogram(len(LLM_BUCKETS_S)),
+                                              _Histogram(len(LLM_BUCKETS_S)))
+        latency[0].observe(ttft_s)
+        latency[1].observe(e2e_s)
+
+    def collect(self) -> list[Metric]:
+        done = CounterMetricFamily("llmsched_gateway_requests",
+                                   "Gateway chat/completions requests by final status",
+                                   labels=["model", "code"])
+        for (model, code), count in list(self._done.items()):
+            done.add_metric([model, str(code)], count)
+        ttft = HistogramMetricFamily("llmsched_gateway_ttft_seconds",
+                                     "Time from a request's arrival to the first byte relayed "
+                                     "(hold and admission waits included)", labels=["model"])
+        e2e = HistogramMetricFamily("llmsched_gateway_e2e_seconds",
+                                    "Time from a request's arrival to the end of the relayed "
+                                    "answer", labels=["model"])
+        for model, (first, whole) in list(self._latency.items()):
+            ttft.add_metric([model], first.cumulative(), first.total)
+            e2e.add_metric([model], whole.cumulative(), whole.total)
+        return [done, ttft, e2e]
 
 
 class OngoingCollector(Collector):
