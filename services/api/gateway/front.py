@@ -18,7 +18,7 @@ import msgspec
 from services.api.gateway.body import BODY_IDLE_S, MAX_BODY_BYTES, GatewayError, Kind
 from services.api.gateway.catalog import Catalog
 from services.api.gateway.deadlines import Deadlines
-from services.api.gateway.proxy import Gateway
+from services.api.gateway.proxy import Gateway, Seen
 from shared.access_log import log_request
 from shared.errors import error_body
 
@@ -53,21 +53,15 @@ class GatewayFront:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        seen = Seen()  # the status sent, for the access log (no wrapper around ``send``)
         try:
-            await self._serve(scope, receive, send_status)
+            await self._serve(scope, receive, send, seen)
         finally:
+            status = seen.status
             if status >= 400 or status == 0 or self.access.isEnabledFor(logging.DEBUG):
                 log_request(self.access, scope, status or 499, time.perf_counter() - started)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, seen: Seen) -> None:
         path = scope["path"].rstrip("/")
         method = scope["method"]
         kind = ROUTES.get(path)
@@ -82,13 +76,15 @@ class GatewayFront:
             self._authorize(scope)
             if kind is None:
                 await _send_json(send, 200, self.catalog.models_list(), head=method == "HEAD")
+                seen.status = 200
                 return
             raw = await _read_body(receive, self.gateway.deadlines)
-            await self.gateway.handle(kind, raw, receive, send, scope["headers"])
+            await self.gateway.handle(kind, raw, receive, send, scope["headers"], seen)
         except GatewayError as err:
             if err.status >= 500:
                 log.warning("%s %s → %d: %s", method, path, err.status, err.message)
             await _send_error(send, err)
+            seen.status = err.status
 
     def _authorize(self, scope: Scope) -> None:
         if not self.api_keys:

@@ -25,11 +25,11 @@ from services.api.gateway.proxy import (
     PATHS,
     Gateway,
     RouterUnavailable,
+    Seen,
     Send,
     Target,
     _Exchange,
     _route_fields,
-    _Seen,
     _usage,
 )
 from services.api.gateway.upstream import UpstreamBroken, UpstreamFailed, UpstreamResponse
@@ -89,7 +89,7 @@ class PDExchange(_Exchange):
     """The prefill and decode attempts of one client request."""
 
     def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
-                 send: Send, seen: _Seen | None = None) -> None:
+                 send: Send, seen: Seen | None = None) -> None:
         super().__init__(gw, request, target, send, seen)
         self.tried_roles: dict[Role, list[str]] = {"prefill": [], "decode": []}
         self.failures: dict[Role, int] = {"prefill": 0, "decode": 0}

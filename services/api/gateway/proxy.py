@@ -121,25 +121,28 @@ class Gateway:
         """Request ids (seeded from the OS; ids need to be unique, not secret)."""
 
     async def handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
-                     headers: Headers = ()) -> None:
-        """Answer one request; errors before the answer starts are raised as GatewayError."""
-        if self.metrics is None:
-            await self._handle(kind, raw, receive, send, None, headers)
-            return
+                     headers: Headers = (), seen: Seen | None = None) -> None:
+        """Answer one request; errors before the answer starts are raised as GatewayError.
+
+        ``seen`` (given by the caller) gets the status the client got, for its access log.
+        """
+        if seen is None:
+            seen = Seen()
         started = self.clock()
-        seen = _Seen()
         try:
             await self._handle(kind, raw, receive, send, seen, headers)
         except GatewayError as err:
             seen.status = err.status
-            self.metrics.rejected(seen.model, err.code)
+            if self.metrics is not None:
+                self.metrics.rejected(seen.model, err.code)
             raise
         finally:
-            self.metrics.request(seen.model, seen.status or 499, seen.ttft,
-                                 self.clock() - started)
+            if self.metrics is not None:
+                self.metrics.request(seen.model, seen.status or 499, seen.ttft,
+                                     self.clock() - started)
 
     async def _handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
-                      seen: _Seen | None, headers: Headers = ()) -> None:
+                      seen: Seen | None, headers: Headers = ()) -> None:
         request = parse_request(raw, kind)
         target = self.resolver.resolve(request.model)
         if target is None:
@@ -177,8 +180,9 @@ class Gateway:
 
 
 @dataclass(slots=True)
-class _Seen:
-    """What the metrics of one request need: its alias, the status sent, the TTFT."""
+class Seen:
+    """What the metrics and the access log of one request need: its alias, the status
+    sent (0: none yet), the TTFT."""
 
     model: str = ""
     status: int = 0
@@ -189,7 +193,7 @@ class _Exchange:
     """The attempts of one client request."""
 
     def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
-                 send: Send, seen: _Seen | None = None) -> None:
+                 send: Send, seen: Seen | None = None) -> None:
         self.gw = gw
         self.seen = seen
         self.request = request
