@@ -50,21 +50,28 @@ def _outcome(n: int) -> OutcomeEvent:
                         status=200)
 
 
-async def test_events_of_one_loop_pass_leave_as_one_message(nc: NATS, prefix: str) -> None:
-    subject = Subjects(prefix).request_outcome
-    messages: list[bytes] = []
+async def _received(nc: NATS, subject: str) -> list[tuple[float, bytes]]:
+    """Every message on ``subject`` from now on, with its arrival time (monotonic)."""
+    arrivals: list[tuple[float, bytes]] = []
 
     async def collect(msg: Msg) -> None:
-        messages.append(msg.data)
+        arrivals.append((time.monotonic(), msg.data))
 
     await nc.subscribe(subject, cb=collect)
     await nc.flush()
+    return arrivals
+
+
+async def test_events_of_one_loop_pass_leave_as_one_message(nc: NATS, prefix: str) -> None:
+    subject = Subjects(prefix).request_outcome
+    arrivals = await _received(nc, subject)
     batch = EventBatch[OutcomeEvent](nc, subject, "outcome event(s)")
     for n in range(3):
         batch.add(_outcome(n))
     await asyncio.sleep(0.05)  # a later pass, past the pace (1 ms): its own message
     batch.add(_outcome(3))
-    await wait_until(lambda: _at_least(messages, 2), 10, "two messages")
+    await wait_until(lambda: _at_least(arrivals, 2), 10, "two messages")
+    messages = [m for _, m in arrivals]
     decode = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent]).decode
     first, second = (decode(m) for m in messages)
     assert isinstance(first, list) and [o.request_id for o in first] == ["r-0", "r-1", "r-2"], \
@@ -76,20 +83,14 @@ async def test_events_of_one_loop_pass_leave_as_one_message(nc: NATS, prefix: st
 async def test_events_within_the_pace_of_the_last_message_wait_and_leave_together(
         nc: NATS, prefix: str) -> None:
     subject = Subjects(prefix).request_outcome
-    arrivals: list[tuple[float, bytes]] = []
-
-    async def collect(msg: Msg) -> None:
-        arrivals.append((time.monotonic(), msg.data))
-
-    await nc.subscribe(subject, cb=collect)
-    await nc.flush()
+    arrivals = await _received(nc, subject)
     pace = 0.3
     batch = EventBatch[OutcomeEvent](nc, subject, "outcome event(s)", pace_s=pace)
     batch.add(_outcome(0))  # nothing sent before: leaves at the next pass
     for n in (1, 2):  # later passes, within the pace: they wait for it
         await asyncio.sleep(0.01)
         batch.add(_outcome(n))
-    await wait_until(lambda: _at_least([m for _, m in arrivals], 2), 10, "two messages")
+    await wait_until(lambda: _at_least(arrivals, 2), 10, "two messages")
     decode = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent]).decode
     (first_at, first), (second_at, second) = arrivals[:2]
     assert decode(first) == _outcome(0), arrivals
@@ -104,25 +105,19 @@ async def test_events_within_the_pace_of_the_last_message_wait_and_leave_togethe
 async def test_closing_a_batch_publishes_the_events_waiting_for_their_pace(
         nc: NATS, prefix: str) -> None:
     subject = Subjects(prefix).request_outcome
-    messages: list[bytes] = []
-
-    async def collect(msg: Msg) -> None:
-        messages.append(msg.data)
-
-    await nc.subscribe(subject, cb=collect)
-    await nc.flush()
+    arrivals = await _received(nc, subject)
     batch = EventBatch[OutcomeEvent](nc, subject, "outcome event(s)", pace_s=600)
     batch.add(_outcome(0))
-    await wait_until(lambda: _at_least(messages, 1), 10, "the first message")
+    await wait_until(lambda: _at_least(arrivals, 1), 10, "the first message")
     batch.add(_outcome(1))  # waits up to 10 minutes for its pace...
     await batch.close()  # ...unless the batch closes (a service stopping)
     await nc.flush()
-    await wait_until(lambda: _at_least(messages, 2), 10, "the waiting event, at close")
+    await wait_until(lambda: _at_least(arrivals, 2), 10, "the waiting event, at close")
     decode = msgspec.json.Decoder(OutcomeEvent | list[OutcomeEvent]).decode
-    assert decode(messages[1]) == _outcome(1), messages
+    assert decode(arrivals[1][1]) == _outcome(1), arrivals
 
 
-async def _at_least(items: list[bytes], n: int) -> bool:
+async def _at_least(items: list[tuple[float, bytes]], n: int) -> bool:
     return len(items) >= n
 
 
