@@ -43,6 +43,11 @@ def write_config(path: Path, prefix: str, pools: list[dict[str, Any]], *,
                    "api_host": "127.0.0.1", "log_level": log_level, "prefix": prefix,
                    "select_timeout_ms": IN_PROCESS_SELECT_BUDGET_MS},
         "scheduler": {"pool_fetch_interval": 0.3, "metrics_fetch_interval": metrics_ms},
+        # The lease the default 1 s scrape interval gives (2 s), not 2 x this test's fast
+        # interval: a collector holds a pool only until its tick's start + the lease, and in
+        # a loaded suite an in-process stack's tick can take longer than 200-400 ms (a lone
+        # collector then scraped nothing for a whole test once).
+        "collector": {"lease_ms": 2000},
         "modes": [{"name": "s1", "w_a": 0.8, "w_b": 0.2}],
         "pools": pools,
     }
