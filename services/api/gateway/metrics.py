@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
@@ -75,13 +76,17 @@ class GatewayMetrics:
         self._wait.labels(model, queue).observe(waited_s)
 
 
+_LE = (*map(floatToGoString, LLM_BUCKETS_S), "+Inf")
+"""The ``le`` labels of the request latency histograms."""
+
+
 class _Histogram:
-    """Bucket counts (the last one +Inf) and the sum of one label set."""
+    """Bucket counts over ``LLM_BUCKETS_S`` (the last one +Inf) and the sum of one label set."""
 
     __slots__ = ("counts", "total")
 
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * (buckets + 1)
+    def __init__(self) -> None:
+        self.counts = [0] * len(_LE)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
@@ -89,13 +94,7 @@ class _Histogram:
         self.total += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*map(floatToGoString, LLM_BUCKETS_S), "+Inf"), self.counts,
-                                strict=True):
-            running += count
-            out.append((bound, running))
-        return out
+        return list(zip(_LE, accumulate(self.counts), strict=True))
 
 
 class RequestSeries(Collector):
@@ -113,8 +112,7 @@ class RequestSeries(Collector):
             return
         latency = self._latency.get(model)
         if latency is None:
-            latency = self._latency[model] = (_Histogram(len(LLM_BUCKETS_S)),
-                                              _Histogram(len(LLM_BUCKETS_S)))
+            latency = self._latency[model] = (_Histogram(), _Histogram())
         latency[0].observe(ttft_s)
         latency[1].observe(e2e_s)
 

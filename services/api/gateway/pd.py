@@ -89,7 +89,7 @@ class PDExchange(_Exchange):
     """The prefill and decode attempts of one client request."""
 
     def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
-                 send: Send, seen: Seen | None = None) -> None:
+                 send: Send, seen: Seen) -> None:
         super().__init__(gw, request, target, send, seen)
         self.tried_roles: dict[Role, list[str]] = {"prefill": [], "decode": []}
         self.failures: dict[Role, int] = {"prefill": 0, "decode": 0}

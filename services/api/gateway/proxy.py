@@ -142,7 +142,7 @@ class Gateway:
                                      self.clock() - started)
 
     async def _handle(self, kind: Kind, raw: bytes, receive: Receive, send: Send,
-                      seen: Seen | None, headers: Headers = ()) -> None:
+                      seen: Seen, headers: Headers = ()) -> None:
         request = parse_request(raw, kind)
         target = self.resolver.resolve(request.model)
         if target is None:
@@ -150,8 +150,7 @@ class Gateway:
                                param="model", code="model_not_found")
         if self.keys is not None:
             request = self.keys.apply(target, request, headers)
-        if seen is not None:
-            seen.model = target.alias
+        seen.model = target.alias
         if self.ongoing >= self.settings.max_ongoing:
             raise GatewayError(429, f"this gateway process already serves "
                                f"{self.ongoing} requests (max_ongoing_requests); retry later",
@@ -193,7 +192,7 @@ class _Exchange:
     """The attempts of one client request."""
 
     def __init__(self, gw: Gateway, request: GatewayRequest, target: Target,
-                 send: Send, seen: Seen | None = None) -> None:
+                 send: Send, seen: Seen) -> None:
         self.gw = gw
         self.seen = seen
         self.request = request
@@ -348,8 +347,7 @@ class _Exchange:
         tail = bytearray(upstream.first)
         parse_whole = not self.request.stream and upstream.status < 400
         error: str | None = None
-        if self.seen is not None:
-            self.seen.status, self.seen.ttft = upstream.status, ttft
+        self.seen.status, self.seen.ttft = upstream.status, ttft
         try:
             await send({"type": "http.response.start", "status": upstream.status,
                         "headers": upstream.headers})
@@ -404,9 +402,9 @@ class _DisconnectWatch:
     """Cancels a request's task when its client closes the connection before the answer ends.
 
     Armed only once the request has lasted ``WATCH_AFTER_S`` (up to a tick of ``deadlines``
-    later): a watcher task from the start
-    cost each request about 35 µs of CPU, a quarter of the gateway's own work, and a short
-    request ends before its client's leaving could spare the engine much. A client that left
+    later): a watcher task from the start cost each request about 35 µs of CPU, a quarter of
+    the gateway's own work, and a short request ends before its client's leaving could spare
+    the engine much. A client that left
     earlier is seen as soon as the watcher arms: the server remembers the disconnect.
     """
 
@@ -429,8 +427,6 @@ class _DisconnectWatch:
             self._watcher.cancel()
 
     def _arm(self) -> None:
-        if self._task.done():
-            return
         self._watcher = self._task.get_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
