@@ -77,6 +77,16 @@ class Subjects:
         return self.scheduler_endpoint("route")
 
     @property
+    def route_many(self) -> str:
+        """Several route calls in one request (a JSON array in, one out)."""
+        return self.scheduler_endpoint("route_many")
+
+    @property
+    def select_many(self) -> str:
+        """Several select calls in one request (a JSON array in, one out)."""
+        return self.scheduler_endpoint("select_many")
+
+    @property
     def records(self) -> str:
         return self.scheduler_endpoint("records")
 

@@ -10,7 +10,8 @@ import msgspec
 from fastapi import APIRouter, Request, Response
 from redis.exceptions import RedisError
 
-from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from shared.auth import AdminAuth
 from shared.errors import BadRequest, error_response
 from shared.model_registry import ModelRecord, ModelRegistry, parse_registration

@@ -11,7 +11,8 @@ from fastapi import FastAPI, Path, Request, Response
 
 from services.api.fastpath import ACCESS_LOGGER, UNAVAILABLE, outcome_response, select_response
 from services.api.health import health_router
-from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from services.api.schemas import (
     ANALYZE,
     MAX_ANALYZE,

@@ -19,7 +19,7 @@ import msgspec
 
 from services.api.gateway.body import BODY_IDLE_S
 from services.api.metrics import SelectMetrics
-from services.api.scheduler_client import SchedulerError, SchedulerUnavailable
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from services.api.validation import (
     MAX_BODY_BYTES,
     MAX_OUTCOME_BYTES,

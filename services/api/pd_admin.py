@@ -13,7 +13,8 @@ import msgspec
 from fastapi import APIRouter, Query, Request, Response
 from redis.exceptions import RedisError
 
-from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from shared.auth import AdminAuth
 from shared.config import Config, PoolConfig
 from shared.decoding import decode_object

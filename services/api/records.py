@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 from fastapi import APIRouter, Request, Response
 
-from services.api.scheduler_client import SchedulerClient, SchedulerError
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerError
 from shared.errors import error_response
 from shared.openapi import errors
 from shared.routing import RecordsRequest

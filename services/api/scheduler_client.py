@@ -10,6 +10,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
+from services.api.ask_batch import AskBatch
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from shared.messages import AnalyzeReply, SimulateReply, StatusReply
 from shared.subjects import Subjects
 
@@ -24,19 +26,6 @@ RETRY_PAUSE_MAX_S = 0.1
 """The longest such pause."""
 
 
-class SchedulerUnavailable(Exception):
-    """No scheduler answered in time (bus down, no replica, or overloaded)."""
-
-
-class SchedulerError(Exception):
-    """The scheduler rejected the request; ``code`` is an HTTP-like status."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class SchedulerClient:
     """Request-reply calls to the scheduler queue group."""
 
@@ -44,7 +33,6 @@ class SchedulerClient:
         self.nc = nc
         self.subjects = subjects
         self.timeout_s = timeout_s
-        self._select_subject = subjects.select
         self._answer_dec = msgspec.json.Decoder(_Answer)
         self._sim_dec = msgspec.json.Decoder(SimulateReply)
         self._ana_dec = msgspec.json.Decoder(AnalyzeReply)
@@ -54,6 +42,8 @@ class SchedulerClient:
         self._starting = asyncio.Lock()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count()
+        self._selects = AskBatch(self.ask, subjects.select, subjects.select_many)
+        self._routes = AskBatch(self.ask, subjects.route, subjects.route_many)
 
     async def call(self, subject: str, payload: bytes, timeout_s: float | None = None) -> bytes:
         """One request-reply to the queue group; the reply's bytes."""
@@ -134,8 +124,13 @@ class SchedulerClient:
             wait = deadline - loop.time()
 
     async def select(self, payload: bytes) -> str:
-        """The answer for a validated select body (asked again as :meth:`ask` says)."""
-        return self._answer_dec.decode(await self.ask(self._select_subject, payload)).answer
+        """The answer for a validated select body (asked again as :meth:`ask` says; the
+        selects of one loop pass go as one request, see ``ask_batch``)."""
+        return self._answer_dec.decode(await self._selects.ask(payload)).answer
+
+    async def route(self, payload: bytes) -> bytes:
+        """The reply to an encoded ``RouteRequest``, batched like :meth:`select`."""
+        return await self._routes.ask(payload)
 
     async def simulate(self, payload: bytes) -> SimulateReply:
         return self._sim_dec.decode(await self._call(self.subjects.simulate, payload, 30))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -19,13 +20,17 @@ from shared.messages import (
     StatusReply,
     StatusRequest,
 )
-from shared.routing import RecordsRequest, RouteRequest, SelectionEvent
+from shared.routing import RecordsRequest, RouteReply, RouteRequest, SelectionEvent
 from shared.scheduling.core import SchedulerCore
 from shared.subjects import Subjects
 
 log = logging.getLogger("llmsched.scheduler.endpoints")
 
+T = TypeVar("T")
+
 MAX_ITERATIONS = 100_000
+MAX_BATCH = 256
+"""Calls per ``select_many`` / ``route_many`` request at most (the API sends up to 64)."""
 
 
 def _bad_request(err: msgspec.ValidationError | msgspec.DecodeError) -> ServiceError:
@@ -47,6 +52,8 @@ class SchedulerEndpoints:
         self._store_ok = store_ok
         self._select_dec = msgspec.json.Decoder(SelectRequest)
         self._route_dec = msgspec.json.Decoder(RouteRequest)
+        self._selects_dec = msgspec.json.Decoder(list[SelectRequest])
+        self._routes_dec = msgspec.json.Decoder(list[RouteRequest])
         self._records_dec = msgspec.json.Decoder(RecordsRequest)
         self._sim_dec = msgspec.json.Decoder(SimulateRequest)
         self._status_dec = msgspec.json.Decoder(StatusRequest)
@@ -78,6 +85,44 @@ class SchedulerEndpoints:
             self.metrics.decided("route", body.pool, body.partition, reply.answer, reply.reason)
         if event is not None and self.announce is not None:
             await self.announce(event)
+
+    async def select_many(self, req: Request) -> None:
+        """Several selects in one request (an API's selects of one loop pass), answered
+        as an array in the same order; each decided and announced as by ``select``."""
+        bodies = _batch(self._selects_dec, req.data)
+        replies: list[SelectReply] = []
+        events: list[SelectionEvent] = []
+        for body in bodies:
+            decision, event = self.core.select(body)
+            replies.append(SelectReply(answer=decision.answer, reason=decision.reason))
+            if self.metrics is not None:
+                self.metrics.decided("select", body.pool_name, body.partition,
+                                     decision.answer, decision.reason)
+            if event is not None:
+                events.append(event)
+        await req.respond(self._enc.encode(replies))
+        await self._announce_all(events)
+
+    async def route_many(self, req: Request) -> None:
+        """Several route calls in one request, answered as an array in the same order."""
+        bodies = _batch(self._routes_dec, req.data)
+        replies: list[RouteReply] = []
+        events: list[SelectionEvent] = []
+        for body in bodies:
+            reply, event = self.core.route(body)
+            replies.append(reply)
+            if self.metrics is not None:
+                self.metrics.decided("route", body.pool, body.partition, reply.answer,
+                                     reply.reason)
+            if event is not None:
+                events.append(event)
+        await req.respond(self._enc.encode(replies))
+        await self._announce_all(events)
+
+    async def _announce_all(self, events: list[SelectionEvent]) -> None:
+        if self.announce is not None:
+            for event in events:
+                await self.announce(event)
 
     async def records(self, req: Request) -> None:
         """The pool's recent TTFTs joined with the state they were routed on (JSON lines)."""
@@ -129,6 +174,16 @@ class SchedulerEndpoints:
         await req.respond(self._enc.encode(reply))
 
 
+def _batch(decoder: msgspec.json.Decoder[list[T]], data: bytes) -> list[T]:
+    try:
+        bodies = decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        raise _bad_request(err) from None
+    if not 1 <= len(bodies) <= MAX_BATCH:
+        raise ServiceError("400", f"a batch holds 1..{MAX_BATCH} calls, got {len(bodies)}")
+    return bodies
+
+
 async def start_service(nc: NATS, subjects: Subjects, endpoints: SchedulerEndpoints,
                         version: str = "0.1.0") -> Service:
     """Register the micro service in the scheduler queue group."""
@@ -141,6 +196,8 @@ async def start_service(nc: NATS, subjects: Subjects, endpoints: SchedulerEndpoi
     group = service.add_group(name=subjects.scheduler_group, queue_group=subjects.scheduler_queue)
     await group.add_endpoint(name="select", handler=endpoints.select)
     await group.add_endpoint(name="route", handler=endpoints.route)
+    await group.add_endpoint(name="select_many", handler=endpoints.select_many)
+    await group.add_endpoint(name="route_many", handler=endpoints.route_many)
     await group.add_endpoint(name="records", handler=endpoints.records)
     await group.add_endpoint(name="simulate", handler=endpoints.simulate)
     await group.add_endpoint(name="analyze", handler=endpoints.analyze)

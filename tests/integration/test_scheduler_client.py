@@ -15,7 +15,8 @@ from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import Request, ServiceError
 
-from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,8 @@ from nats.aio.msg import Msg
 
 from services.api.gateway.bus import NatsRouter
 from services.api.gateway.proxy import RouterUnavailable
-from services.api.scheduler_client import SchedulerClient, SchedulerUnavailable
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerUnavailable
 from shared.routing import RouteReply, RouteRequest
 from shared.subjects import Subjects
 

@@ -11,7 +11,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from services.api.gateway.proxy import RouterUnavailable
-from services.api.scheduler_client import SchedulerClient, SchedulerError, SchedulerUnavailable
+from services.api.scheduler_client import SchedulerClient
+from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from shared.bus import EventBatch
 from shared.routing import DemandEvent, OutcomeEvent, RouteReply, RouteRequest
 from shared.subjects import Subjects
@@ -20,7 +21,8 @@ log = logging.getLogger("llmsched.api.gateway")
 
 
 class NatsRouter:
-    """``route`` on the scheduler queue group; asked again within the budget (``ask``)."""
+    """``route`` on the scheduler queue group; asked again within the budget (``ask``), the
+    calls of one loop pass together (``route_many``)."""
 
     def __init__(self, client: SchedulerClient) -> None:
         self.client = client
@@ -29,7 +31,7 @@ class NatsRouter:
 
     async def route(self, request: RouteRequest) -> RouteReply:
         try:
-            raw = await self.client.ask(self.client.subjects.route, self._encode(request))
+            raw = await self.client.route(self._encode(request))
         except SchedulerUnavailable as err:
             raise RouterUnavailable(str(err)) from None
         except SchedulerError as err:
