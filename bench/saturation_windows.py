@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,25 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.enginesim.calibrate.client import EngineClient, session
 from services.enginesim.calibrate.probes import ProbePlan, probe_saturation
+from services.enginesim.calibrate.stalls import find_stalls, fit_stalls
 from services.enginesim.calibrate.workload import Workload
-
-STALL_SHARE = 0.25
-"""A window under this share of the median rate counts as stalled."""
 
 
 def stalls(windows: list[float], window_s: float) -> list[dict[str, float]]:
     """Runs of stalled windows: where each starts and how long it lasts, in seconds."""
-    floor = STALL_SHARE * statistics.median(windows) if windows else 0.0
-    out: list[dict[str, float]] = []
-    start: int | None = None
-    for i, rate in enumerate([*windows, floor + 1.0]):  # a sentinel closes the last run
-        if rate < floor and start is None:
-            start = i
-        elif rate >= floor and start is not None:
-            out.append({"at_s": round(start * window_s, 3),
-                        "length_s": round((i - start) * window_s, 3)})
-            start = None
-    return out
+    return [{"at_s": round(s.first * window_s, 3), "length_s": round(s.windows * window_s, 3)}
+            for s in find_stalls(windows)]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,7 +49,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"url": args.url, "concurrency": args.concurrency, "seconds": args.seconds,
             "window_s": args.window, "output_tok_s": round(sat.throughput, 1),
             "windows_tok_s": [round(w) for w in sat.windows],
-            "stalls": stalls(sat.windows, args.window)}
+            "stalls": stalls(sat.windows, args.window),
+            "stall_fit": dataclasses.asdict(fit_stalls(sat.windows, args.window))}
 
 
 def main(argv: list[str] | None = None) -> int:

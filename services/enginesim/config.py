@@ -103,6 +103,8 @@ class EngineConfig:
                 raise SimConfigError(f"timing.{name} must be >= 0, got {value}")
         if self.timing.drift_sd > 0 and not self.timing.drift_tau_s > 0:
             raise SimConfigError("timing.drift_tau_s must be > 0 when drift_sd is set")
+        if self.timing.stall_rate_per_s > 0 and not self.timing.stall_mean_s > 0:
+            raise SimConfigError("timing.stall_mean_s must be > 0 when stall_rate_per_s is set")
         return self
 
 

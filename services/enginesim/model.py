@@ -103,7 +103,8 @@ class EngineModel:
         self._per_waiting = t.queue_ms_per_waiting * scale
         self._waiting_cap = t.queue_waiting_cap
         self._per_transfer = t.kv_transfer_ms_per_token * scale
-        self._noise = StepNoise(t.jitter, t.drift_sd, t.drift_tau_s, config.seed)
+        self._noise = StepNoise(t.jitter, t.drift_sd, t.drift_tau_s, config.seed,
+                                t.stall_rate_per_s, t.stall_mean_s)
 
     # -- gauges ---------------------------------------------------------------
     @property
@@ -315,7 +316,7 @@ class EngineModel:
                     + self._per_prefill_ctx * prefill_ctx + self._per_seq * decodes
                     + self._per_ctx * ctx
                     + self._per_waiting * min(len(self.waiting), self._waiting_cap))
-        duration *= self._noise.factor(now)
+        duration = duration * self._noise.factor(now) + self._noise.stall(now)
         self._step_start = now
         self.steps += 1
         self.busy_time += duration

@@ -22,8 +22,10 @@ GRID_PER_TAU = 20
 class StepNoise:
     """Multiplier of one engine's step times; seeded."""
 
-    def __init__(self, jitter: float, drift_sd: float, drift_tau_s: float, seed: int) -> None:
+    def __init__(self, jitter: float, drift_sd: float, drift_tau_s: float, seed: int,
+                 stall_rate_per_s: float = 0.0, stall_mean_s: float = 0.0) -> None:
         self.jitter = jitter
+        self._stalls = Stalls(stall_rate_per_s, stall_mean_s, seed)
         self.drift_sd = drift_sd
         self.drift_tau_s = drift_tau_s
         self._rng = random.Random(seed)
@@ -53,9 +55,43 @@ class StepNoise:
             self._x, self._k = x, k
         return math.exp(self._x - sd * sd / 2)
 
+    def stall(self, now: float) -> float:
+        """Seconds a step starting at ``now`` waits for a stall to end (0 outside one)."""
+        return self._stalls.remaining(now)
+
     def factor(self, now: float) -> float:
         """The multiplier of a step starting at ``now``."""
         factor = self.drift(now)
         if self.jitter:
             factor *= max(0.5, 1.0 + self.jitter * self._rng.gauss(0.0, 1.0))
         return factor
+
+
+class Stalls:
+    """Spells in which the engine does nothing: exponential gaps and lengths, seeded.
+
+    Like the slow path, the episodes are a function of the time since the first step and the
+    seed alone, so real time and virtual time stall at the same moments.
+    """
+
+    def __init__(self, rate_per_s: float, mean_s: float, seed: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.mean_s = mean_s
+        self._rng = random.Random(seed ^ 0x57A11)
+        self._origin: float | None = None
+        self._start = math.inf
+        self._end = math.inf
+
+    def remaining(self, now: float) -> float:
+        if self.rate_per_s <= 0 or self.mean_s <= 0:
+            return 0.0
+        if self._origin is None:
+            self._origin = now
+            self._next(now)
+        while self._end <= now:  # time only moves forward: walk past the stalls behind
+            self._next(self._end)
+        return self._end - now if self._start <= now else 0.0
+
+    def _next(self, after: float) -> None:
+        self._start = after + self._rng.expovariate(self.rate_per_s)
+        self._end = self._start + self._rng.expovariate(1.0 / self.mean_s)

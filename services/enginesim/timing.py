@@ -33,3 +33,8 @@ class Timing:
     """Standard deviation of the slow log-normal step-time multiplier (Ornstein-Uhlenbeck)."""
     drift_tau_s: float = 5.0
     """Time constant of that multiplier, in seconds: how long a slow or fast spell lasts."""
+    stall_rate_per_s: float = 0.0
+    """Stalls per second of engine time: spells in which the engine admits and streams
+    nothing (a CPU engine starved by its own front end; seeded, exponential gaps)."""
+    stall_mean_s: float = 0.0
+    """Mean length of a stall in seconds (exponentially distributed)."""

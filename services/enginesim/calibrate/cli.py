@@ -18,6 +18,7 @@ from services.enginesim.calibrate.client import EngineClient, EngineInfo, open_l
 from services.enginesim.calibrate.measure import LevelMetrics, from_run
 from services.enginesim.calibrate.probes import ProbePlan, Saturation, run_probes
 from services.enginesim.calibrate.report import fit_rows, fit_table
+from services.enginesim.calibrate.stalls import STALL_WINDOW_S
 from services.enginesim.calibrate.workload import Workload, poisson_arrivals
 from services.enginesim.config import EngineConfig, SimConfigError
 from services.enginesim.profiles import LIMIT_KEYS, Profile, write_profile
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the open-loop fit: closed-loop probes only")
     p.add_argument("--quick", action="store_true",
                    help="shorter defaults for probes and levels (see each option)")
+    p.add_argument("--fit-stalls", action="store_true",
+                   help="fit a stall process (spells with nothing admitted or streamed) to the "
+                        "saturation probe's near-empty windows, and its rate in the open-loop "
+                        "fit; off: no stalls, as before (docs/enginesim.md)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--report", type=Path, help="also write every measured figure as JSON")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING")
@@ -118,7 +123,8 @@ def _plan(args: argparse.Namespace, limits: dict[str, int]) -> ProbePlan:
         prompt_lengths=lengths, ttft_reps=_pick(args.ttft_reps, 5, 3, quick),
         batch_sizes=tuple(batches), itl_prompts=(16, long_prompt), itl_output=itl_output,
         itl_rounds=_pick(args.itl_rounds, 3, 2, quick), saturation_concurrency=concurrency,
-        saturation_seconds=_pick(args.saturation_seconds, 30.0, 10.0, quick))
+        saturation_seconds=_pick(args.saturation_seconds, 30.0, 10.0, quick),
+        window_s=STALL_WINDOW_S if args.fit_stalls else ProbePlan.window_s)
 
 
 def _config(info: EngineInfo, limits: dict[str, int], timing: Timing) -> EngineConfig:
@@ -154,14 +160,16 @@ async def calibrate(args: argparse.Namespace, say: Callable[[str], None]) -> int
 
         data = await run_probes(client, _plan(args, limits), workload, args.seed, say, adjust)
         step = fit.fit_step_costs(data.ttft, data.itl)
-        noise = fit.fit_noise(data.saturation, data.jitter_gaps)
+        noise = fit.fit_noise(data.saturation, data.jitter_gaps, stalls=args.fit_stalls)
         say(f"stage 1: frontend {step.frontend_ms:.2f} ms, step {step.step_base_ms:.3f} ms "
             f"+ {step.prefill_ms_per_token:.4f} ms/prompt token "
             f"(+{step.prefill_ms_per_token_kctx:.5f}/ktoken of context) "
             f"+ {step.decode_ms_per_seq:.4f} ms/sequence + {step.attn_ms_per_ctx_token:.6f} "
             f"ms/context token; median error TTFT {step.ttft_error:.1%}, step "
             f"{step.itl_error:.1%}; jitter {noise.jitter:.3f}, drift sd {noise.drift_sd:.3f} "
-            f"tau {noise.drift_tau_s:.1f} s")
+            f"tau {noise.drift_tau_s:.1f} s"
+            + (f"; stalls {noise.stall_rate_per_s:.3f}/s, mean {noise.stall_mean_s:.2f} s"
+               if args.fit_stalls else ""))
         config = _config(info, limits, fit.timing_from(step, noise))
         capacity = data.saturation.request_rate
         if rates is None:
@@ -195,6 +203,7 @@ async def calibrate(args: argparse.Namespace, say: Callable[[str], None]) -> int
         timing, simulated = refined.timing, refined.simulated
         stage2 = {"step_scale": round(refined.step_scale, 4),
                   "frontend_scale": round(refined.frontend_scale, 4),
+                  "stall_scale": round(refined.stall_scale, 4),
                   "simulations": refined.evaluations}
     measured_levels = [lv.measured for lv in levels]
     print("fit error per level (measured / simulated in virtual time):")

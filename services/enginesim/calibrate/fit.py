@@ -31,6 +31,7 @@ from services.enginesim.calibrate.client import Arrival
 from services.enginesim.calibrate.closed import closed_loop_throughput
 from services.enginesim.calibrate.measure import LevelMetrics, from_sim, trace_of
 from services.enginesim.calibrate.probes import ItlObs, Saturation, TtftObs
+from services.enginesim.calibrate.stalls import StallFit, fit_stalls, steady_windows
 from services.enginesim.calibrate.workload import Workload
 from services.enginesim.config import EngineConfig
 from services.enginesim.timing import Timing
@@ -101,24 +102,29 @@ def fit_step_costs(ttft: Sequence[TtftObs], itl: Sequence[ItlObs]) -> StepFit:
 
 @dataclass(frozen=True)
 class NoiseFit:
-    """Per-step jitter, and the slow multiplier's size and time constant."""
+    """Per-step jitter, the slow multiplier's size and time constant, and the stalls."""
 
     jitter: float
     drift_sd: float
     drift_tau_s: float
+    stall_rate_per_s: float = 0.0
+    stall_mean_s: float = 0.0
 
 
 def fit_noise(sat: Saturation, relative_gaps: Sequence[float],
-              default_tau_s: float = 5.0) -> NoiseFit:
-    """Jitter from the spread of single-stream gaps; drift from the throughput's swings."""
+              default_tau_s: float = 5.0, *, stalls: bool = False) -> NoiseFit:
+    """Jitter from the spread of single-stream gaps; drift from the throughput windows'
+    swings; with ``stalls``, the stalls from the runs of near-empty windows (``stalls.py``),
+    which the drift's fit then leaves out."""
     jitter = 0.0
     if len(relative_gaps) >= 10:
         med = statistics.median(relative_gaps)
         mad = statistics.median(abs(g - med) for g in relative_gaps)
         jitter = min(0.5, 1.4826 * mad)
-    windows = [w for w in sat.windows if w > 0]
+    found = fit_stalls(sat.windows, sat.window_s) if stalls else StallFit(0.0, 0.0, 0)
+    windows = [w for w in (steady_windows(sat.windows) if stalls else sat.windows) if w > 0]
     if len(windows) < 12:
-        return NoiseFit(jitter, 0.0, default_tau_s)
+        return NoiseFit(jitter, 0.0, default_tau_s, found.rate_per_s, found.mean_s)
     y = np.log(np.array(windows, dtype=np.float64))
     y -= y.mean()
     n = len(y)
@@ -133,7 +139,7 @@ def fit_noise(sat: Saturation, relative_gaps: Sequence[float],
     x0 = np.array([max(1e-4, float(cov[0])), default_tau_s])
     fit = least_squares(residuals, x0, bounds=([0.0, dt / 2], [1.0, 120.0]))
     var, tau = (float(v) for v in fit.x)
-    return NoiseFit(jitter, math.sqrt(max(0.0, var)), tau)
+    return NoiseFit(jitter, math.sqrt(max(0.0, var)), tau, found.rate_per_s, found.mean_s)
 
 
 def timing_from(step: StepFit, noise: NoiseFit, base: Timing | None = None) -> Timing:
@@ -144,6 +150,7 @@ def timing_from(step: StepFit, noise: NoiseFit, base: Timing | None = None) -> T
         prefill_ms_per_token_kctx=step.prefill_ms_per_token_kctx,
         decode_ms_per_seq=step.decode_ms_per_seq, attn_ms_per_ctx_token=step.attn_ms_per_ctx_token,
         jitter=noise.jitter, drift_sd=noise.drift_sd, drift_tau_s=noise.drift_tau_s,
+        stall_rate_per_s=noise.stall_rate_per_s, stall_mean_s=noise.stall_mean_s,
         queue_ms_per_waiting=0.0)
 
 
@@ -225,11 +232,14 @@ def capacity_residual(config: EngineConfig, capacity: Capacity) -> float:
 
 
 def scaled(timing: Timing, step_scale: float, frontend_scale: float, queue_ms: float,
-           drift_sd: float) -> Timing:
-    """``timing`` with its step costs and front-end floor scaled, queue and drift set."""
+           drift_sd: float, stall_scale: float = 1.0) -> Timing:
+    """``timing`` with its step costs, front-end floor and stall rate scaled, queue and
+    drift set."""
     changes: dict[str, float] = {k: getattr(timing, k) * step_scale for k in STEP_FIELDS}
     return dataclasses.replace(timing, frontend_ms=timing.frontend_ms * frontend_scale,
-                               queue_ms_per_waiting=queue_ms, drift_sd=drift_sd, **changes)
+                               queue_ms_per_waiting=queue_ms, drift_sd=drift_sd,
+                               stall_rate_per_s=timing.stall_rate_per_s * stall_scale,
+                               **changes)
 
 
 @dataclass(frozen=True)
@@ -241,21 +251,26 @@ class Refined:
     step_scale: float
     frontend_scale: float
     evaluations: int
+    stall_scale: float = 1.0
 
 
 def refine(config: EngineConfig, levels: Sequence[Level], capacity: Capacity | None, *,
            replicates: int = 3, max_evaluations: int = 60,
            say: Callable[[str], None] = print) -> Refined:
-    """Stage 2: match the simulator in virtual time to the measured levels and saturation."""
+    """Stage 2: match the simulator in virtual time to the measured levels and saturation.
+
+    When the saturation probe saw stalls, their rate is a fifth parameter: one 30 s closed
+    loop holds a stall or two at most, the open-loop levels hold more."""
     base = config.timing
     queue_unit = max(1e-6, base.step_base_ms / 100)
     drift_unit = 0.1
     drift0 = min(5.0, base.drift_sd / drift_unit)
+    stalls = base.stall_rate_per_s > 0 and base.stall_mean_s > 0
     evaluations = 0
 
     def timing_of(x: Vector) -> Timing:
         return scaled(base, math.exp(x[0]), math.exp(x[1]), float(x[2]) * queue_unit,
-                      float(x[3]) * drift_unit)
+                      float(x[3]) * drift_unit, math.exp(x[4]) if stalls else 1.0)
 
     def residuals(x: Vector) -> Vector:
         nonlocal evaluations
@@ -268,16 +283,21 @@ def refine(config: EngineConfig, levels: Sequence[Level], capacity: Capacity | N
             out.append(capacity_residual(cfg, capacity))
         # Weak priors: stay near the closed-loop figures unless the data say otherwise.
         out += [x[0] / 0.3, x[1] / 0.5, x[2] / 10.0, (x[3] - drift0) / 3.0]
+        if stalls:
+            out.append(x[4] / 1.5)
         return np.array(out, dtype=np.float64)
 
-    x0 = np.array([0.0, 0.0, 0.01, max(0.01, drift0)])
-    lower = np.array([math.log(0.5), math.log(0.2), 0.0, 0.0])
-    upper = np.array([math.log(2.0), math.log(5.0), 50.0, 6.0])
+    x0 = np.array([0.0, 0.0, 0.01, max(0.01, drift0)] + ([0.0] if stalls else []))
+    lower = np.array([math.log(0.5), math.log(0.2), 0.0, 0.0]
+                     + ([math.log(0.2)] if stalls else []))
+    upper = np.array([math.log(2.0), math.log(5.0), 50.0, 6.0]
+                     + ([math.log(20.0)] if stalls else []))
     start_cost = float(np.sum(residuals(x0) ** 2))
     # Soft-L1: a level near saturation is one draw of a very noisy queue; it must not
     # outweigh the rest. Common random numbers keep the objective deterministic.
-    fit = least_squares(residuals, x0, bounds=(lower, upper), diff_step=np.full(4, 0.15),
-                        loss="soft_l1", max_nfev=max_evaluations, method="trf")
+    fit = least_squares(residuals, x0, bounds=(lower, upper),
+                        diff_step=np.full(len(x0), 0.15), loss="soft_l1",
+                        max_nfev=max_evaluations, method="trf")
     timing = timing_of(fit.x)
     final_cost = float(np.sum(fit.fun ** 2))
     say(f"  open-loop fit: squared misfit {start_cost:.1f} -> {final_cost:.1f} after "
@@ -285,4 +305,4 @@ def refine(config: EngineConfig, levels: Sequence[Level], capacity: Capacity | N
     cfg = dataclasses.replace(config, timing=timing)
     simulated = [simulate_level(cfg, level, replicates) for level in levels]
     return Refined(timing, simulated, math.exp(float(fit.x[0])), math.exp(float(fit.x[1])),
-                   evaluations)
+                   evaluations, math.exp(float(fit.x[4])) if stalls else 1.0)
