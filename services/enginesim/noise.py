@@ -78,15 +78,14 @@ class Stalls:
         self.rate_per_s = rate_per_s
         self.mean_s = mean_s
         self._rng = random.Random(seed ^ 0x57A11)
-        self._origin: float | None = None
         self._start = math.inf
         self._end = math.inf
+        """The current or next stall; infinite until the first step draws it."""
 
     def remaining(self, now: float) -> float:
         if self.rate_per_s <= 0 or self.mean_s <= 0:
             return 0.0
-        if self._origin is None:
-            self._origin = now
+        if self._end == math.inf:  # the first step: the episodes count from here
             self._next(now)
         while self._end <= now:  # time only moves forward: walk past the stalls behind
             self._next(self._end)

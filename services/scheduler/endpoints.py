@@ -64,14 +64,17 @@ class SchedulerEndpoints:
             body = self._select_dec.decode(req.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             raise _bad_request(err) from None
+        reply, event = self._select_one(body)
+        await req.respond(self._enc.encode(reply))
+        if event is not None and self.announce is not None:
+            await self.announce(event)
+
+    def _select_one(self, body: SelectRequest) -> tuple[SelectReply, SelectionEvent | None]:
         decision, event = self.core.select(body)
-        await req.respond(self._enc.encode(SelectReply(answer=decision.answer,
-                                                       reason=decision.reason)))
         if self.metrics is not None:
             self.metrics.decided("select", body.pool_name, body.partition, decision.answer,
                                  decision.reason)
-        if event is not None and self.announce is not None:
-            await self.announce(event)
+        return SelectReply(answer=decision.answer, reason=decision.reason), event
 
     async def route(self, req: Request) -> None:
         """The gateway's pick among a pool's members; the selection is announced to all."""
@@ -79,45 +82,29 @@ class SchedulerEndpoints:
             body = self._route_dec.decode(req.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             raise _bad_request(err) from None
-        reply, event = self.core.route(body)
+        reply, event = self._route_one(body)
         await req.respond(self._enc.encode(reply))
-        if self.metrics is not None:
-            self.metrics.decided("route", body.pool, body.partition, reply.answer, reply.reason)
         if event is not None and self.announce is not None:
             await self.announce(event)
+
+    def _route_one(self, body: RouteRequest) -> tuple[RouteReply, SelectionEvent | None]:
+        reply, event = self.core.route(body)
+        if self.metrics is not None:
+            self.metrics.decided("route", body.pool, body.partition, reply.answer, reply.reason)
+        return reply, event
 
     async def select_many(self, req: Request) -> None:
         """Several selects in one request (an API's selects of one loop pass), answered
         as an array in the same order; each decided and announced as by ``select``."""
-        bodies = _batch(self._selects_dec, req.data)
-        replies: list[SelectReply] = []
-        events: list[SelectionEvent] = []
-        for body in bodies:
-            decision, event = self.core.select(body)
-            replies.append(SelectReply(answer=decision.answer, reason=decision.reason))
-            if self.metrics is not None:
-                self.metrics.decided("select", body.pool_name, body.partition,
-                                     decision.answer, decision.reason)
-            if event is not None:
-                events.append(event)
-        await req.respond(self._enc.encode(replies))
-        await self._announce_all(events)
+        done = [self._select_one(body) for body in _batch(self._selects_dec, req.data)]
+        await req.respond(self._enc.encode([reply for reply, _ in done]))
+        await self._announce_all([event for _, event in done if event is not None])
 
     async def route_many(self, req: Request) -> None:
         """Several route calls in one request, answered as an array in the same order."""
-        bodies = _batch(self._routes_dec, req.data)
-        replies: list[RouteReply] = []
-        events: list[SelectionEvent] = []
-        for body in bodies:
-            reply, event = self.core.route(body)
-            replies.append(reply)
-            if self.metrics is not None:
-                self.metrics.decided("route", body.pool, body.partition, reply.answer,
-                                     reply.reason)
-            if event is not None:
-                events.append(event)
-        await req.respond(self._enc.encode(replies))
-        await self._announce_all(events)
+        done = [self._route_one(body) for body in _batch(self._routes_dec, req.data)]
+        await req.respond(self._enc.encode([reply for reply, _ in done]))
+        await self._announce_all([event for _, event in done if event is not None])
 
     async def _announce_all(self, events: list[SelectionEvent]) -> None:
         if self.announce is not None:

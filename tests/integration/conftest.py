@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,15 @@ async def make_stack(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
             await svc.stop()
         await stack.http.aclose()
         await stack.bus.close()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    """The test's own NATS connection, drained at the end."""
+    conn = await nats.connect(nats_url)
+    yield conn
+    with contextlib.suppress(Exception):
+        await conn.drain()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -36,13 +35,6 @@ STREAMS = 8
 async def engines() -> AsyncIterator[list[RunningEngine]]:
     async with engines_running(ENGINE, 2) as running:
         yield running
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    await conn.drain()
 
 
 def _outcome(n: int) -> OutcomeEvent:

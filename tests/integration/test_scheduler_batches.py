@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
 import msgspec
 import nats
@@ -29,13 +28,6 @@ pytestmark = pytest.mark.integration
 
 KEYS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"]
 CALLS = 24
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    await conn.drain()
 
 
 def make_core() -> SchedulerCore:

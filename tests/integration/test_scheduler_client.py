@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -20,13 +18,6 @@ from services.api.scheduler_errors import SchedulerError, SchedulerUnavailable
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    await conn.drain()
 
 
 async def test_concurrent_calls_each_get_their_own_reply(nc: NATS, prefix: str) -> None:

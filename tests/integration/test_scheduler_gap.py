@@ -9,7 +9,6 @@ until the select budget ends; only then is it unavailable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import nats
@@ -28,13 +27,6 @@ pytestmark = pytest.mark.integration
 
 GAP_S = 0.3
 """How long no replica is subscribed."""
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    await conn.drain()
 
 
 async def _replica_after(nc: NATS, subject: str, delay_s: float, answer: bytes) -> None:

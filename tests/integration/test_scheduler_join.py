@@ -73,14 +73,6 @@ async def members() -> AsyncIterator[list[str]]:
         await server.stop()
 
 
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Any]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    with contextlib.suppress(Exception):
-        await conn.drain()
-
-
 def _config(tmp_path: Path, prefix: str, members: list[str]) -> Path:
     """One static pool of ``members``, fetched once a minute, scraped twice a second."""
     pool = {"name": POOL, "engine_type": "vllm", "source": "static", "members": members}
