@@ -313,6 +313,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Requests held per alias and API process while an instance wakes or starts."""
     hold_timeout_s: float = 120.0
     """How long a held request waits before 503 with Retry-After."""
+    hold_next_try_ms: float = 3.0
+    """After a held request got an instance, the next one in its line asks this much later:
+    the selection reaches every scheduler replica first, so the next ask is not answered
+    from a view that still shows the slot free (0: at once)."""
     inflight_ttl_s: float = 900.0
     """A routed request whose outcome is never reported stops counting after this."""
     decide: Literal["scheduler", "local"] = "scheduler"
@@ -586,6 +590,8 @@ def _validate_gateway(config: Config, mode_names: set[str]) -> None:
         raise ConfigError("gateway.retries", f"must be 0..10, got {g.retries}")
     if g.hold_queue_size < 0:
         raise ConfigError("gateway.hold_queue_size", "must be >= 0")
+    if not 0 <= g.hold_next_try_ms <= 1000:
+        raise ConfigError("gateway.hold_next_try_ms", f"must be 0..1000, got {g.hold_next_try_ms}")
     for name in ("first_byte_timeout_s", "hold_timeout_s", "inflight_ttl_s"):
         _check_positive(f"gateway.{name}", getattr(g, name))
     if g.models_mode is not None and g.models_mode not in mode_names:

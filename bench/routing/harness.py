@@ -109,7 +109,8 @@ def run(trace: Sequence[TraceRequest], fleet: Sequence[EngineConfig], router: Ro
     outcomes = [Outcome(i, item.arrival_s) for i, item in enumerate(trace)]
     held: deque[int] = deque()
     events: list[tuple[float, int, int, int]] = []
-    """(time, seq, kind, value): kind 0 arrival, 1 step end, 2 wake, 3 scrape, 4 timeout."""
+    """(time, seq, kind, value): kind 0 arrival, 1 step end, 2 wake, 3 scrape, 4 timeout,
+    5 the admission line's next try."""
     seq = 0
     samples: list[QueueSample] = []
     remaining = len(trace)
@@ -162,14 +163,23 @@ def run(trace: Sequence[TraceRequest], fleet: Sequence[EngineConfig], router: Ro
         return True
 
     choose = getattr(router, "next_held", None)
+    admit_gap_s: float = getattr(router, "admit_gap_s", 0.0)
+    next_try_due = False
 
     def drain_held(now: float) -> None:
+        nonlocal next_try_due
+        if next_try_due:
+            return  # the line's next try is already timed
         while held:
             position = 0 if choose is None else choose([trace[i].arrival_s for i in held], now)
             index = held[position]
             if not offer(index, now):
                 return
             del held[position]
+            if admit_gap_s > 0 and held:
+                next_try_due = True  # as the gateway's line: the next try after the gap
+                push(now + admit_gap_s, 5, 0)
+                return
 
     while remaining > 0 and events:
         t, _seq, kind, value = heapq.heappop(events)
@@ -202,6 +212,9 @@ def run(trace: Sequence[TraceRequest], fleet: Sequence[EngineConfig], router: Ro
                                        [s.running for s in snaps], len(held)))
             drain_held(t)
             push(t + scrape_interval, 3, 0)
+        elif kind == 5:
+            next_try_due = False
+            drain_held(t)
         elif kind == 4 and value in held:
             held.remove(value)
             outcomes[value].refused = True

@@ -13,13 +13,16 @@ from collections.abc import Sequence
 from bench.routing.harness import HOLD, REJECT, Snapshot
 from services.api.gateway.admission import next_to_serve
 from services.enginesim.virtual import TraceRequest
-from shared.config import Config, ModeConfig, PoolConfig, SchedulerConfig
+from shared.config import Config, GatewayConfig, ModeConfig, PoolConfig, SchedulerConfig
 from shared.messages import MemberInfo, MemberMetrics, MetricsBatch, PoolSnapshot, SelectRequest
-from shared.routing import OutcomeEvent, RouteRequest
+from shared.routing import OutcomeEvent, RouteRequest, SelectionEvent
 from shared.scheduling.core import SchedulerCore
 from shared.scheduling.plugins.registry import default_registry
 
 POOL, PARTITION = "bench", "Common"
+LINE_GAP_S = GatewayConfig().hold_next_try_ms / 1000
+"""The gateway's admission line: after a held request got a member, the next tries this
+much later (``gateway.hold_next_try_ms``)."""
 
 
 class RoundRobin:
@@ -89,12 +92,14 @@ class CoreRouter:
     """llmsched's scheduler core (a mode of SCHEDULER profiles) fed like the real services.
 
     Scrapes arrive as metrics batches, routing is the ``route`` call the gateway makes,
-    outcomes are the gateway's outcome events; held requests are ordered as the gateway's
-    admission line orders them.
+    outcomes are the gateway's outcome events; held requests are ordered and spaced as the
+    gateway's admission line orders and spaces them.
     """
 
+    admit_gap_s = LINE_GAP_S
+
     def __init__(self, name: str, mode: ModeConfig, engines: int, *,
-                 scrape_interval: float, seed: int = 0) -> None:
+                 scrape_interval: float, seed: int = 0, replica: str = "bench") -> None:
         self.name = name
         self.now = 0.0
         self.keys = [f"10.0.0.{i + 1}:8000" for i in range(engines)]
@@ -105,7 +110,7 @@ class CoreRouter:
                               members=self.keys, mode=mode.name)])
         self.mode = mode
         self.core = SchedulerCore(config, default_registry(), rng=random.Random(seed),
-                                  clock=lambda: self.now, replica="bench")
+                                  clock=lambda: self.now, replica=replica)
         self.core.view.apply_snapshot(PoolSnapshot(
             pool=POOL, partition=PARTITION, engine_type="vllm", source="static",
             members=[MemberInfo(key=k, host=k.split(":")[0], port=8000) for k in self.keys],
@@ -123,14 +128,19 @@ class CoreRouter:
                      for s in snapshots]))
 
     def route(self, index: int, item: TraceRequest, now: float) -> int:
+        return self.route_with_event(index, item, now)[0]
+
+    def route_with_event(self, index: int, item: TraceRequest, now: float
+                         ) -> tuple[int, SelectionEvent | None]:
+        """The engine (or HOLD / REJECT) and the selection event the other replicas hear."""
         self.now = now
-        reply, _event = self.core.route(RouteRequest(
+        reply, event = self.core.route(RouteRequest(
             pool=POOL, partition=PARTITION, request_id=str(index),
             prompt_chars=item.input_tokens * 4, ttl_s=1e9))
         self.answers[reply.reason] = self.answers.get(reply.reason, 0) + 1
         if not reply.url:
-            return HOLD if reply.answer == "busy" or reply.active else REJECT
-        return self.keys.index(reply.answer)
+            return (HOLD if reply.answer == "busy" or reply.active else REJECT), event
+        return self.keys.index(reply.answer), event
 
     def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
         self.now = now
@@ -154,6 +164,8 @@ class SelectRouter(CoreRouter):
     shipped iRule's outcome report at the response headers (no TTFT to learn from); a
     ``busy`` answer is the iRule's 503, so a miss."""
 
+    admit_gap_s = 0.0  # no line: the iRule answers 503 at once
+
     def route(self, index: int, item: TraceRequest, now: float) -> int:
         self.now = now
         decision, _event = self.core.select(SelectRequest(
@@ -170,3 +182,68 @@ class SelectRouter(CoreRouter):
 
     def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
         self.now = now  # the iRule reported at the headers; nothing more comes
+
+
+EVENT_LAG_S = 0.002
+"""How long a replica's selection takes to reach the other replicas (event pacing, 1 ms,
+plus the bus)."""
+
+
+class ReplicatedRouter:
+    """Several scheduler replicas behind one admission line: each request goes to one
+    replica at random (a NATS queue group), which decides on its own view; the others count
+    that selection ``lag_s`` later. Every replica applies every scrape and outcome at once.
+
+    Separates the cost of deciders that see each other's selections late from the cost of
+    split admission lines (which this router does not have): with the line's next try at
+    once (``admit_gap_s`` 0), a held request admitted by one replica and the next one asked
+    of the other replica before the selection arrived both take the same free slot."""
+
+    def __init__(self, name: str, mode: ModeConfig, engines: int, *, replicas: int = 2,
+                 scrape_interval: float, seed: int = 0, lag_s: float = EVENT_LAG_S,
+                 admit_gap_s: float = LINE_GAP_S) -> None:
+        self.name = name
+        self.admit_gap_s = admit_gap_s
+        self.replicas = [CoreRouter(f"{name}-{i}", mode, engines, scrape_interval=scrape_interval,
+                                    seed=seed * 31 + i, replica=f"r{i}")
+                         for i in range(replicas)]
+        self.lag_s = lag_s
+        self._rng = random.Random(seed)
+        self._pending: list[tuple[float, int, SelectionEvent]] = []
+        self.answers: dict[str, int] = {}
+
+    def _deliver(self, now: float) -> None:
+        due = [p for p in self._pending if p[0] <= now]
+        if not due:
+            return
+        self._pending = [p for p in self._pending if p[0] > now]
+        for at, target, event in sorted(due, key=lambda p: p[0]):
+            replica = self.replicas[target]
+            replica.now = at
+            replica.core.apply_selection(event)
+
+    def observe(self, snapshots: Sequence[Snapshot], now: float) -> None:
+        self._deliver(now)
+        for replica in self.replicas:
+            replica.observe(snapshots, now)
+
+    def route(self, index: int, item: TraceRequest, now: float) -> int:
+        self._deliver(now)
+        chosen = self._rng.randrange(len(self.replicas))
+        answer, event = self.replicas[chosen].route_with_event(index, item, now)
+        self.answers = {}
+        for replica in self.replicas:
+            for reason, count in replica.answers.items():
+                self.answers[reason] = self.answers.get(reason, 0) + count
+        if event is not None:
+            self._pending.extend((now + self.lag_s, i, event)
+                                 for i in range(len(self.replicas)) if i != chosen)
+        return answer
+
+    def done(self, index: int, engine: int, ttft: float, e2e: float, now: float) -> None:
+        self._deliver(now)
+        for replica in self.replicas:
+            replica.done(index, engine, ttft, e2e, now)
+
+    def next_held(self, arrivals: Sequence[float], now: float) -> int:
+        return self.replicas[0].next_held(arrivals, now)

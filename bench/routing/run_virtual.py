@@ -30,6 +30,7 @@ from bench.routing.routers import (
     LeastInFlight,
     PowerOfTwo,
     RandomRouter,
+    ReplicatedRouter,
     RoundRobin,
     SelectRouter,
 )
@@ -50,6 +51,10 @@ def routers(engines: int, seed: int, slo_s: float) -> list[Router]:
                    scrape_interval=SCRAPE_S, seed=seed),
         CoreRouter("greybox", greybox, engines, scrape_interval=SCRAPE_S, seed=seed),
         SelectRouter("greybox-select", greybox, engines, scrape_interval=SCRAPE_S, seed=seed),
+        ReplicatedRouter("greybox-2-replicas", greybox, engines, scrape_interval=SCRAPE_S,
+                         seed=seed),
+        ReplicatedRouter("greybox-2-replicas-no-gap", greybox, engines,
+                         scrape_interval=SCRAPE_S, seed=seed, admit_gap_s=0.0),
     ]
 
 

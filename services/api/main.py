@@ -251,7 +251,8 @@ def _line_settings(config: Config, pool: tuple[str, str]) -> LineSettings:
     return LineSettings(max_waiting=config.gateway.hold_queue_size,
                         timeout_s=config.gateway.hold_timeout_s,
                         slo_s=None if g.ttft_slo_ms is None else g.ttft_slo_ms / 1000,
-                        max_wait_s=g.max_queue_wait_s)
+                        max_wait_s=g.max_queue_wait_s,
+                        next_try_s=config.gateway.hold_next_try_ms / 1000)
 
 
 def _api_keys(g: GatewayConfig) -> frozenset[str]:

@@ -42,6 +42,7 @@ def test_seed_fallback_example_loads_with_defaults() -> None:
     ("global:\n  log_level: LOUD\n", "global.log_level", "must be one of"),
     ("global:\n  nosuch: 1\n", "global", "unknown field `nosuch`"),
     ("gateway:\n  decide: fast\n", "gateway.decide", "Invalid enum value 'fast'"),
+    ("gateway:\n  hold_next_try_ms: -1\n", "gateway.hold_next_try_ms", "0..1000"),
     ("pools:\n - name: a\n", "pools[0]", "missing required field `engine_type`"),
     ("pools:\n - name: a\n   engine_type: trt\n", "pools[0].engine_type", "unknown engine"),
     ("pools:\n - name: a\n   engine_type: vllm\n   source: f5\n", "pools[0].source",

@@ -37,6 +37,8 @@ class LineSettings:
     timeout_s: float = 120.0
     slo_s: float | None = None
     max_wait_s: float = 1.0
+    next_try_s: float = 0.0
+    """After a request got a member, the next one tries this much later (not at once)."""
 
 
 @dataclass(eq=False)
@@ -53,6 +55,10 @@ class _Line:
     trying: Ticket | None = None
     stalled: bool = False
     """The last try found every member busy: wait for a freed slot or the next poll."""
+    not_before: float = 0.0
+    """No try starts before this (clock time): the gap after the last request got a member."""
+    timed: bool = False
+    """A pump is scheduled for ``not_before``."""
 
 
 class AdmissionLines:
@@ -60,7 +66,9 @@ class AdmissionLines:
 
     One request at a time tries again: the next one in the line's order, whenever
     capacity may have been freed (an outcome of that pool, seen on the bus) or every
-    ``poll_s``. A request that gets a member leaves and lets the next one try at once.
+    ``poll_s``. A request that gets a member leaves and lets the next one try after
+    ``next_try_s``: its selection then has reached every scheduler replica, so a replica
+    other than the one that decided does not see the slot it took as free.
     """
 
     def __init__(self, settings: Callable[[tuple[str, str]], LineSettings], *,
@@ -96,6 +104,7 @@ class AdmissionLines:
             if line.trying is ticket:
                 line.trying = None
                 line.stalled = False  # it got a member: there may be room for the next
+                line.not_before = self.clock() + settings.next_try_s
             if not line.tickets:
                 self._lines.pop(pool, None)
             else:
@@ -132,8 +141,19 @@ class AdmissionLines:
     def _pump(self, pool: tuple[str, str], line: _Line) -> None:
         if line.trying is not None or line.stalled or not line.tickets:
             return
+        wait = line.not_before - self.clock()
+        if wait > 0:
+            if not line.timed:
+                line.timed = True
+                asyncio.get_running_loop().call_later(wait, self._timed_pump, pool, line)
+            return
         settings = self.settings(pool)
         position = next_to_serve([t.arrived for t in line.tickets], self.clock(),
                                  slo_s=settings.slo_s, max_wait_s=settings.max_wait_s)
         line.trying = line.tickets[position]
         line.trying.turn.set()
+
+    def _timed_pump(self, pool: tuple[str, str], line: _Line) -> None:
+        line.timed = False
+        if self._lines.get(pool) is line:
+            self._pump(pool, line)
