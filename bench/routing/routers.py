@@ -210,7 +210,15 @@ class ReplicatedRouter:
         self.lag_s = lag_s
         self._rng = random.Random(seed)
         self._pending: list[tuple[float, int, SelectionEvent]] = []
-        self.answers: dict[str, int] = {}
+
+    @property
+    def answers(self) -> dict[str, int]:
+        """The replicas' answers by reason, summed."""
+        total: dict[str, int] = {}
+        for replica in self.replicas:
+            for reason, count in replica.answers.items():
+                total[reason] = total.get(reason, 0) + count
+        return total
 
     def _deliver(self, now: float) -> None:
         due = [p for p in self._pending if p[0] <= now]
@@ -231,10 +239,6 @@ class ReplicatedRouter:
         self._deliver(now)
         chosen = self._rng.randrange(len(self.replicas))
         answer, event = self.replicas[chosen].route_with_event(index, item, now)
-        self.answers = {}
-        for replica in self.replicas:
-            for reason, count in replica.answers.items():
-                self.answers[reason] = self.answers.get(reason, 0) + count
         if event is not None:
             self._pending.extend((now + self.lag_s, i, event)
                                  for i in range(len(self.replicas)) if i != chosen)

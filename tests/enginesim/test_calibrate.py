@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from services.enginesim.calibrate.cli import probe_fit_problem
 from services.enginesim.cli import build_parser, main, plan_fleet
 from services.enginesim.profiles import read_profile
 
@@ -83,3 +84,26 @@ def test_calibrate_rejects_bad_levels(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--levels" in capsys.readouterr().err
     assert main(["calibrate", "--target", "http://127.0.0.1:9", "--prompt-tokens", "9-3"]) == 2
     assert "prompt tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("ttft", "step", "named"), [
+    (0.034, 0.02, None),                      # the quiet machine's fit: go on
+    (0.25, 0.25, None),                       # at the limit: go on
+    (0.501, 0.092, "TTFT by 50%"),            # a contended machine's fit: stop
+    (0.05, 0.4, "step time by 40%"),
+    (float("nan"), 0.01, "TTFT by nan%"),     # nothing to judge by: stop
+])
+def test_a_probe_fit_too_poor_stops_the_calibration(ttft: float, step: float,
+                                                   named: str | None) -> None:
+    problem = probe_fit_problem(ttft, step, 0.25)
+    if named is None:
+        assert problem is None, problem
+    else:
+        assert problem is not None and named in problem and "--max-probe-error" in problem, (
+            problem)
+
+
+def test_calibrate_refuses_a_probe_error_limit_that_is_not_positive(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--target", "http://127.0.0.1:9", "--max-probe-error", "0"]) == 2
+    assert "--max-probe-error" in capsys.readouterr().err

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit a stall process (spells with nothing admitted or streamed) to the "
                         "saturation probe's near-empty windows, and its rate in the open-loop "
                         "fit; off: no stalls, as before (docs/enginesim.md)")
+    p.add_argument("--max-probe-error", type=float, default=0.25,
+                   help="stop after the closed-loop probes when the step-cost fit misses the "
+                        "measured TTFTs or step times by more than this median relative error "
+                        "(default 0.25; a fit that bad would only mislead the open-loop stage)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--report", type=Path, help="also write every measured figure as JSON")
     p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="WARNING")
@@ -127,6 +131,19 @@ def _plan(args: argparse.Namespace, limits: dict[str, int]) -> ProbePlan:
         window_s=STALL_WINDOW_S if args.fit_stalls else ProbePlan.window_s)
 
 
+def probe_fit_problem(ttft_error: float, step_error: float, limit: float) -> str | None:
+    """Why the closed-loop fit is too poor to go on with, or None when it is good enough."""
+    worst = {name: err for name, err in (("TTFT", ttft_error), ("step time", step_error))
+             if not err <= limit}  # (a NaN error is too poor as well)
+    if not worst:
+        return None
+    misses = ", ".join(f"{name} by {err:.0%}" for name, err in worst.items())
+    return (f"the step-cost fit misses the probes' {misses} (median relative error; limit "
+            f"{limit:.0%}, --max-probe-error); nothing written. Usual causes: the engine "
+            "shares its CPUs with this client or other work, or probe requests failed "
+            "(see the warnings above); run again on a quieter machine")
+
+
 def _config(info: EngineInfo, limits: dict[str, int], timing: Timing) -> EngineConfig:
     cfg = EngineConfig(engine="sglang" if info.engine == "sglang" else "vllm",
                        served_model_name=(info.model,), timing=timing)
@@ -140,6 +157,8 @@ async def calibrate(args: argparse.Namespace, say: Callable[[str], None]) -> int
 
     workload = Workload.parse(args.prompt_tokens, args.output_tokens)
     rates = _rates(args.levels)
+    if not args.max_probe_error > 0:
+        raise ValueError(f"--max-probe-error must be > 0, got {args.max_probe_error}")
     duration = float(_pick(args.duration, 40.0, 15.0, args.quick))
     async with session() as http:
         client = EngineClient(args.target, http, args.model)
@@ -170,6 +189,10 @@ async def calibrate(args: argparse.Namespace, say: Callable[[str], None]) -> int
             f"tau {noise.drift_tau_s:.1f} s"
             + (f"; stalls {noise.stall_rate_per_s:.3f}/s, mean {noise.stall_mean_s:.2f} s"
                if args.fit_stalls else ""))
+        bad = probe_fit_problem(step.ttft_error, step.itl_error, args.max_probe_error)
+        if bad is not None:
+            say(f"engine-sim calibrate: {bad}")
+            return 3
         config = _config(info, limits, fit.timing_from(step, noise))
         capacity = data.saturation.request_rate
         if rates is None:
