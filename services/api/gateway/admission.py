@@ -141,14 +141,15 @@ class AdmissionLines:
     def _pump(self, pool: tuple[str, str], line: _Line) -> None:
         if line.trying is not None or line.stalled or not line.tickets:
             return
-        wait = line.not_before - self.clock()
-        if wait > 0:
+        now = self.clock()
+        if now < line.not_before:
             if not line.timed:
                 line.timed = True
-                asyncio.get_running_loop().call_later(wait, self._timed_pump, pool, line)
+                asyncio.get_running_loop().call_later(line.not_before - now, self._timed_pump,
+                                                      pool, line)
             return
         settings = self.settings(pool)
-        position = next_to_serve([t.arrived for t in line.tickets], self.clock(),
+        position = next_to_serve([t.arrived for t in line.tickets], now,
                                  slo_s=settings.slo_s, max_wait_s=settings.max_wait_s)
         line.trying = line.tickets[position]
         line.trying.turn.set()

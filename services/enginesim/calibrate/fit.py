@@ -287,11 +287,12 @@ def refine(config: EngineConfig, levels: Sequence[Level], capacity: Capacity | N
             out.append(x[4] / 1.5)
         return np.array(out, dtype=np.float64)
 
-    x0 = np.array([0.0, 0.0, 0.01, max(0.01, drift0)] + ([0.0] if stalls else []))
-    lower = np.array([math.log(0.5), math.log(0.2), 0.0, 0.0]
-                     + ([math.log(0.2)] if stalls else []))
-    upper = np.array([math.log(2.0), math.log(5.0), 50.0, 6.0]
-                     + ([math.log(20.0)] if stalls else []))
+    # (start, lower, upper) of log step scale, log front-end scale, queue, drift[, log stall scale]
+    params = [(0.0, math.log(0.5), math.log(2.0)), (0.0, math.log(0.2), math.log(5.0)),
+              (0.01, 0.0, 50.0), (max(0.01, drift0), 0.0, 6.0)]
+    if stalls:
+        params.append((0.0, math.log(0.2), math.log(20.0)))
+    x0, lower, upper = (np.array(column, dtype=np.float64) for column in zip(*params, strict=True))
     start_cost = float(np.sum(residuals(x0) ** 2))
     # Soft-L1: a level near saturation is one draw of a very noisy queue; it must not
     # outweigh the rest. Common random numbers keep the objective deterministic.
