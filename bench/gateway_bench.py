@@ -112,7 +112,7 @@ QUICK = Plan(rounds=1, warmup_s=0.3, single_s=1.5, many_s=2.0, stream_s=2.0)
 
 
 def config_doc(prefix: str, api_port: int, backend_ports: list[int], max_ongoing: int,
-               decide: str = "scheduler") -> dict[str, Any]:
+               decide: str = "local") -> dict[str, Any]:
     """One static pool of the backends, served under ``model: bench-model``."""
     return {
         "global": {"interval": 60, "api_host": "127.0.0.1", "api_port": api_port,
@@ -175,7 +175,7 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(keep_logs: bool, router_exe: Path, max_ongoing: int,
-                  decide: str = "scheduler", api_processes: int = 1) -> Iterator[Stack]:
+                  decide: str = "local", api_processes: int = 1) -> Iterator[Stack]:
     """NATS, Valkey, three backends, scheduler + collector + API, two vllm-routers."""
     from shared.embedded import nats_server, valkey_server
 
@@ -795,9 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-layers", action="store_true",
                         help="skip the runs that split the API's CPU per request into layers")
     parser.add_argument("--keep-logs", action="store_true", help="keep the child logs")
-    parser.add_argument("--decide", choices=("scheduler", "local"), default="scheduler",
-                        help="the API's gateway.decide: a NATS route call to the scheduler, "
-                             "or the decision in the API process")
+    parser.add_argument("--decide", choices=("local", "scheduler"), default="local",
+                        help="the API's gateway.decide: the decision in the API process (the "
+                             "product's default), or a NATS route call to the scheduler")
     parser.add_argument("--api-processes", type=int, default=1,
                         help="API processes accepting on one socket, as `llmsched up` runs "
                              "them (it starts 2)")

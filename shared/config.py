@@ -319,10 +319,11 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     from a view that still shows the slot free (0: at once)."""
     inflight_ttl_s: float = 900.0
     """A routed request whose outcome is never reported stops counting after this."""
-    decide: Literal["scheduler", "local"] = "scheduler"
-    """Where a gateway request's member is chosen: ``scheduler`` (a NATS ``route`` call to
-    the scheduler queue group) or ``local`` (the same core in the API process, its view
-    kept from the bus; no round trip per request). Takes effect at the API's start."""
+    decide: Literal["scheduler", "local"] = "local"
+    """Where a gateway request's member is chosen: ``local`` (the scheduling core in the API
+    process, its view kept from the bus like a scheduler replica's; no round trip per
+    request) or ``scheduler`` (a NATS ``route`` call to the scheduler queue group). Takes
+    effect at the API's start."""
     api_keys_env: str | None = None
     """Environment variable with comma-separated keys required on /v1/* (unset: open)."""
     models_mode: str | None = None

@@ -81,7 +81,7 @@ def architecture() -> None:
     parts = [("admin + registry", "/admin/models*, /admin/status,", "/workers/*, /admin/workers"),
              ("status, analysis", "/pools/*/status, simulate,", "analyze, /health /readyz"),
              ("select fast path", "POST /scheduler/select", "→ member | none | fallback"),
-             ("OpenAI gateway", "/v1/chat/completions,", "/v1/completions, /v1/models")]
+             ("OpenAI gateway", "/v1/chat/completions, /v1/completions;", "routes in-process (decide: local)")]
     for i, (title, a, b) in enumerate(parts):
         box(ax, 0.6 + 2.95 * i, 6.05, 2.75, 1.3, title, (a, b), "note", size=9.5)
 
@@ -100,7 +100,7 @@ def architecture() -> None:
     box(ax, 13.4, 6.3, 4.9, 3.6, "Redis / Valkey", (
         "API: worker + model registry",
         "scheduler: durable copy of pools,",
-        "  metrics, selection counts",
+        "  metrics, selection counts (API too)",
         "autoscaler: leader lease, drain marks,",
         "  action log, unloaded slots",
         "collector: reads the worker registry",
@@ -133,11 +133,11 @@ def architecture() -> None:
     arrow(ax, (12.4, 7.6), (13.4, 7.6), "", STORE, dashed=True, both=True)
     ax.text(12.45, 7.7, "registries", fontsize=8, color=STORE)
     subjects = [
-        ("scheduler.route|select|simulate|analyze|status", "API → one scheduler (request-reply)"),
-        ("pool.snapshot.<partition>.<pool>", "collector → every scheduler"),
-        ("member.metrics.<partition>.<pool>", "collector → every scheduler"),
-        ("selection", "scheduler → every scheduler (in flight +1)"),
-        ("request.outcome", "gateway → every scheduler (in flight −1)"),
+        ("scheduler.select|simulate|analyze|status|route", "API → one scheduler (request-reply)"),
+        ("pool.snapshot.<partition>.<pool>", "collector → every scheduler and API"),
+        ("member.metrics.<partition>.<pool>", "collector → every scheduler and API"),
+        ("selection", "whoever decided → all the others (in flight +1)"),
+        ("request.outcome", "gateway → every scheduler and API (in flight −1)"),
         ("load.<pool>", "scheduler → autoscaler (incl. in flight)"),
         ("autoscaler.demand", "gateway → autoscaler (held requests)"),
         ("autoscaler.action", "autoscaler → anyone (what it did)"),
@@ -243,20 +243,20 @@ def gateway_request() -> None:
     s.note("api", "check body (400 naming the field), resolve the alias\n"
            "(404 model_not_found), max_ongoing_requests (429)", width=4.4)
     s.band("attempt 0")
-    s.msg("api", "sched", "NATS request: scheduler.route {pool, request_id …-0, exclude []}",
-          BUS)
-    s.note("sched", "awake, available members; threshold filter;\n"
-           "least_load: fewest in flight (best pick)", width=4.6)
-    s.msg("sched", "api", "{answer: A, url: http://A}", BUS, dashed=True)
-    s.note("sched", "publishes selection: every replica counts A +1", width=4.6)
+    s.note("api", "route in-process (gateway.decide: local, the default):\n"
+           "the scheduling core on this process's view of the pool;\n"
+           "awake, available members; threshold filter;\n"
+           "least_load: fewest in flight → A  (A +1 here at once)", width=4.6)
+    s.msg("api", "sched", "publish selection {A, request_id …-0}  (1 ms batches)", BUS)
+    s.note("sched", "every replica and every other API process:\nA +1 in flight", width=4.6)
     s.msg("api", "a", "POST /v1/chat/completions (x-request-id …-0)", HTTP, fail=True)
     s.note("api", "refused / reset / 5xx / no first byte within\n"
-           "first_byte_timeout_s: nothing sent to the client yet", width=4.4)
+           "first_byte_timeout_s: nothing sent to the client yet; A −1 here", width=4.6)
     s.msg("api", "sched", "publish request.outcome {…-0, final: false, status 0|5xx}", BUS)
-    s.note("sched", "every replica: A −1 in flight", width=4.6)
+    s.note("sched", "everyone else: A −1 in flight", width=4.6)
     s.band("attempt 1 (up to gateway.retries, backoff 0.05 s doubling)")
-    s.msg("api", "sched", "scheduler.route {request_id …-1, exclude [A]}", BUS)
-    s.msg("sched", "api", "{answer: B, url: http://B}   (+ selection event)", BUS, dashed=True)
+    s.note("api", "route in-process again, exclude [A] → B", width=4.6)
+    s.msg("api", "sched", "publish selection {B, request_id …-1}", BUS)
     s.msg("api", "b", "POST /v1/chat/completions (x-request-id …-1)", HTTP)
     s.relay("b", "api", "client", "200 + first chunk relayed: the answer has started, no retry "
             "from here on", HTTP)
@@ -264,10 +264,13 @@ def gateway_request() -> None:
             "on the way)", HTTP)
     s.msg("api", "sched", "publish request.outcome {…-1, final: true, 200, ttft_s, e2e_s, tokens}",
           BUS)
-    s.note("sched", "every replica: B −1 in flight\n(or after inflight_ttl_s if lost)",
-           width=4.6)
+    s.note("sched", "everyone: B −1 in flight; the TTFT predictor learns\n"
+           "(or after inflight_ttl_s if lost)", width=4.6)
+    s.note("sched", "with gateway.decide: scheduler, each route is instead a NATS\n"
+           "request to scheduler.route, answered by one replica", width=4.6)
     s.finish(fig, {"client": "client (SDK)", "api": "API: gateway",
-                   "sched": "scheduler replicas", "a": "engine A", "b": "engine B"},
+                   "sched": "scheduler replicas,\nother API processes", "a": "engine A",
+                   "b": "engine B"},
              "gateway-request.png")
 
 
@@ -279,8 +282,7 @@ def scale_from_zero() -> None:
     names = ["client", "api", "sched", "coll", "auto", "worker", "engine"]
     s = Seq(ax, names, [1.3, 4.1, 6.9, 9.7, 12.5, 15.2, 17.7], top=13.6)
     s.msg("client", "api", "POST /v1/chat/completions {model: \"zero\"}", HTTP)
-    s.msg("api", "sched", "scheduler.route", BUS)
-    s.msg("sched", "api", "{answer: none, active: 0}", BUS, dashed=True)
+    s.note("api", "route in-process: {answer: none, active: 0}", width=4.2)
     s.note("api", "hold: the alias's line (≤ hold_queue_size,\n"
            "else 503 no_capacity); deadline hold_timeout_s", width=4.2)
     s.msg("api", "auto", "publish autoscaler.demand {alias: zero, waiting: 1}   (again every 1 s)",
@@ -294,12 +296,12 @@ def scale_from_zero() -> None:
     s.msg("worker", "api", "POST /workers/{id}/heartbeat (instance zero: running), at once", HTTP)
     s.note("api", "writes the worker record to Redis; publishes\n"
            "registry.changed: held requests ask again now", width=4.2)
-    s.msg("coll", "sched", "pool.snapshot @models.zero [new member]  (registry read every 1 s)",
-          BUS)
-    s.msg("coll", "sched", "member.metrics (next scrape round)", BUS)
+    s.msg("coll", "api", "pool.snapshot @models.zero [new member]  (registry read every 1 s; "
+          "to every scheduler and API)", BUS)
+    s.msg("coll", "api", "member.metrics (next scrape round)", BUS)
     s.band("the held request (asks every 0.2 s, or at once on registry.changed)")
-    s.msg("api", "sched", "scheduler.route", BUS)
-    s.msg("sched", "api", "{answer: member, url}  (+ selection event)", BUS, dashed=True)
+    s.note("api", "route in-process: {answer: member, url}", width=4.2)
+    s.msg("api", "sched", "publish selection (every scheduler counts it)", BUS)
     s.msg("api", "auto", "autoscaler.demand {waiting: 0}  (it left the line: demand withdrawn)",
           BUS)
     s.msg("api", "engine", "POST /v1/chat/completions", HTTP)

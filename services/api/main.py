@@ -104,16 +104,20 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     router: Router = NatsRouter(client)
     if cfg.gateway.decide == "local":
         local = await start_local_routing(cfg, store, f"{gateway_id}-{uuid.uuid4().hex[:6]}",
-                                          stop, nats_url=nats_url, on_dropped=drops)
+                                          stop, nats_url=nats_url, redis_url=redis_url,
+                                          on_dropped=drops)
         router = local.router
     events = NatsEvents(nc, subjects, gateway_id,
                         outcomes=local.outcome if local is not None else None)
     catalog = Catalog(cfg, lambda: view.models)
     hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
     upstream = Upstream()
+    gateway_metrics = GatewayMetrics(prom)
+    if local is not None:
+        local.router.on_decided = gateway_metrics.decided
     admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
     gateway = Gateway(_gateway_settings(cfg.gateway), catalog, router, upstream,
-                      events, hold, admission, metrics=GatewayMetrics(prom))
+                      events, hold, admission, metrics=gateway_metrics)
     prom.register(OngoingCollector(lambda: gateway.ongoing,
                                    lambda: gateway.settings.max_ongoing))
     gateway.keys = route_keys = RouteKeys(cfg)

@@ -16,7 +16,6 @@ from nats.aio.client import Client as NATS
 from services.scheduler.endpoints import SchedulerEndpoints, start_service
 from services.scheduler.metrics import PoolsCollector, SchedulerMetrics
 from services.scheduler.persist import StatePersister
-from services.scheduler.selections import RedisSelectionStore
 from shared.bus import EventBatch, connect_nats
 from shared.config import LoadedConfig
 from shared.config_watch import ConfigWatcher
@@ -29,6 +28,7 @@ from shared.runtime import run_service, sleep_or_stop
 from shared.scheduling.core import SchedulerCore
 from shared.scheduling.follower import ViewFollower, expire_inflight, join, resync_on_reconnect
 from shared.scheduling.plugins.registry import default_registry
+from shared.scheduling.selection_counts import RedisSelectionStore
 from shared.state import RedisStateStore, connect_redis
 from shared.subjects import RedisKeys, Subjects
 

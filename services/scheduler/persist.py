@@ -9,9 +9,9 @@ import logging
 
 import msgspec
 
-from services.scheduler.selections import SelectionStore
 from shared.messages import MetricsBatch
-from shared.scheduling.view import ClusterView, SelectionCounts
+from shared.scheduling.selection_counts import SelectionStore, flush_selections
+from shared.scheduling.view import ClusterView
 from shared.state import StateStore
 from shared.subjects import RedisKeys
 
@@ -69,19 +69,8 @@ class StatePersister:
         self._dirty_metrics.clear()
 
     async def _flush_selections(self) -> None:
-        """Add each pool's pending answers to its shared hash and read the totals back."""
-        if self.counts is None or not self.view.pools:
-            return
-        taken: dict[str, tuple[SelectionCounts, dict[str, int]]] = {}
-        deltas: dict[str, dict[str, int]] = {}
-        for pool in self.view.pools.values():
-            key = self.keys.selections(pool.partition, pool.name)
-            taken[key] = (pool.counts, dict(pool.counts.local))
-            deltas[key] = pool.counts.pending()
-        totals = await self.counts.add_and_read(deltas, self.ttl_s)
-        for key, (counts, local) in taken.items():
-            counts.flushed = local
-            counts.fleet = totals.get(key, {})
+        if self.counts is not None:
+            await flush_selections(self.view, self.counts, self.keys, self.ttl_s)
 
     async def run(self, stop: asyncio.Event, period_s: float = 0.5) -> None:
         while not stop.is_set():

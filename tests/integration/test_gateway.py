@@ -1,17 +1,23 @@
-"""The OpenAI gateway through the real services, driven by the official OpenAI SDK."""
+"""The OpenAI gateway through the real services, driven by the official OpenAI SDK, with the
+decision in the API process (the default) and in a scheduler replica."""
 
 from __future__ import annotations
+
+import re
 
 import openai
 import pytest
 
 from tests.integration.fleet import FAKE, MakeFleet
+from tests.integration.system import wait_until
 
 pytestmark = pytest.mark.integration
 
 
-async def test_openai_sdk_against_a_registered_fake_alias(make_fleet: MakeFleet) -> None:
-    fleet = await make_fleet()
+@pytest.mark.parametrize("decide", ["local", "scheduler"])
+async def test_openai_sdk_against_a_registered_fake_alias(make_fleet: MakeFleet,
+                                                          decide: str) -> None:
+    fleet = await make_fleet(gateway={"decide": decide})
     await fleet.register({**FAKE, "fake_delay_ms": 0})
     await fleet.wait_states("fake-model", lambda s: "ACTIVE" in s.values(), 30,
                             "the autoscaler to start an instance (min_replicas 1)")
@@ -46,3 +52,16 @@ async def test_openai_sdk_against_a_registered_fake_alias(make_fleet: MakeFleet)
         assert bad.value.body["param"] == "messages", bad.value.body  # type: ignore[index]
     finally:
         await client.close()
+    # Whoever decided counted it where an operator looks: the API's own decision counter
+    # (local) or the scheduler's route decisions; either way the pool's status.
+    metrics = (await fleet.http.get(f"{fleet.api}/metrics")).text
+    counted = re.search(r'llmsched_gateway_decisions_total\{answer="member",reason="[a-z_]+"\} '
+                        r"([0-9.]+)", metrics)
+    assert (counted is not None) == (decide == "local"), metrics[-3000:]
+    assert counted is None or float(counted.group(1)) >= 3, counted
+
+    async def counted_in_status() -> bool:
+        r = await fleet.http.get(f"{fleet.api}/pools/fake-model/@models/status")
+        return r.status_code == 200 and sum(
+            m["selections"] for m in r.json()["members"]) >= 3
+    await wait_until(counted_in_status, 10, "the gateway's 3 decisions in the pool's status")

@@ -58,12 +58,19 @@ async def test_requests_wait_for_a_free_member_and_are_all_served(
         results = await asyncio.gather(*(http.post(f"{fleet.api}/v1/chat/completions",
                                                    json=_chat(40)) for _ in range(6)))
     assert [r.status_code for r in results] == [200] * 6, [r.text[:200] for r in results]
-    status = (await fleet.http.get(f"{fleet.api}/pools/gb-pool/Common/status")).json()
+    status: dict[str, Any] = {}
+
+    async def busy_counted() -> bool:
+        # The API decides (gateway.decide: local) and adds its answers to the fleet-wide
+        # counts every half second; the scheduler's status reads them back as often.
+        status.update((await fleet.http.get(f"{fleet.api}/pools/gb-pool/Common/status")).json())
+        return status["selections"].get("busy", 0) > 0
+    await wait_until(busy_counted, 10, "busy answers in the status's selection counts")
+    assert status["selections_scope"] == "fleet", status
     for member in status["members"]:
         # Never more than max_inflight on one engine: the rest waited at the router.
         assert member["greybox"]["limit"] == 1, member
         assert member["inflight"] == 0, member
-    assert status["selections"].get("busy", 0) > 0, status["selections"]
     r = await fleet.http.get(f"{fleet.api}/pools/gb-pool/Common/records?limit=100")
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson", r.text
     rows = [line for line in r.text.splitlines() if line]
@@ -141,6 +148,12 @@ async def test_a_member_whose_metrics_fail_keeps_its_share(
         results = await asyncio.gather(*(http.post(f"{fleet.api}/v1/chat/completions",
                                                    json=_chat(30)) for _ in range(16)))
     assert [r.status_code for r in results] == [200] * 16, [r.text[:200] for r in results]
-    after = {m["key"]: m["selections"] for m in (await _status(fleet))["members"]}
+    after: dict[str, int] = {}
+
+    async def counted() -> bool:
+        # The deciding API adds its answers to the fleet-wide counts every half second.
+        after.update({m["key"]: m["selections"] for m in (await _status(fleet))["members"]})
+        return sum(after.values()) - sum(before.values()) >= 16
+    await wait_until(counted, 10, f"16 more selections counted (before: {before})")
     share = (after[dark] - before.get(dark, 0)) / 16
     assert 0.2 <= share <= 0.8, f"the dark member took {share:.0%} of 16 requests: {after}"

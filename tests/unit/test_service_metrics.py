@@ -186,3 +186,17 @@ def test_gateway_requests_and_latencies_export_as_counters_and_cumulative_bucket
     e2e = "llmsched_gateway_e2e_seconds"
     assert got.value(f"{e2e}_bucket", model="m", le="0.05") == 1, got.text  # le: <= bound
     assert got.value(f"{e2e}_bucket", model="m", le="0.025") == 0, got.text
+
+
+def test_gateway_decisions_count_by_answer_kind_and_reason() -> None:
+    registry = CollectorRegistry()
+    gateway = GatewayMetrics(registry)
+    for answer, reason in (("10.0.0.1:8000", "selected"), ("10.0.0.2:8000", "selected"),
+                           ("busy", "all_guarded"), ("none", "pool_empty")):
+        gateway.decided(answer, reason)
+    got = Exported(generate_latest(registry).decode())
+    name = "llmsched_gateway_decisions_total"
+    assert got.value(name, answer="member", reason="selected") == 2, got.text
+    assert got.value(name, answer="busy", reason="all_guarded") == 1, got.text
+    assert got.value(name, answer="none", reason="pool_empty") == 1, got.text
+    assert not [labels for labels, _ in got.samples[name] if ":" in labels["answer"]], got.text

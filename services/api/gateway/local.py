@@ -5,7 +5,9 @@ replica keeps its own (shared/scheduling/follower.py): pool snapshots, metrics, 
 replica's selections and every outcome. A routed request costs no NATS round trip and no
 second process; the selection event it publishes lets the scheduler replicas (load events,
 the F5 select path, status) and the other API processes count it, as they count a
-scheduler's. Trade-off: each API process holds the view and decodes every state event.
+scheduler's; its answer counts go to the fleet-wide totals in Redis that a pool's status
+shows, as a replica's do. Trade-off: each API process holds the view and decodes every
+state event.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
@@ -23,24 +26,33 @@ from shared.routing import OutcomeEvent, RouteReply, RouteRequest, SelectionEven
 from shared.scheduling.core import SchedulerCore
 from shared.scheduling.follower import ViewFollower, expire_inflight, join, resync_on_reconnect
 from shared.scheduling.plugins.registry import default_registry
+from shared.scheduling.selection_counts import RedisSelectionStore, flush_selections_every
 from shared.slow_consumer import OnDropped
 from shared.state import StateStore
-from shared.subjects import Subjects
+from shared.subjects import RedisKeys, Subjects
 
 log = logging.getLogger("llmsched.api.gateway")
+
+
+OnDecided = Callable[[str, str], None]
+"""Told each decision's (answer, reason): the process's decision count."""
 
 
 class LocalRouter:
     """``route`` answered by this process's own core; the selection goes out as an event."""
 
-    def __init__(self, core: SchedulerCore, selections: EventBatch[SelectionEvent]) -> None:
+    def __init__(self, core: SchedulerCore, selections: EventBatch[SelectionEvent],
+                 on_decided: OnDecided | None = None) -> None:
         self.core = core
         self._selections = selections
+        self.on_decided = on_decided
 
     async def route(self, request: RouteRequest) -> RouteReply:
         reply, event = self.core.route(request)
         if event is not None:
             self._selections.add(event)
+        if self.on_decided is not None:
+            self.on_decided(reply.answer, reply.reason)
         return reply
 
     async def close(self) -> None:
@@ -55,6 +67,10 @@ reaches every other process within about two milliseconds (one of pacing, see
 ``shared.bus.EventBatch``, and the bus), so two lines do not both take the one slot."""
 
 
+COUNTS_CLOSE_TIMEOUT_S = 2.0
+"""How long closing waits for the answer counts' last write to Redis."""
+
+
 class LocalRouting:
     """The core, its own NATS connection (no echo: its selections and outcomes need no copy
     back) and the tasks that keep its view current; :meth:`close` ends them.
@@ -65,7 +81,9 @@ class LocalRouting:
     so the one that tries again sees the slot."""
 
     def __init__(self, core: SchedulerCore, nc: NATS, follower: ViewFollower,
-                 tasks: list[asyncio.Task[None]]) -> None:
+                 tasks: list[asyncio.Task[None]], *,
+                 counting: tuple[asyncio.Task[None], RedisSelectionStore] | None = None
+                 ) -> None:
         self.core = core
         self.nc = nc
         subjects = Subjects(core.config.global_.prefix)
@@ -77,6 +95,7 @@ class LocalRouting:
         self._follower = follower
         follower.on_outcome = self._others_outcome
         self._tasks = tasks
+        self._counting = counting
 
     def outcome(self, event: OutcomeEvent) -> None:
         """One of this process's attempts ended: out of the count now, then on the bus."""
@@ -96,7 +115,14 @@ class LocalRouting:
         self.core.apply_config(config)
 
     async def close(self) -> None:
+        """Stop following; the answer counts' last flush (begun when the API's stop was set)
+        gets a moment to finish."""
         await self._follower.unsubscribe()
+        if self._counting is not None:
+            flushing, counts = self._counting
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(flushing, COUNTS_CLOSE_TIMEOUT_S)
+            await counts.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -108,9 +134,11 @@ class LocalRouting:
 
 async def start_local_routing(cfg: Config, store: StateStore, replica: str,
                               stop: asyncio.Event, *, nats_url: str | None = None,
+                              redis_url: str | None = None,
                               on_dropped: OnDropped | None = None) -> LocalRouting:
     """Join the bus as a holder of the view: subscribe, ask the collectors for a resync,
-    warm up from the state store (fail open), wait briefly for the configured pools."""
+    warm up from the state store (fail open), wait briefly for the configured pools; add
+    this process's answers to the fleet-wide counts every half second."""
     subjects = Subjects(cfg.global_.prefix)
     core = SchedulerCore(cfg, default_registry(), replica=replica)
     nc = await connect_nats(f"api-routing-{replica}", nats_url, no_echo=True,
@@ -119,4 +147,7 @@ async def start_local_routing(cfg: Config, store: StateStore, replica: str,
     await join(core, follower, nc, subjects, store, replica, cfg.scheduler.pending_msgs_limit)
     tasks = [asyncio.create_task(expire_inflight(core, stop)),
              asyncio.create_task(resync_on_reconnect(nc, subjects, replica, stop))]
-    return LocalRouting(core, nc, follower, tasks)
+    counts = RedisSelectionStore(redis_url)
+    flushing = asyncio.create_task(flush_selections_every(
+        core.view, counts, RedisKeys(cfg.global_.prefix), cfg.scheduler.state_ttl, stop))
+    return LocalRouting(core, nc, follower, tasks, counting=(flushing, counts))

@@ -30,6 +30,8 @@ REJECTIONS = frozenset({"too_many_requests", "queue_full", "overloaded", "no_cap
 """Error codes that mean "no room now": the process's bound, a full or timed-out admission
 line (every member busy), a full or timed-out hold (nothing awake)."""
 QUEUES = ("hold", "admission")
+ANSWER_WORDS = frozenset({"none", "fallback", "busy"})
+"""Route answers that are not a member (the same kinds as the scheduler's decisions)."""
 
 
 class GatewayMetrics:
@@ -38,6 +40,8 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._series = RequestSeries()
         registry.register(self._series)
+        self._decisions = DecisionSeries()
+        registry.register(self._decisions)
         self._retries = Counter("llmsched_gateway_retries_total",
                                 "Attempts made again on another instance after a failure "
                                 "before the first byte", ["model"], registry=registry)
@@ -57,6 +61,10 @@ class GatewayMetrics:
     def request(self, model: str, code: int, ttft_s: float | None, e2e_s: float) -> None:
         """One request ended with ``code``; ``ttft_s`` is None when no engine answered it."""
         self._series.request(model, code, ttft_s, e2e_s)
+
+    def decided(self, answer: str, reason: str) -> None:
+        """One route decision taken in this process (``gateway.decide: local``)."""
+        self._decisions.decided(answer, reason)
 
     def rejected(self, model: str, code: str | None) -> None:
         """A request refused with error ``code``, if that code means "no room"."""
@@ -132,6 +140,28 @@ class RequestSeries(Collector):
             ttft.add_metric([model], first.cumulative(), first.total)
             e2e.add_metric([model], whole.cumulative(), whole.total)
         return [done, ttft, e2e]
+
+
+class DecisionSeries(Collector):
+    """``llmsched_gateway_decisions_total``: the route decisions this process took itself,
+    by answer kind and reason, as the scheduler counts its own (plain counts per decision,
+    a family when scraped)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def decided(self, answer: str, reason: str) -> None:
+        key = (answer if answer in ANSWER_WORDS else "member", reason)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily("llmsched_gateway_decisions",
+                                     "Route decisions taken in this API process "
+                                     "(gateway.decide: local) by answer kind (member, none, "
+                                     "fallback, busy) and reason", labels=["answer", "reason"])
+        for (answer, reason), count in list(self._counts.items()):
+            family.add_metric([answer, reason], count)
+        return [family]
 
 
 class OngoingCollector(Collector):
