@@ -7,8 +7,10 @@ CPU as a route decision (the kernel delivers the packet in the writer's system c
 the gateway spent a fifth of its time there (bench/README.md, gateway). Here the protocol's
 transport is wrapped: writes made during one pass of the event loop are joined and leave
 at the start of the next pass, so an answer whose headers and body are ready together
-leaves in one write. A streamed answer's chunks still leave as they come (a pass lasts
-microseconds); close, EOF and a protocol switch send what is pending first; abort drops it.
+leaves in one write. Only a burst that starts with an answer's head is held: a streamed
+answer's later chunks leave at once, as they come (on a busy loop the rest of a pass can
+take a millisecond, which would show in the stream's inter-chunk gaps). Close, EOF and a
+protocol switch send what is pending first; abort drops it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEAD = b"HTTP/"
+"""How every answer's head (status line) starts: a burst that begins with it is held to the
+end of the pass, for its body to join it."""
 
 
 class CoalescingTransport:
@@ -33,6 +39,11 @@ class CoalescingTransport:
         if not data:
             return
         if not self._pending:
+            if bytes(data[:5]) != HEAD:
+                # Body bytes after the pass that wrote their head: a stream's next chunk.
+                # It leaves now; waiting for the end of a busy pass would only delay it.
+                self._transport.write(data)
+                return
             self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 

@@ -79,8 +79,25 @@ def test_writes_of_one_pass_leave_together_at_the_next(run: Any) -> None:
                 pair.peer.recv(100)
             got = await pair.read()
             assert got == b"HTTP/1.1 200 OK\r\n\r\nbody", got
-            t.writelines([b"a", b"b"])
-            assert await pair.read() == b"ab"
+            t.writelines([b"HTTP/1.1 204 ", b"No Content\r\n\r\n"])
+            assert await pair.read() == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    run(scenario)
+
+
+def test_a_streams_later_chunk_leaves_at_once(run: Any) -> None:
+    """Only a burst that starts with a head waits for the end of its pass."""
+    async def scenario() -> None:
+        async with _pair() as (pair, t):
+            t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            assert await pair.read() == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            t.write(b"5\r\nfirst\r\n")
+            assert t.get_write_buffer_size() == 0, "a chunk after its head's pass is not held"
+            await asyncio.sleep(0.05)  # the kernel delivers it; no loop pass in between needed
+            assert pair.peer.recv(100) == b"5\r\nfirst\r\n"
+            t.write(memoryview(b"6\r\nsecond\r\n"))
+            t.write(b"0\r\n\r\n")
+            assert await pair.read() == b"6\r\nsecond\r\n0\r\n\r\n"
 
     run(scenario)
 
@@ -88,13 +105,13 @@ def test_writes_of_one_pass_leave_together_at_the_next(run: Any) -> None:
 def test_close_sends_what_is_pending_abort_drops_it(run: Any) -> None:
     async def scenario() -> None:
         async with _pair() as (pair, t):
-            t.write(b"last words")
+            t.write(b"HTTP/1.1 200 OK\r\n\r\nlast words")
             t.close()
             assert t.is_closing()
-            assert await pair.read() == b"last words"
+            assert await pair.read() == b"HTTP/1.1 200 OK\r\n\r\nlast words"
             assert await pair.read() == b"", "closed after the pending bytes"
         async with _pair() as (pair, t):
-            t.write(b"never sent")
+            t.write(b"HTTP/1.1 200 OK\r\n\r\nnever sent")
             t.abort()
             try:
                 got = await pair.read()
@@ -108,7 +125,7 @@ def test_close_sends_what_is_pending_abort_drops_it(run: Any) -> None:
 def test_pending_bytes_for_a_transport_closed_meanwhile_are_dropped(run: Any) -> None:
     async def scenario() -> None:
         async with _pair() as (pair, t):
-            t.write(b"too late")
+            t.write(b"HTTP/1.1 200 OK\r\n\r\ntoo late")
             assert pair.transport is not None
             pair.transport.close()  # the connection ends before the next pass
             await asyncio.sleep(0.05)  # the flush runs: no error, nothing written
