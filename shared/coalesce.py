@@ -39,7 +39,7 @@ class CoalescingTransport:
         if not data:
             return
         if not self._pending:
-            if bytes(data[:5]) != HEAD:
+            if data[:5] != HEAD:
                 # Body bytes after the pass that wrote their head: a stream's next chunk.
                 # It leaves now; waiting for the end of a busy pass would only delay it.
                 self._transport.write(data)

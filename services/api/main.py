@@ -102,19 +102,17 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
     gateway_id = f"api-{socket.gethostname()}-{os.getpid()}"
     local: LocalRouting | None = None
     router: Router = NatsRouter(client)
+    gateway_metrics = GatewayMetrics(prom)
     if cfg.gateway.decide == "local":
         local = await start_local_routing(cfg, store, f"{gateway_id}-{uuid.uuid4().hex[:6]}",
                                           stop, nats_url=nats_url, redis_url=redis_url,
-                                          on_dropped=drops)
+                                          on_dropped=drops, on_decided=gateway_metrics.decided)
         router = local.router
     events = NatsEvents(nc, subjects, gateway_id,
                         outcomes=local.outcome if local is not None else None)
     catalog = Catalog(cfg, lambda: view.models)
     hold = HoldQueues(_hold_settings(cfg.gateway), events.demand)
     upstream = Upstream()
-    gateway_metrics = GatewayMetrics(prom)
-    if local is not None:
-        local.router.on_decided = gateway_metrics.decided
     admission = AdmissionLines(lambda pool: _line_settings(state.config, pool))
     gateway = Gateway(_gateway_settings(cfg.gateway), catalog, router, upstream,
                       events, hold, admission, metrics=gateway_metrics)

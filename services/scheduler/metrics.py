@@ -15,12 +15,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.scheduling.core import SchedulerCore
+from shared.scheduling.decide import answer_kind
 from shared.scheduling.plugins.base import DecisionContext
 from shared.scheduling.plugins.guard import GuardFilter, guard_reason
 from shared.scheduling.plugins.registry import Profile
 from shared.scheduling.view import MemberState, PoolState
 
-WORDS = frozenset({"none", "fallback", "busy"})
 ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 """|ln predicted − ln observed|: 0.1 is 10 % off, 0.7 a factor of 2, 2.3 a factor of 10."""
 GUARD_REASONS = (("circuit open", "circuit_open"), ("circuit half-open", "circuit_half_open"),
@@ -49,7 +49,7 @@ class SchedulerMetrics:
     def decided(self, endpoint: str, pool: str, partition: str, answer: str,
                 reason: str) -> None:
         """One decision of ``endpoint`` (select or route)."""
-        kind = answer if answer in WORDS else "member"
+        kind = answer_kind(answer)
         child = self._bound.get((endpoint, kind, reason))
         if child is None:
             child = self._bound[(endpoint, kind, reason)] = self._decisions.labels(

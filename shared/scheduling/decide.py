@@ -14,6 +14,13 @@ log = logging.getLogger("llmsched.scheduler.decide")
 NONE = "none"
 FALLBACK = "fallback"
 BUSY = "busy"
+WORDS = frozenset({NONE, FALLBACK, BUSY})
+"""Answers that are not a member's key."""
+
+
+def answer_kind(answer: str) -> str:
+    """``member`` for a member's key, else the word itself (the label metrics count by)."""
+    return answer if answer in WORDS else "member"
 
 
 @dataclass(frozen=True, slots=True)

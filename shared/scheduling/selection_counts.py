@@ -4,12 +4,12 @@ locally) adds its new answers to a Redis hash per pool and reads the totals back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from shared.runtime import sleep_or_stop
 from shared.scheduling.view import ClusterView, SelectionCounts
 from shared.state import connect_redis
 from shared.subjects import RedisKeys
@@ -99,8 +99,7 @@ async def flush_selections_every(view: ClusterView, store: SelectionStore, keys:
     is logged once and only delays the counts."""
     ok = True
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=period_s)
+        stopping = await sleep_or_stop(stop, period_s)
         try:
             await flush_selections(view, store, keys, ttl_s)
             if not ok:
@@ -110,5 +109,5 @@ async def flush_selections_every(view: ClusterView, store: SelectionStore, keys:
             if ok:
                 log.warning("Selection counts not written (%s); will retry", err)
             ok = False
-        if stop.is_set():
+        if stopping:
             return

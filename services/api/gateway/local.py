@@ -45,14 +45,14 @@ class LocalRouter:
                  on_decided: OnDecided | None = None) -> None:
         self.core = core
         self._selections = selections
-        self.on_decided = on_decided
+        self._on_decided = on_decided
 
     async def route(self, request: RouteRequest) -> RouteReply:
         reply, event = self.core.route(request)
         if event is not None:
             self._selections.add(event)
-        if self.on_decided is not None:
-            self.on_decided(reply.answer, reply.reason)
+        if self._on_decided is not None:
+            self._on_decided(reply.answer, reply.reason)
         return reply
 
     async def close(self) -> None:
@@ -82,13 +82,13 @@ class LocalRouting:
 
     def __init__(self, core: SchedulerCore, nc: NATS, follower: ViewFollower,
                  tasks: list[asyncio.Task[None]], *,
-                 counting: tuple[asyncio.Task[None], RedisSelectionStore] | None = None
-                 ) -> None:
+                 counting: tuple[asyncio.Task[None], RedisSelectionStore] | None = None,
+                 on_decided: OnDecided | None = None) -> None:
         self.core = core
         self.nc = nc
         subjects = Subjects(core.config.global_.prefix)
         self.router = LocalRouter(core, EventBatch[SelectionEvent](
-            nc, subjects.selection, "selection event(s)"))
+            nc, subjects.selection, "selection event(s)"), on_decided)
         self._outcomes = EventBatch[OutcomeEvent](nc, subjects.request_outcome,
                                                   "outcome event(s)")
         self.admission: AdmissionLines | None = None
@@ -135,7 +135,8 @@ class LocalRouting:
 async def start_local_routing(cfg: Config, store: StateStore, replica: str,
                               stop: asyncio.Event, *, nats_url: str | None = None,
                               redis_url: str | None = None,
-                              on_dropped: OnDropped | None = None) -> LocalRouting:
+                              on_dropped: OnDropped | None = None,
+                              on_decided: OnDecided | None = None) -> LocalRouting:
     """Join the bus as a holder of the view: subscribe, ask the collectors for a resync,
     warm up from the state store (fail open), wait briefly for the configured pools; add
     this process's answers to the fleet-wide counts every half second."""
@@ -150,4 +151,5 @@ async def start_local_routing(cfg: Config, store: StateStore, replica: str,
     counts = RedisSelectionStore(redis_url)
     flushing = asyncio.create_task(flush_selections_every(
         core.view, counts, RedisKeys(cfg.global_.prefix), cfg.scheduler.state_ttl, stop))
-    return LocalRouting(core, nc, follower, tasks, counting=(flushing, counts))
+    return LocalRouting(core, nc, follower, tasks, counting=(flushing, counts),
+                        on_decided=on_decided)

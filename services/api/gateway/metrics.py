@@ -25,13 +25,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from shared.metrics import LATENCY_BUCKETS_S, LLM_BUCKETS_S
+from shared.scheduling.decide import answer_kind
 
 REJECTIONS = frozenset({"too_many_requests", "queue_full", "overloaded", "no_capacity"})
 """Error codes that mean "no room now": the process's bound, a full or timed-out admission
 line (every member busy), a full or timed-out hold (nothing awake)."""
 QUEUES = ("hold", "admission")
-ANSWER_WORDS = frozenset({"none", "fallback", "busy"})
-"""Route answers that are not a member (the same kinds as the scheduler's decisions)."""
 
 
 class GatewayMetrics:
@@ -151,7 +150,7 @@ class DecisionSeries(Collector):
         self._counts: dict[tuple[str, str], int] = {}
 
     def decided(self, answer: str, reason: str) -> None:
-        key = (answer if answer in ANSWER_WORDS else "member", reason)
+        key = (answer_kind(answer), reason)
         self._counts[key] = self._counts.get(key, 0) + 1
 
     def collect(self) -> list[Metric]:
