@@ -19,8 +19,12 @@ echo "== ruff" >&2
 "$VENV/bin/ruff" check services shared tests bench || exit 1
 echo "== mypy --strict services shared" >&2
 "$VENV/bin/mypy" --strict services shared || exit 1
-echo "== pytest" >&2
-"$VENV/bin/python" -m pytest -q "$@"
+# Two pytest-xdist workers by default: most integration tests wait on real servers' timers,
+# so two in parallel halve the wall time even on two cores. LLMSCHED_TEST_WORKERS=0 runs
+# everything in this one process; a "-n N" among the arguments wins over both.
+WORKERS="${LLMSCHED_TEST_WORKERS:-2}"
+echo "== pytest ($WORKERS workers)" >&2
+"$VENV/bin/python" -m pytest -q -n "$WORKERS" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests: failing" >&2
