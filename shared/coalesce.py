@@ -1,16 +1,16 @@
-"""uvicorn's HTTP/1.1 protocol with the writes of one event-loop pass sent as one.
+"""uvicorn's HTTP/1.1 protocol with an answer's head and its first body bytes sent as one.
 
 uvicorn writes a response's status line and headers when the app sends
 ``http.response.start`` and the body with each ``http.response.body``: two socket writes,
 and two packets, for a JSON answer. A write on a loopback or LAN socket costs about as much
 CPU as a route decision (the kernel delivers the packet in the writer's system call), so
 the gateway spent a fifth of its time there (bench/README.md, gateway). Here the protocol's
-transport is wrapped: writes made during one pass of the event loop are joined and leave
-at the start of the next pass, so an answer whose headers and body are ready together
-leaves in one write. Only a burst that starts with an answer's head is held: a streamed
-answer's later chunks leave at once, as they come (on a busy loop the rest of a pass can
-take a millisecond, which would show in the stream's inter-chunk gaps). Close, EOF and a
-protocol switch send what is pending first; abort drops it.
+transport is wrapped: a write that starts an answer's head is held until the next write
+(its body), and both leave in one write at once; a head whose body does not come in the
+same pass of the event loop leaves alone at the start of the next pass. Nothing waits for
+the rest of a busy pass (on a loaded loop that can take milliseconds, which would show in
+a stream's time to first chunk), and a stream's later chunks leave as they come. Close,
+EOF and a protocol switch send what is pending first; abort drops it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HEAD = b"HTTP/"
-"""How every answer's head (status line) starts: a burst that begins with it is held to the
-end of the pass, for its body to join it."""
+"""How every answer's head (status line) starts: a write that begins with it is held for
+its body to join it."""
 
 
 class CoalescingTransport:
-    """A transport proxy that joins the writes of one event-loop pass into one write."""
+    """A transport proxy that sends an answer's head together with its first body bytes."""
 
     __slots__ = ("_loop", "_pending", "_transport")
 
@@ -38,18 +38,20 @@ class CoalescingTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not self._pending:
-            if data[:5] != HEAD:
-                # Body bytes after the pass that wrote their head: a stream's next chunk.
-                # It leaves now; waiting for the end of a busy pass would only delay it.
-                self._transport.write(data)
-                return
+        if self._pending:
+            # The held head's body: both leave now, in one write.
+            self._pending.append(bytes(data))
+            self.flush()
+        elif data[:5] == HEAD:
+            # A head: held for its body, at most to the end of this pass.
+            self._pending.append(bytes(data))
             self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
+        else:
+            # Body bytes after the pass that wrote their head: a stream's next chunk.
+            self._transport.write(data)
 
     def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
+        self.write(b"".join(lines))
 
     def flush(self) -> None:
         """Hand what is pending to the real transport now."""

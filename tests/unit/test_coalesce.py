@@ -1,4 +1,4 @@
-"""Writes of one event-loop pass leave as one: the transport proxy and uvicorn with it.
+"""An answer's head leaves with its first body bytes: the transport proxy and uvicorn with it.
 
 The server runs on the default asyncio loop and on uvloop (what the services run on), on a
 real loopback socket, and is read by a raw socket client.
@@ -68,19 +68,34 @@ def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None
     return runner
 
 
-def test_writes_of_one_pass_leave_together_at_the_next(run: Any) -> None:
+def test_a_head_leaves_with_its_body_in_one_write_at_once(run: Any) -> None:
     async def scenario() -> None:
         async with _pair() as (pair, t):
             t.write(b"HTTP/1.1 200 OK\r\n\r\n")
             t.write(b"")  # nothing: no write
-            t.write(bytearray(b"body"))
-            assert t.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\nbody")
-            with pytest.raises(BlockingIOError):  # nothing on the wire within this pass
+            assert t.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\n")
+            with pytest.raises(BlockingIOError):  # the head waits for its body
                 pair.peer.recv(100)
+            t.write(bytearray(b"body"))
+            # Both went to the kernel in this pass, as one write: no loop pass needed.
+            assert t.get_write_buffer_size() == 0, "head and body still held"
             got = await pair.read()
             assert got == b"HTTP/1.1 200 OK\r\n\r\nbody", got
             t.writelines([b"HTTP/1.1 204 ", b"No Content\r\n\r\n"])
             assert await pair.read() == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    run(scenario)
+
+
+def test_a_head_without_a_body_in_its_pass_leaves_alone_at_the_next(run: Any) -> None:
+    async def scenario() -> None:
+        async with _pair() as (pair, t):
+            t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            with pytest.raises(BlockingIOError):
+                pair.peer.recv(100)
+            got = await pair.read()  # the next pass sends it
+            assert got == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", got
+            assert t.get_write_buffer_size() == 0
 
     run(scenario)
 
