@@ -19,11 +19,13 @@ echo "== ruff" >&2
 "$VENV/bin/ruff" check services shared tests bench || exit 1
 echo "== mypy --strict services shared" >&2
 "$VENV/bin/mypy" --strict services shared || exit 1
-# Two pytest-xdist workers by default: most integration tests wait on real servers' timers,
-# so two in parallel halve the wall time even on two cores. LLMSCHED_TEST_WORKERS=0 runs
-# everything in this one process; a "-n N" among the arguments wins over both.
-WORKERS="${LLMSCHED_TEST_WORKERS:-2}"
-echo "== pytest ($WORKERS workers)" >&2
+# LLMSCHED_TEST_WORKERS=N runs pytest in N pytest-xdist workers: most integration tests wait
+# on real servers' timers, so two halve the wall time even on two cores (README.md has
+# the figures). Default 0, one process: with two workers and another process keeping a core
+# busy, one run in three stalled an in-process fleet for 5 s and failed a fault test. A
+# "-n N" among the arguments wins over both.
+WORKERS="${LLMSCHED_TEST_WORKERS:-0}"
+echo "== pytest ($WORKERS xdist workers)" >&2
 "$VENV/bin/python" -m pytest -q -n "$WORKERS" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
