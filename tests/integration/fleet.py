@@ -108,7 +108,8 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
                       gateway: dict[str, Any] | None = None, worker: bool = True,
                       modes: list[dict[str, Any]] | None = None,
                       config: dict[str, Any] | None = None,
-                      global_: dict[str, Any] | None = None) -> Fleet:
+                      global_: dict[str, Any] | None = None,
+                      stale_after_intervals: int | None = None) -> Fleet:
         extra: dict[str, Any] = {"autoscaling": {"scale_interval_s": 0.5, "cooldown_s": 0.5,
                                                  "down_after_s": 1.0, "drain_timeout_s": 10,
                                                  **(autoscaling or {})}}
@@ -118,7 +119,7 @@ async def make_fleet(tmp_path: Path, nats_url: str, redis_url: str, prefix: str
             extra["modes"] = modes
         extra.update(config or {})  # other top-level sections (metrics, engines, ...)
         path = write_config(tmp_path / "config.yaml", prefix, pools or [], metrics_ms=200,
-                            extra=extra)
+                            stale_after_intervals=stale_after_intervals, extra=extra)
         # Keys of the ``global`` section, merged (not replacing it); write_config already
         # gives the in-process select budget unless the test sets its own.
         edit_config(path, lambda doc: doc["global"].update(global_ or {}))

@@ -36,13 +36,20 @@ busy 2-core machine), so a select may wait on a test's own work far past the 500
 
 def write_config(path: Path, prefix: str, pools: list[dict[str, Any]], *,
                  interval: float = 0.2, metrics_ms: float = 200, log_level: str = "DEBUG",
-                 api_port: int | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """A config file for one test (own prefix, fast reload and scrape)."""
+                 api_port: int | None = None, stale_after_intervals: int | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """A config file for one test (own prefix, fast reload and scrape).
+
+    ``stale_after_intervals``: scrape intervals after which metrics count as stale (the
+    config's default when None). Tests whose selects must never see a stale member under a
+    loaded suite give 10 (2 s at 200 ms), as one late scrape round is then not enough."""
     doc: dict[str, Any] = {
         "global": {"interval": interval, "api_port": api_port or free_port(),
                    "api_host": "127.0.0.1", "log_level": log_level, "prefix": prefix,
                    "select_timeout_ms": IN_PROCESS_SELECT_BUDGET_MS},
-        "scheduler": {"pool_fetch_interval": 0.3, "metrics_fetch_interval": metrics_ms},
+        "scheduler": {"pool_fetch_interval": 0.3, "metrics_fetch_interval": metrics_ms,
+                      **({} if stale_after_intervals is None
+                         else {"stale_after_intervals": stale_after_intervals})},
         # The lease the default 1 s scrape interval gives (2 s), not 2 x this test's fast
         # interval: a collector holds a pool only until its tick's start + the lease, and in
         # a loaded suite an in-process stack's tick can take longer than 200-400 ms (a lone

@@ -156,12 +156,11 @@ async def test_sleeping_engine_leaves_f5_static_and_probe_pools(
          "metrics": {"timeout": 1}},
         {"name": "probe-pool", "engine_type": "dev-vllm", "source": "static", "members": keys,
          "metrics": {"timeout": 1}},
-    ], metrics_ms=200, log_level="INFO", extra={
+    ], metrics_ms=200, log_level="INFO",
         # Stale after 2 s rather than 3 x 200 ms: with a core busy, a late scrape round once
         # left the two awake members without fresh metrics for a moment (2 of 150 selects
         # answered none, no_metrics). Sleep is read from the metrics, not from their age.
-        "scheduler": {"pool_fetch_interval": 0.3, "metrics_fetch_interval": 200,
-                      "stale_after_intervals": 10},
+        stale_after_intervals=10, extra={
         "f5": {"host": "127.0.0.1", "port": f5.port, "scheme": "http", "username": "admin",
                "password_env": PASSWORD_ENV},
         "engines": {"dev-vllm": DEV_VLLM}})

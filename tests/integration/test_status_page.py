@@ -94,9 +94,7 @@ async def test_the_page_shows_pools_and_aliases_and_follows_a_sleeping_engine_li
                              # this test's loop with the browser's driver, and one late
                              # scrape round left both members without fresh metrics for a
                              # moment (a select answered none in a full-suite run).
-                             config={"scheduler": {"pool_fetch_interval": 0.3,
-                                                   "metrics_fetch_interval": 200,
-                                                   "stale_after_intervals": 10}})
+                             stale_after_intervals=10)
     await fleet.register({**FAKE, "autoscaling": {"min_replicas": 1, "max_replicas": 1}})
     page = await browser.new_page()
     requests: list[str] = []
