@@ -30,6 +30,7 @@ from shared.routing import DemandEvent
 from shared.runtime import run_service
 from shared.scaling import ActionRecord, ScalingLog
 from shared.subjects import Subjects
+from shared.tasks import cancel_and_wait
 from shared.workers import WorkerRegistry
 
 log = logging.getLogger("llmsched.autoscaler")
@@ -131,9 +132,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         finally:
             if listener is not None:
                 await listener.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             await lease.release()
             for sub in subs:
                 with contextlib.suppress(Exception):

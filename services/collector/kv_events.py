@@ -28,6 +28,7 @@ from shared.config import PoolConfig
 from shared.messages import MemberInfo
 from shared.prefix_config import KvEventsConfig, expand_endpoint
 from shared.prefix_events import REPLAY_END, KvUpdate, WireError, decode_batch, decode_seq
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("llmsched.collector.kv")
 
@@ -224,9 +225,7 @@ class KvEventsBridge:
 
     async def close(self) -> None:
         tasks = [task for _sub, task in self.subscribers.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         self.subscribers.clear()
+        await cancel_and_wait(tasks)
         with contextlib.suppress(Exception):
             self.ctx.term()

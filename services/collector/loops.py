@@ -22,6 +22,7 @@ from shared.config import Config, PoolConfig
 from shared.messages import REMOVED, PoolSnapshot
 from shared.runtime import sleep_or_stop
 from shared.subjects import MODELS_PARTITION, Subjects
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("llmsched.collector")
 
@@ -62,6 +63,8 @@ class Collector:
         """Set (and replaced) when the worker registry changed: see :meth:`workers_changed`."""
         self._due: dict[tuple[str, str], float] = {}
         self._removals: set[asyncio.Future[None]] = set()
+        self._retired: set[asyncio.Task[None]] = set()
+        """Membership tasks cancelled but maybe not ended yet (:meth:`close` waits for them)."""
 
     def apply_config(self, config: Config, sources: dict[str, MembershipSource],
                      registered: Mapping[str, str] | None = None) -> None:
@@ -120,6 +123,9 @@ class Collector:
             if new_cfg != old_cfg or new_source is not old_source:
                 task.cancel()
                 del self._tasks[ident]
+                if not task.done():
+                    self._retired.add(task)
+                    task.add_done_callback(self._retired.discard)
                 if new_cfg is None:
                     gone = self.snapshots.pop(ident, None)
                     self._last_metrics.pop(ident, None)
@@ -145,9 +151,16 @@ class Collector:
         log.info("Pool %s:%s removed: its alias is no longer registered", last.pool,
                  last.partition)
 
+    def _current(self, ident: tuple[str, str]) -> bool:
+        """Is the running task still the membership task of ``ident``? A task that lost
+        its cancel (see :mod:`shared.tasks`) ends at its next round instead of publishing a
+        pool that was removed or handed over."""
+        entry = self._tasks.get(ident)
+        return entry is not None and entry[2] is asyncio.current_task()
+
     async def _membership(self, pool: PoolConfig, source: MembershipSource) -> None:
         subject = self.subjects.pool_snapshot(pool.partition, pool.name)
-        while True:
+        while self._current(pool.ident):
             source_name = self.config.pool_source(pool)
             f5 = self.metrics if source_name == "f5" else None
             changed = self._workers_changed  # a change during the fetch: fetch again at once
@@ -161,6 +174,8 @@ class Collector:
                     f5.fetched(pool.ident, failed=True)
                 await asyncio.sleep(self.config.scheduler.pool_fetch_interval)
                 continue
+            if not self._current(pool.ident):
+                return  # stopped or handed over during the fetch: its answer is not ours
             if f5 is not None:
                 f5.fetched(pool.ident, failed=snap.error is not None)
             first = (pool.name, pool.partition) not in self.snapshots
@@ -311,7 +326,6 @@ class Collector:
     async def close(self) -> None:
         if self.kv is not None:
             await self.kv.close()
-        for _cfg, _src, task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*(t for _c, _s, t in self._tasks.values()), return_exceptions=True)
-        self._tasks.clear()
+        tasks = [task for _cfg, _src, task in self._tasks.values()]
+        self._tasks.clear()  # before the cancel: a loop that ignores it ends at its next round
+        await cancel_and_wait([*tasks, *self._retired])

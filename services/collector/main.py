@@ -33,6 +33,7 @@ from shared.registry_view import RegistryView
 from shared.runtime import run_service
 from shared.state import connect_redis
 from shared.subjects import Subjects
+from shared.tasks import cancel_and_wait
 from shared.workers import WorkerRegistry
 
 log = logging.getLogger("llmsched.collector")
@@ -172,9 +173,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         finally:
             if listener is not None:
                 await listener.stop()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             for sub in (changes, resyncs):
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

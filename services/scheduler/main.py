@@ -31,6 +31,7 @@ from shared.scheduling.plugins.registry import default_registry
 from shared.scheduling.selection_counts import RedisSelectionStore
 from shared.state import RedisStateStore, connect_redis
 from shared.subjects import RedisKeys, Subjects
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("llmsched.scheduler")
 
@@ -111,9 +112,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         with contextlib.suppress(Exception):
             await service.stop()
         await follower.unsubscribe()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         await publisher.release()  # another replica publishes from its next tick
         await lease_redis.aclose()
         # The persister ends by itself after a last flush; cancelled in the middle of one,

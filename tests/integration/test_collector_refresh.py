@@ -65,3 +65,86 @@ async def test_a_worker_registry_change_refetches_worker_pools_at_once(nats_url:
         finally:
             collector.apply_config(Config(), {"workers": source}, {})
             await nc.drain()
+
+
+class DeafSource:
+    """The second fetch waits until cancelled and loses that cancel (it returns as if it
+    had finished), as a library's cancel scope can; every other fetch answers at once."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.waiting = asyncio.Event()
+        self.lost = 0
+
+    async def snapshot(self, pool: PoolConfig, engine_type: str | None = None) -> PoolSnapshot:
+        self.fetches += 1
+        if self.fetches == 2:
+            self.waiting.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.lost += 1
+        return PoolSnapshot(pool=pool.name, partition=pool.partition,
+                            engine_type=engine_type or pool.engine_type, source="workers",
+                            members=[], fetched_at=time.time())
+
+    def next_delay(self, pool: PoolConfig) -> float | None:
+        return 0.01
+
+
+async def _deaf_collector(nats_url: str, prefix: str) -> tuple[
+        nats.NATS, Collector, DeafSource, list[PoolSnapshot], httpx.AsyncClient]:
+    nc = await nats.connect(nats_url)
+    subjects = Subjects(prefix)
+    published: list[PoolSnapshot] = []
+
+    async def on_snapshot(msg: Msg) -> None:
+        published.append(msgspec.json.decode(msg.data, type=PoolSnapshot))
+    await nc.subscribe(subjects.pool_snapshot_all, cb=on_snapshot)
+    http = httpx.AsyncClient()
+    collector = Collector(nc, subjects, MetricsScraper(http), Config())
+    source = DeafSource()
+    collector.apply_config(Config(), {"workers": source}, {"chat": "vllm"})
+    collector.workers_changed()
+    await asyncio.wait_for(source.waiting.wait(), 10)
+    return nc, collector, source, published, http
+
+
+async def test_close_ends_a_membership_loop_that_lost_its_cancel(nats_url: str) -> None:
+    nc, collector, source, _published, http = await _deaf_collector(nats_url, "deaf-close")
+    try:
+        try:
+            await asyncio.wait_for(collector.close(), 10)
+        except TimeoutError:
+            raise AssertionError(f"close() still waiting after 10 s; {source.fetches} fetches, "
+                                 f"{source.lost} cancel(s) lost") from None
+        assert source.lost == 1, source.lost
+        fetches = source.fetches
+        await asyncio.sleep(0.3)
+        assert source.fetches == fetches, "the pool was fetched again after close()"
+    finally:
+        await http.aclose()
+        await nc.drain()
+
+
+async def test_a_removed_pool_is_not_published_by_a_loop_that_lost_its_cancel(
+        nats_url: str) -> None:
+    nc, collector, source, published, http = await _deaf_collector(nats_url, "deaf-remove")
+    try:
+        collector.apply_config(Config(), {"workers": source}, {})  # the alias is deleted
+        async def announced() -> bool:
+            return any(s.source == "removed" for s in published)
+        await wait_until(announced, 10, "the removal announced")
+        await asyncio.sleep(0.3)
+        fetches = source.fetches
+        await asyncio.sleep(0.3)
+        assert source.lost == 1, source.lost
+        assert source.fetches == fetches, (
+            f"the removed pool's loop still fetches ({fetches} → {source.fetches})")
+        after = [s.source for s in published[next(i for i, s in enumerate(published)
+                                                   if s.source == "removed"):]]
+        assert after == ["removed"], f"published after the removal: {after}"
+        await asyncio.wait_for(collector.close(), 10)
+    finally:
+        await http.aclose()
+        await nc.drain()

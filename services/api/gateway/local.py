@@ -30,6 +30,7 @@ from shared.scheduling.selection_counts import RedisSelectionStore, flush_select
 from shared.slow_consumer import OnDropped
 from shared.state import StateStore
 from shared.subjects import RedisKeys, Subjects
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("llmsched.api.gateway")
 
@@ -123,9 +124,7 @@ class LocalRouting:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(flushing, COUNTS_CLOSE_TIMEOUT_S)
             await counts.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         await self.router.close()
         await self._outcomes.close()
         with contextlib.suppress(Exception):
