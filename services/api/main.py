@@ -51,6 +51,7 @@ from shared.runtime import run_service
 from shared.scaling import ScalingLog
 from shared.state import RedisStateStore
 from shared.subjects import RedisKeys, Subjects
+from shared.tasks import cancel_and_wait
 from shared.workers import WorkerRegistry
 
 log = logging.getLogger("llmsched.api")
@@ -200,9 +201,7 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
         server.should_exit = True
         with contextlib.suppress(Exception):
             await server_task
-        for task in (watch_task, registry_task, view_task):
-            task.cancel()
-        await asyncio.gather(watch_task, registry_task, view_task, return_exceptions=True)
+        await cancel_and_wait((watch_task, registry_task, view_task))
         with contextlib.suppress(Exception):
             await changes.unsubscribe()
             if outcomes is not None:

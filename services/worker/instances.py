@@ -28,6 +28,7 @@ from services.worker.models import (
 )
 from shared.errors import BadRequest
 from shared.http_server import free_port
+from shared.tasks import cancel_and_wait
 from shared.workers import InstanceSummary
 
 log = logging.getLogger("llmsched.worker")
@@ -219,9 +220,8 @@ class InstanceManager:
 
     async def _shutdown(self, inst: Instance) -> None:
         task = inst.ready_task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if task is not None:
+            await cancel_and_wait([task])  # its readiness polls use httpx (see shared.tasks)
         if inst.engine is not None:
             await inst.engine.stop()
 
