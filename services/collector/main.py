@@ -152,13 +152,14 @@ async def serve(loaded: LoadedConfig, stop: asyncio.Event, *, nats_url: str | No
             collector.apply_config(new.config, await sources.sources(new.config))
 
         watcher.subscribe(on_config)
-        tasks = [asyncio.create_task(watcher.run(stop)),
-                 asyncio.create_task(view.run(stop)),
-                 asyncio.create_task(sleeping.run(stop)),
-                 asyncio.create_task(collector.run_scrapes(stop)),
-                 asyncio.create_task(collector.run_resyncs(stop)),
+        tasks = [asyncio.create_task(watcher.run(stop), name="config watch"),
+                 asyncio.create_task(view.run(stop), name="registry view"),
+                 asyncio.create_task(sleeping.run(stop), name="sleeping instances"),
+                 asyncio.create_task(collector.run_scrapes(stop), name="scrapes"),
+                 asyncio.create_task(collector.run_resyncs(stop), name="resyncs"),
                  asyncio.create_task(ownership.run(stop, collector.pool_idents,
-                                                   collector.follow_ownership))]
+                                                   collector.follow_ownership),
+                                     name="pool ownership")]
         listener = await start_listener(prom, "collector", cfg.metrics)
         log.info("Collector %s running: %d configured pools (%d served here, lease %g ms), "
                  "scrape every %s", me, len(cfg.pools),
