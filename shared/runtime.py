@@ -6,19 +6,27 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
 from shared.config import LoadedConfig
 from shared.logs import setup_logging
+from shared.tasks import GIVE_UP_S, cancel_and_wait
 
 log = logging.getLogger("llmsched")
 
 Serve = Callable[[LoadedConfig, asyncio.Event], Awaitable[None]]
 
 
-def run_service(name: str, loaded: LoadedConfig, serve: Serve) -> int:
-    """Run ``serve`` until SIGINT/SIGTERM; returns the process exit code."""
+def run_service(name: str, loaded: LoadedConfig, serve: Serve, *,
+                stop_timeout_s: float = GIVE_UP_S) -> int:
+    """Run ``serve`` until SIGINT/SIGTERM; returns the process exit code.
+
+    Tasks still running when ``serve`` returns are cancelled (again, if they lose it); if
+    some are still running ``stop_timeout_s`` later the process exits 1 at once, naming
+    them, rather than wait for ever in the event loop's own final cancel.
+    """
     setup_logging(name, loaded.config.global_.effective_log_level)
 
     async def main() -> None:
@@ -33,6 +41,13 @@ def run_service(name: str, loaded: LoadedConfig, serve: Serve) -> int:
         freeze_heap()
         loop.call_later(3.0, freeze_heap)
         await serve(loaded, stop)
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        left = await cancel_and_wait(others, give_up_s=stop_timeout_s)
+        if left:
+            log.error("%s stopped, but %d task(s) would not end; exiting without them", name,
+                      len(left))
+            logging.shutdown()
+            os._exit(1)
         log.info("%s stopped", name)
 
     try:
