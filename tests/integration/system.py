@@ -162,15 +162,17 @@ class Bus:
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0,
-                     what: str = "condition") -> None:
-    """Poll ``check`` until true or fail the test after ``timeout_s``."""
+                     what: str = "condition", seen: Callable[[], object] | None = None) -> None:
+    """Poll ``check`` until true or fail the test after ``timeout_s`` (saying what ``seen``
+    returns then, when given)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError, OSError):
             if await check():
                 return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    last = f"; last seen: {seen()}" if seen is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{last}")
 
 
 def load(path: Path) -> LoadedConfig:

@@ -72,10 +72,8 @@ async def test_worker_instances_enter_and_leave_selection(
                 status.update((await http.get(f"{api}/pools/chat-pool/Common/status")).json())
                 return status.get("member_count") == 0
 
-            try:
-                await wait_until(emptied, 10, "the pool's status to show no member")
-            except AssertionError as err:
-                raise AssertionError(f"{err}; last status: {status}") from None
+            await wait_until(emptied, 10, "the pool's status to show no member",
+                             seen=lambda: status)
     finally:
         await worker.stop()
         for svc in reversed(services):

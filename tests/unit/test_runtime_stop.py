@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "fixtures" / "config" / "seed_full_example.yaml"
 
 SCRIPT = textwrap.dedent("""
-    import asyncio, contextlib, os, signal, sys
+    import asyncio, os, signal, sys
     from shared.config import load_config
     from shared.runtime import run_service
 
