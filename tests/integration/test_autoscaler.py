@@ -115,7 +115,10 @@ async def test_low_load_steps_down_one_level_per_interval_to_unloaded(
     times = [a["at"] for a in await _actions(fleet, "fake-model")
              if a["kind"] in ("sleep", "unload")]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(g >= 0.4 for g in gaps), f"more than one step per interval: {gaps}"
+    # An action's time is taken when it has been carried out (a worker call), so on a busy
+    # machine one step can finish late and the next on time: half an interval still tells
+    # one step per tick (0.5 s) from two in the same tick (milliseconds apart).
+    assert all(g >= 0.25 for g in gaps), f"more than one step per interval: {gaps}"
 
 
 async def test_steady_load_at_the_threshold_causes_no_flapping(make_fleet: MakeFleet) -> None:

@@ -34,8 +34,10 @@ async def engines() -> AsyncIterator[list[RunningEngine]]:
 async def _fleet(make_fleet: MakeFleet, engines: list[RunningEngine]) -> Fleet:
     pool = {"name": POOL, "engine_type": "vllm", "source": "static", "model": "lc",
             "members": [e.url.split("//", 1)[1] for e in engines]}
+    # Stale after 2 s rather than 3 x 200 ms: with a core busy, one late scrape round left
+    # both members without fresh metrics and requests were refused (no_metrics).
     fleet = await make_fleet(pools=[pool], worker=False, autoscalers=0,
-                             gateway={"decide": "local"})
+                             gateway={"decide": "local"}, stale_after_intervals=10)
 
     async def known() -> bool:
         r = await fleet.http.get(f"{fleet.api}/pools/{POOL}/Common/status")
